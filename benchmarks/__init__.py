@@ -1,0 +1,1 @@
+"""Latency, throughput, memory and accuracy per exported format (arrives with the benchmark issue)."""

@@ -1,0 +1,164 @@
+"""Image preprocessing, defined once for training, export checks and the device.
+
+The model sees ``input_size`` BGR pixels with the ImageNet "caffe" mean subtracted, which is exactly what
+``keras.applications.resnet50.preprocess_input`` produces from an RGB image. Any decoded image (grayscale,
+BGR, BGRA, 16-bit, float) is first brought to 8-bit, 3-channel BGR by :func:`to_bgr8`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import ImageReadError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# ImageNet channel means in BGR order, as used by the "caffe" mode of Keras' ResNet-50.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+_INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "cubic": cv2.INTER_CUBIC,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything needed to turn a decoded image into a model input; stored in every model's metadata.
+
+    ``interpolation="auto"`` shrinks with area averaging and enlarges bilinearly.
+    """
+
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    channel_order: str = "BGR"
+    mean: tuple[float, float, float] = CAFFE_MEAN_BGR
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: str = "auto"
+    mode: str = field(default="caffe")
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("BGR", "RGB"):
+            raise ValueError(f"channel_order must be 'BGR' or 'RGB', got {self.channel_order!r}")
+        if self.interpolation != "auto" and self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be 'auto' or one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f"input_size must be (height, width) > 0, got {self.input_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        for key in ("input_size", "mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file as stored (any depth, any channel count).
+
+    Raises :class:`ImageReadError` naming the file for a missing, empty, truncated or undecodable file.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(path, f"{exc.strerror or exc}; check that the file exists and is readable") from exc
+    if data.size == 0:
+        raise ImageReadError(path, "the file is empty (0 bytes); re-copy it from the camera or remove it")
+    if _is_truncated_jpeg(data):
+        raise ImageReadError(path, "the JPEG data is truncated (no end-of-image marker); the file is incomplete")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageReadError(path, "not a decodable image (corrupt, or not an image despite its name)")
+    return image
+
+
+def _is_truncated_jpeg(data: np.ndarray) -> bool:
+    """True for JPEG data that lacks its end-of-image marker (OpenCV would silently return a grey tail)."""
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    return b"\xff\xd9" not in data[-4096:].tobytes()
+
+
+def to_bgr8(image: np.ndarray) -> np.ndarray:
+    """Convert any decoded image (gray, gray+1, BGR, BGRA; uint8, uint16, float) to uint8 HxWx3 BGR."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"expected a HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    image = _to_uint8(image)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(image)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(image) * scale + 0.5, 0, 255).astype(np.uint8)
+    if image.dtype == np.bool_ or np.issubdtype(image.dtype, np.integer):
+        return np.clip(image, 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
+def resize(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Resize (without keeping aspect ratio, as the model was trained) to ``config.input_size``."""
+    height, width = config.input_size
+    if image.shape[:2] == (height, width):
+        return image
+    if config.interpolation == "auto":
+        shrinking = image.shape[0] * image.shape[1] > height * width
+        flag = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    else:
+        flag = _INTERPOLATIONS[config.interpolation]
+    return cv2.resize(image, (width, height), interpolation=flag)
+
+
+def normalize(image_bgr8: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Turn uint8 BGR pixels (any leading batch dims) into float32 model input."""
+    pixels = image_bgr8.astype(np.float32)
+    if config.channel_order == "RGB":
+        pixels = pixels[..., ::-1]
+    pixels -= np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    if np.any(std != 1.0):
+        pixels /= std
+    return pixels
+
+
+def prepare_pixels(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Decoded image -> uint8 BGR at the model size (the step before normalisation and augmentation)."""
+    return resize(to_bgr8(image), config)
+
+
+def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Decoded image -> float32 HxWx3 model input."""
+    return normalize(prepare_pixels(image, config), config)
+
+
+def load_image(path: str | Path, config: PreprocessConfig) -> np.ndarray:
+    """Read a file and return its float32 model input."""
+    return preprocess(read_image(path), config)
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES

@@ -1,0 +1,91 @@
+"""Keras callbacks that make a stage resumable and leave a per-epoch history with wall times."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import keras
+
+HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+
+# Attributes that EarlyStopping / ReduceLROnPlateau / ModelCheckpoint reset or accumulate across epochs.
+_STATE_ATTRS = ("best", "wait", "best_epoch", "cooldown_counter", "stopped_epoch")
+
+
+class CallbackState(keras.callbacks.Callback):
+    """Saves the monitoring state of other callbacks each epoch and restores it when a stage resumes.
+
+    Must come after the callbacks it watches in the list (their ``on_train_begin`` resets the state).
+    """
+
+    def __init__(self, path: Path, watched: dict[str, keras.callbacks.Callback]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.watched = watched
+
+    def on_train_begin(self, logs=None):
+        if not self.path.is_file():
+            return
+        saved = json.loads(self.path.read_text())
+        for name, callback in self.watched.items():
+            for attr, value in saved.get(name, {}).items():
+                setattr(callback, attr, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = {
+            name: {a: _plain(getattr(cb, a)) for a in _STATE_ATTRS if hasattr(cb, a)}
+            for name, cb in self.watched.items()
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.path)
+
+
+def _plain(value):
+    try:
+        return float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        return None
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Appends one row per epoch (with its wall time) to ``history.csv``; drops rows a resume will redo."""
+
+    def __init__(self, path: Path, stage: int) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.stage = stage
+        self._start = 0.0
+
+    def on_train_begin(self, logs=None):
+        first_epoch = getattr(self.model, "_initial_epoch", None) or 0
+        rows = read_history(self.path)
+        kept = [r for r in rows if not (int(r["stage"]) == self.stage and int(r["epoch"]) >= first_epoch + 1)]
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {"stage": self.stage, "epoch": epoch + 1, "seconds": round(time.perf_counter() - self._start, 2)}
+        if "learning_rate" not in logs:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        for key in HISTORY_FIELDS[2:-1]:
+            if key in logs:
+                row[key] = f"{float(logs[key]):.6g}"
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, HISTORY_FIELDS).writerow(row)
+
+
+def read_history(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -1,0 +1,159 @@
+"""``edge-train``: train the defect classifier, or evaluate a trained run on another plant's images.
+
+    edge-train --data DIR [--weights imagenet|none|PATH] [--name NAME] [--folds K] ...
+    edge-train --resume RUN_DIR
+    edge-train evaluate RUN_DIR --data DIR [--expect CLASS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from edge_runtime.errors import EdgeRuntimeError
+
+log = logging.getLogger("edge-train")
+
+
+def build_fit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-train",
+        description="Fine-tune ImageNet ResNet-50 on a steel-defect dataset in two stages (head, then the top "
+        "of the backbone). Writes model.keras, metadata, split manifest, history, metrics and figures into "
+        "RUNS/NAME. Use 'edge-train evaluate -h' to test a run on another dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_argument_group("data and run")
+    src.add_argument("--data", help="dataset root: class sub-folders, NEU's IMAGES/<class>_<n>.jpg, or Kaggle "
+                     "train/+validation/ (required unless --resume)")
+    src.add_argument("--weights", default="imagenet",
+                     help="'imagenet' (Keras download), 'none' (random init) or a local .h5 weights file")
+    src.add_argument("--runs", default="runs", help="folder that holds run directories")
+    src.add_argument("--name", help="run directory name (default: neu-<date>-<time>)")
+    src.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved settings")
+    src.add_argument("--classes", nargs="+", help="class names in model-output order (default: sorted folder names)")
+    src.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")
+    src.add_argument("--folds", type=int, default=0, help="K-fold cross-validation with K folds (0: single split)")
+    src.add_argument("--val-per-class", type=int, default=12, help="validation images per class")
+    src.add_argument("--test-per-class", type=int, default=12, help="test images per class")
+    src.add_argument("--seed", type=int, default=0, help="seed for split, augmentation and initialisation")
+    src.add_argument("--cache-dir", help="trunk-feature cache (default: RUNS/.feature-cache)")
+
+    rec = p.add_argument_group("recipe")
+    rec.add_argument("--input-size", type=int, default=224, help="square model input size in pixels")
+    rec.add_argument("--unfreeze", default="conv5", choices=("conv5", "conv4", "conv3", "conv2", "all"),
+                     help="stage 2 trains the backbone from this stage on (BatchNorm stays frozen)")
+    rec.add_argument("--epochs-stage1", type=int, default=30, help="max epochs, head only")
+    rec.add_argument("--epochs-stage2", type=int, default=20, help="max epochs, fine-tuning")
+    rec.add_argument("--lr-stage1", type=float, default=1e-3, help="Adam learning rate, stage 1")
+    rec.add_argument("--lr-stage2", type=float, default=1e-4, help="Adam learning rate, stage 2")
+    rec.add_argument("--batch-size", type=int, default=32)
+    rec.add_argument("--patience", type=int, default=5, help="EarlyStopping patience (epochs, val accuracy)")
+    rec.add_argument("--lr-patience", type=int, default=2, help="ReduceLROnPlateau patience (epochs)")
+    rec.add_argument("--aug-copies", type=int, default=3,
+                     help="cached augmented copies per training image; each epoch draws one per image")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-train evaluate",
+        description="Run a trained model on every image of another dataset folder (no retraining) and report "
+        "what it calls them, e.g. GC10-DET's inclusion folder: --data .../gc10/inclusion --expect inclusion.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a finished edge-train run directory")
+    p.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--expect", help="the class these images should be called (reports how many are)")
+    p.add_argument("--name", help="report name (default: <parent>_<folder>, e.g. gc10_inclusion)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR)")
+    p.add_argument("--grid", type=int, default=16, help="max thumbnails in the prediction grid")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _fit(argv: list[str]) -> int:
+    args = build_fit_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from train.pipeline import TrainOptions, cross_validate, load_options_for_resume, train_run
+
+    if args.resume:
+        options = load_options_for_resume(args.resume, progress=not args.no_progress)
+    else:
+        if not args.data:
+            build_fit_parser().error("--data is required (or --resume RUN_DIR)")
+        name = args.name or datetime.now().strftime("neu-%Y%m%d-%H%M%S")
+        options = TrainOptions(
+            data=args.data, run_dir=str(Path(args.runs) / name), weights=args.weights, classes=args.classes,
+            input_size=args.input_size, unfreeze=args.unfreeze, epochs_stage1=args.epochs_stage1,
+            epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2,
+            batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
+            aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
+            folds=args.folds, seed=args.seed, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
+    if options.folds:
+        summary = cross_validate(options)
+        print(f"{summary['folds']}-fold cross-validation test accuracy: "
+              f"{100 * summary['test_accuracy_mean']:.2f} % ± {100 * summary['test_accuracy_std']:.2f} % "
+              f"({summary['test_correct']}/{summary['test_total']}) -> {options.run_dir}/cv_metrics.json")
+        return 0
+    metrics = train_run(options)
+    for split in ("val", "test"):
+        m = metrics[split]
+        print(f"{split} accuracy: {100 * m['accuracy']:.2f} % ({m['correct']}/{m['total']})")
+    print(f"run directory: {options.run_dir}")
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    args = build_evaluate_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from train.evaluate import evaluate_folder
+
+    result = evaluate_folder(
+        args.run_dir, args.data, expect=args.expect, name=args.name, out_dir=args.out,
+        grid_size=args.grid, progress=not args.no_progress,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in result["predicted_histogram"].items() if v)
+    print(f"{result['name']}: {result['classified']} images classified, {len(result['errors'])} unreadable")
+    if args.expect:
+        print(f"called {args.expect}: {result['expected_count']}/{result['classified']} "
+              f"= {100 * result['expected_share']:.1f} %")
+    print(f"predicted classes: {counts}")
+    print(f"report: {result['report_json']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "evaluate":
+            return _evaluate(argv[1:])
+        return _fit(argv[1:] if argv and argv[0] == "fit" else argv)
+    except (EdgeRuntimeError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted; continue with 'edge-train --resume RUN_DIR'")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

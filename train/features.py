@@ -1,0 +1,117 @@
+"""On-disk cache of the frozen trunk's outputs, so the frozen backbone runs once per image copy.
+
+Entries are keyed by image content (sha256) and copy number: copy 0 is the clean image, copies 1..K are
+seeded random augmentations of it. The cache folder is named after everything that changes the values
+(weights, cut point, preprocessing, augmentation, seed), so runs and cross-validation folds share it and an
+interrupted computation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels, read_image
+from train.augment import AugmentSpec, augment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    path: Path
+    sha256: str
+    copy: int  # 0 = clean, 1..K = augmented
+
+
+def augmentation_rng(seed: int, sha256: str, copy: int) -> np.random.Generator:
+    return np.random.default_rng([seed, int(sha256[:15], 16), copy])
+
+
+def cache_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """Trunk outputs (float16) and, for the model's initial body weights, the pooled features (float32)."""
+
+    def __init__(
+        self,
+        root: Path,
+        weights_id: str,
+        split_layer: str,
+        preprocess: PreprocessConfig,
+        augment_spec: AugmentSpec,
+        seed: int,
+    ) -> None:
+        identity = {
+            "weights": weights_id,
+            "split_layer": split_layer,
+            "preprocess": preprocess.to_dict(),
+            "augment": asdict(augment_spec),
+            "seed": seed,
+        }
+        self.directory = Path(root) / f"{split_layer}-{cache_key(identity)}"
+        (self.directory / "trunk").mkdir(parents=True, exist_ok=True)
+        (self.directory / "pooled").mkdir(parents=True, exist_ok=True)
+        (self.directory / "identity.json").write_text(json.dumps(identity, indent=2))
+        self.preprocess = preprocess
+        self.augment_spec = augment_spec
+        self.seed = seed
+
+    def _file(self, kind: str, item: CacheItem) -> Path:
+        return self.directory / kind / f"{item.sha256}_{item.copy}.npy"
+
+    def model_input(self, item: CacheItem) -> np.ndarray:
+        """The (possibly augmented) float32 model input for one cache item."""
+        pixels = prepare_pixels(read_image(item.path), self.preprocess)
+        if item.copy > 0:
+            pixels = augment(pixels, augmentation_rng(self.seed, item.sha256, item.copy), self.augment_spec)
+        return normalize(pixels, self.preprocess)
+
+    def _fill(self, kind: str, items: list[CacheItem], compute, batch_size: int, progress: bool, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        missing = list({self._file(kind, it): it for it in items if not self._file(kind, it).exists()}.values())
+        if not missing:
+            return
+        log.info("%s: computing %d of %d entries in %s", desc, len(missing), len(items), self.directory)
+        with tqdm(total=len(missing), desc=desc, unit="img", disable=not progress) as bar:
+            for start in range(0, len(missing), batch_size):
+                batch = missing[start : start + batch_size]
+                outputs = compute(batch)
+                for item, value in zip(batch, outputs):
+                    _save_atomic(self._file(kind, item), value)
+                bar.update(len(batch))
+
+    def ensure_trunk(self, trunk, items: list[CacheItem], batch_size: int = 16, progress: bool = True) -> None:
+        def compute(batch: list[CacheItem]) -> np.ndarray:
+            x = np.stack([self.model_input(it) for it in batch])
+            return np.asarray(trunk(x, training=False)).astype(np.float16)
+
+        self._fill("trunk", items, compute, batch_size, progress, "frozen trunk")
+
+    def ensure_pooled(self, body, items: list[CacheItem], batch_size: int = 32, progress: bool = True) -> None:
+        """Pooled features through the body *as initialised* (valid only while the body is frozen: stage 1)."""
+
+        def compute(batch: list[CacheItem]) -> np.ndarray:
+            x = self.load("trunk", batch).astype(np.float32)
+            return np.asarray(body(x, training=False)).astype(np.float32)
+
+        self._fill("pooled", items, compute, batch_size, progress, "frozen body")
+
+    def load(self, kind: str, items: list[CacheItem]) -> np.ndarray:
+        return np.stack([np.load(self._file(kind, it)) for it in items])
+
+
+def _save_atomic(path: Path, value: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, value)
+    os.replace(tmp, path)

@@ -1,0 +1,273 @@
+"""``edge-train`` end to end: data → split manifest → two-stage fit → model, metrics and figures.
+
+Also K-fold cross-validation, which reuses the same trunk-feature cache for every fold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.preprocessing import PreprocessConfig
+from train import figures
+from train.callbacks import read_history
+from train.data import check_images, discover, sha256_of
+from train.metrics import report
+from train.model import build_model, resolve_weights, submodels
+from train.predict import predict_files
+from train.run_dir import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METADATA_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    tool_versions,
+    utc_now,
+    write_json,
+)
+from train.split import (
+    MANIFEST_NAME,
+    ManifestRow,
+    kfold_splits,
+    read_manifest,
+    rows_of,
+    stratified_split,
+    verify_files,
+    write_manifest,
+)
+from train.trainer import (
+    FitSettings,
+    StageSettings,
+    _features_per_image,
+    cache_items,
+    fit_two_stages,
+    make_cache,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """Every setting of a training run; stored as ``config.json`` so ``--resume`` continues identically."""
+
+    data: str
+    run_dir: str
+    weights: str = "imagenet"
+    classes: list[str] | None = None
+    input_size: int = 224
+    unfreeze: str = "conv5"
+    epochs_stage1: int = 30
+    epochs_stage2: int = 20
+    lr_stage1: float = 1e-3
+    lr_stage2: float = 1e-4
+    batch_size: int = 32
+    patience: int = 5
+    lr_patience: int = 2
+    aug_copies: int = 3
+    val_per_class: int = 12
+    test_per_class: int = 12
+    folds: int = 0
+    seed: int = 0
+    skip_bad: bool = False
+    cache_dir: str | None = None
+    progress: bool = field(default=True, metadata={"runtime": True})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainOptions":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def fit_settings(self) -> FitSettings:
+        return FitSettings(
+            stage1=StageSettings(self.epochs_stage1, self.lr_stage1),
+            stage2=StageSettings(self.epochs_stage2, self.lr_stage2),
+            batch_size=self.batch_size,
+            patience=self.patience,
+            lr_patience=self.lr_patience,
+            aug_copies=self.aug_copies,
+            unfreeze=self.unfreeze,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(input_size=(self.input_size, self.input_size))
+
+
+def load_options_for_resume(run_dir: str | Path, progress: bool = True) -> TrainOptions:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: --resume needs a run folder started by edge-train")
+    options = TrainOptions.from_dict(json.loads(path.read_text()))
+    options.run_dir = str(run_dir)
+    options.progress = progress
+    return options
+
+
+def _weights_identity(weights: str | None, seed: int) -> str:
+    if weights is None:
+        return f"random-seed{seed}"
+    if weights == "imagenet":
+        return "imagenet"
+    return f"file-sha256:{sha256_of(weights)}"
+
+
+def _prepare(options: TrainOptions):
+    run_dir = Path(options.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in asdict(options).items() if k != "progress"}
+    if (run_dir / CONFIG_FILE).is_file():
+        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        if saved != config:
+            changed = sorted(k for k in config if saved.get(k) != config[k])
+            raise ValueError(
+                f"'{run_dir}' already holds a run with other settings ({changed}); "
+                "use --resume RUN_DIR to continue it, or pick a new --name"
+            )
+    write_json(run_dir / CONFIG_FILE, config)
+    weights = resolve_weights(options.weights)
+    dataset = discover(options.data, options.classes)
+    hashes = check_images(dataset, skip_bad=options.skip_bad, progress=options.progress)
+    return run_dir, weights, dataset, hashes
+
+
+def _build(options: TrainOptions, weights: str | None, num_classes: int):
+    model = build_model(num_classes, (options.input_size, options.input_size), weights, seed=options.seed)
+    parts = submodels(model, options.unfreeze)
+    cache_root = Path(options.cache_dir) if options.cache_dir else Path(options.run_dir).parent / ".feature-cache"
+    cache = make_cache(cache_root, _weights_identity(weights, options.seed), parts, options.preprocess, options.seed)
+    return model, parts, cache
+
+
+def train_run(options: TrainOptions) -> dict:
+    """Train one model on the 276/12/12-style split; writes the whole run directory. Returns metrics."""
+    started = time.perf_counter()
+    run_dir, weights, dataset, hashes = _prepare(options)
+    manifest = run_dir / MANIFEST_NAME
+    if manifest.is_file():
+        rows = read_manifest(manifest)
+        verify_files(rows, dataset.root)
+        log.info("resuming with the existing split manifest %s", manifest)
+    else:
+        rows = stratified_split(dataset, hashes, options.val_per_class, options.test_per_class, options.seed)
+        write_manifest(manifest, rows)
+    _log_split(rows)
+
+    model, parts, cache = _build(options, weights, len(dataset.classes))
+    fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), run_dir)
+    model.save(run_dir / MODEL_FILE)
+
+    metadata = {
+        "classes": dataset.classes,
+        "input_size": [options.input_size, options.input_size],
+        "input_layout": "NHWC",
+        "preprocessing": options.preprocess.to_dict(),
+        "model": "ResNet-50 (include_top=False) + GAP + Dense512 relu + Dropout0.5 + Dense softmax",
+        "weights": options.weights,
+        "unfreeze": options.unfreeze,
+        "seed": options.seed,
+        "data_root": str(dataset.root),
+        "data_layout": dataset.layout,
+        "split_manifest": MANIFEST_NAME,
+        "split_manifest_sha256": sha256_of(manifest),
+        "model_sha256": sha256_of(run_dir / MODEL_FILE),
+        "skipped_bad_images": dataset.skipped,
+        "created": utc_now(),
+        "versions": tool_versions(),
+    }
+    write_json(run_dir / METADATA_FILE, metadata)
+
+    metrics = {"fit": fit}
+    for split in ("val", "test"):
+        split_rows = rows_of(rows, split)
+        result = predict_files(
+            model, [dataset.root / r.path for r in split_rows], options.preprocess,
+            progress=options.progress, desc=f"evaluating {split}",
+        )
+        index = {name: i for i, name in enumerate(dataset.classes)}
+        y_true = np.array([index[r.label] for r in split_rows])
+        metrics[split] = report(y_true, result.probabilities.argmax(axis=1), dataset.classes)
+        figures.confusion(
+            metrics[split]["confusion_matrix"], dataset.classes,
+            f"NEU {'validation' if split == 'val' else 'test'}", run_dir / f"confusion_{split}.png",
+        )
+    history = read_history(run_dir / HISTORY_FILE)
+    metrics["epoch_seconds"] = _epoch_seconds(history)
+    metrics["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 1)
+    write_json(run_dir / METRICS_FILE, metrics)
+    figures.training_curves(history, run_dir / "training_curves.png")
+    log.info("run saved in %s", run_dir)
+    return metrics
+
+
+def _epoch_seconds(history: list[dict]) -> dict:
+    out = {}
+    for stage in (1, 2):
+        secs = [float(r["seconds"]) for r in history if int(r["stage"]) == stage]
+        if secs:
+            out[f"stage{stage}"] = {"epochs": len(secs), "mean": round(float(np.mean(secs)), 2),
+                                    "total": round(float(np.sum(secs)), 1)}
+    return out
+
+
+def _log_split(rows: list[ManifestRow]) -> None:
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(row.label, {"train": 0, "val": 0, "test": 0})[row.split] += 1
+    for label, c in counts.items():
+        log.info("split %-16s train %d  val %d  test %d", label, c["train"], c["val"], c["test"])
+
+
+def cross_validate(options: TrainOptions) -> dict:
+    """K-fold cross-validation: the recipe trained once per fold, test accuracy per fold and mean ± std.
+
+    Fold test sets are scored on the cached clean trunk features through the trained top of the model (the
+    same computation as the full model on the image, without re-running the frozen trunk).
+    """
+    run_dir, weights, dataset, hashes = _prepare(options)
+    folds = kfold_splits(dataset, hashes, options.folds, options.val_per_class, options.seed)
+    index = {name: i for i, name in enumerate(dataset.classes)}
+    per_fold = []
+    for k, rows in enumerate(folds):
+        fold_dir = run_dir / f"fold_{k + 1}"
+        fold_dir.mkdir(exist_ok=True)
+        if (fold_dir / METRICS_FILE).is_file():
+            per_fold.append(json.loads((fold_dir / METRICS_FILE).read_text()))
+            log.info("fold %d already finished (resumed)", k + 1)
+            continue
+        write_manifest(fold_dir / MANIFEST_NAME, rows)
+        log.info("fold %d/%d", k + 1, options.folds)
+        model, parts, cache = _build(options, weights, len(dataset.classes))
+        fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), fold_dir)
+        test_rows = rows_of(rows, "test")
+        cache.ensure_trunk(parts.trunk, cache_items(test_rows, dataset.root, range(0, 1)), progress=options.progress)
+        features = _features_per_image(cache, "trunk", test_rows, dataset.root, range(0, 1))[:, 0]
+        probabilities = np.concatenate(
+            [np.asarray(parts.top(features[i : i + 64].astype(np.float32), training=False))
+             for i in range(0, len(features), 64)]
+        )
+        y_true = np.array([index[r.label] for r in test_rows])
+        fold_metrics = {"fold": k + 1, "fit": fit, "test": report(y_true, probabilities.argmax(1), dataset.classes)}
+        write_json(fold_dir / METRICS_FILE, fold_metrics)
+        log.info("fold %d test accuracy %.4f", k + 1, fold_metrics["test"]["accuracy"])
+        per_fold.append(fold_metrics)
+    accuracies = np.array([f["test"]["accuracy"] for f in per_fold])
+    summary = {
+        "folds": options.folds,
+        "test_accuracy_per_fold": accuracies.tolist(),
+        "test_accuracy_mean": float(accuracies.mean()),
+        "test_accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+        "test_correct": int(sum(f["test"]["correct"] for f in per_fold)),
+        "test_total": int(sum(f["test"]["total"] for f in per_fold)),
+        "confusion_matrix_all_folds": np.sum([f["test"]["confusion_matrix"] for f in per_fold], axis=0).tolist(),
+        "classes": dataset.classes,
+    }
+    write_json(run_dir / "cv_metrics.json", summary)
+    return summary

@@ -1,0 +1,49 @@
+"""Run a Keras model over image files through edge_runtime's preprocessing (batched, never ``predict()``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ImageReadError
+from edge_runtime.preprocessing import PreprocessConfig, load_image
+
+
+@dataclass
+class FilePredictions:
+    paths: list[Path]  # files that were classified, in order
+    probabilities: np.ndarray  # (len(paths), classes)
+    errors: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files, with the reason
+
+
+def predict_files(
+    model,
+    paths: list[Path],
+    preprocess: PreprocessConfig,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "classifying",
+) -> FilePredictions:
+    """Classify files in batches; an unreadable file is recorded in ``errors`` and the rest go on."""
+    from tqdm.auto import tqdm
+
+    done: list[Path] = []
+    outputs: list[np.ndarray] = []
+    errors: list[tuple[Path, str]] = []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            batch, inputs = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    inputs.append(load_image(path, preprocess))
+                    batch.append(Path(path))
+                except (ImageReadError, ValueError) as exc:
+                    errors.append((Path(path), str(exc)))
+            if inputs:
+                outputs.append(np.asarray(model(np.stack(inputs), training=False)))
+                done.extend(batch)
+            bar.update(len(paths[start : start + batch_size]))
+    probabilities = np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
+    return FilePredictions(done, probabilities, errors)

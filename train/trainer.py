@@ -1,0 +1,246 @@
+"""Two-stage fine-tuning of the reference model, on cached trunk features.
+
+Stage 1 trains the head on pooled features of the frozen backbone (Adam 1e-3). Stage 2 unfreezes the top of
+the backbone (default: the conv5 stage, BatchNorm kept in inference mode) and trains it with the head on the
+cached outputs of the layers below (Adam 1e-4). Each training image has ``aug_copies`` cached augmented
+copies; every epoch draws one of them per image. Both stages use EarlyStopping, ModelCheckpoint and
+ReduceLROnPlateau on validation accuracy; the best model on validation is the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from edge_runtime.preprocessing import PreprocessConfig
+from train.augment import AugmentSpec
+from train.callbacks import CallbackState, HistoryCSV
+from train.features import CacheItem, FeatureCache
+from train.model import Submodels, set_trainable
+from train.run_dir import CHECKPOINT_DIR, HISTORY_FILE
+from train.split import ManifestRow, rows_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSettings:
+    epochs: int
+    learning_rate: float
+
+
+@dataclass
+class FitSettings:
+    stage1: StageSettings = field(default_factory=lambda: StageSettings(30, 1e-3))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(20, 1e-4))
+    batch_size: int = 32
+    patience: int = 5
+    lr_patience: int = 2
+    lr_factor: float = 0.2
+    min_lr: float = 1e-6
+    aug_copies: int = 3
+    unfreeze: str = "conv5"
+    seed: int = 0
+    progress: bool = True
+
+
+class CopySampler(keras.utils.PyDataset):
+    """Batches of cached features where every epoch draws one augmented copy of each image, shuffled."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.features = features  # (N, copies, ...)
+        self.labels = labels
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self._draw()
+
+    def _draw(self) -> None:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(len(self.labels))
+        self.copy = rng.integers(0, self.features.shape[1], len(self.labels))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        idx = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self.features[idx, self.copy[idx]].astype(np.float32), self.labels[idx]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._draw()
+
+
+@dataclass
+class StageResult:
+    best_val_accuracy: float
+    epochs_run: int
+    seconds: float
+    resumed: bool = False
+
+
+def cache_items(rows: list[ManifestRow], data_root: Path, copies: range) -> list[CacheItem]:
+    return [CacheItem(data_root / r.path, r.sha256, c) for r in rows for c in copies]
+
+
+def _features_per_image(cache: FeatureCache, kind: str, rows, data_root: Path, copies: range) -> np.ndarray:
+    flat = cache.load(kind, cache_items(rows, data_root, copies))
+    return flat.reshape(len(rows), len(copies), *flat.shape[1:])
+
+
+def fit_two_stages(
+    model: keras.Model,
+    parts: Submodels,
+    rows: list[ManifestRow],
+    data_root: Path,
+    classes: list[str],
+    cache: FeatureCache,
+    settings: FitSettings,
+    out_dir: Path,
+) -> dict:
+    """Train ``model`` in place; returns timings and the best validation accuracy of each stage."""
+    out_dir = Path(out_dir)
+    ckpt = out_dir / CHECKPOINT_DIR
+    ckpt.mkdir(parents=True, exist_ok=True)
+    index = {name: i for i, name in enumerate(classes)}
+    train_rows, val_rows = rows_of(rows, "train"), rows_of(rows, "val")
+    y_train = np.array([index[r.label] for r in train_rows])
+    y_val = np.array([index[r.label] for r in val_rows])
+    augmented = range(1, settings.aug_copies + 1)
+    clean = range(0, 1)
+
+    started = time.perf_counter()
+    needed = cache_items(train_rows, data_root, augmented) + cache_items(val_rows, data_root, clean)
+    cache.ensure_trunk(parts.trunk, needed, progress=settings.progress)
+    trunk_seconds = time.perf_counter() - started
+
+    timings: dict = {"trunk_cache_seconds": round(trunk_seconds, 1)}
+    # Stage 1: head only, on pooled features of the frozen backbone.
+    started = time.perf_counter()
+    set_trainable(model, 1, settings.unfreeze)
+    stage1_full = ckpt / "stage1_model.weights.h5"
+    stage1 = _read_stage_result(ckpt, 1)
+    if stage1 is None:
+        cache.ensure_pooled(parts.body, needed, progress=settings.progress)
+        train_data = CopySampler(
+            _features_per_image(cache, "pooled", train_rows, data_root, augmented), y_train,
+            settings.batch_size, settings.seed,
+        )
+        val_data = (_features_per_image(cache, "pooled", val_rows, data_root, clean)[:, 0], y_val)
+        stage1 = _run_stage(1, parts.head, train_data, val_data, settings.stage1, settings, out_dir)
+        model.save_weights(stage1_full)
+        _write_stage_result(ckpt, 1, stage1)
+    else:
+        model.load_weights(stage1_full)
+    timings["stage1_seconds"] = round(time.perf_counter() - started, 1)
+
+    # Stage 2: the unfrozen top of the backbone + head, on the cached trunk outputs.
+    started = time.perf_counter()
+    set_trainable(model, 2, settings.unfreeze)
+    stage2_best = ckpt / "stage2_best.weights.h5"
+    stage2 = _read_stage_result(ckpt, 2)
+    if stage2 is None:
+        train_data = CopySampler(
+            _features_per_image(cache, "trunk", train_rows, data_root, augmented), y_train,
+            settings.batch_size, settings.seed + 1,
+        )
+        val_data = (_features_per_image(cache, "trunk", val_rows, data_root, clean)[:, 0].astype(np.float32), y_val)
+        stage2 = _run_stage(2, parts.top, train_data, val_data, settings.stage2, settings, out_dir)
+        _write_stage_result(ckpt, 2, stage2)
+        del train_data, val_data
+    else:
+        parts.top.load_weights(stage2_best)
+    timings["stage2_seconds"] = round(time.perf_counter() - started, 1)
+
+    if stage2.best_val_accuracy >= stage1.best_val_accuracy:
+        chosen = 2
+    else:
+        chosen = 1
+        model.load_weights(stage1_full)
+    log.info(
+        "best validation accuracy: stage 1 %.4f, stage 2 %.4f -> keeping stage %d",
+        stage1.best_val_accuracy, stage2.best_val_accuracy, chosen,
+    )
+    return {
+        "stage1": asdict(stage1),
+        "stage2": asdict(stage2),
+        "chosen_stage": chosen,
+        "timings": timings,
+    }
+
+
+def _run_stage(
+    stage: int,
+    stage_model: keras.Model,
+    train_data: CopySampler,
+    val_data: tuple[np.ndarray, np.ndarray],
+    stage_settings: StageSettings,
+    settings: FitSettings,
+    out_dir: Path,
+) -> StageResult:
+    ckpt = out_dir / CHECKPOINT_DIR
+    keras.utils.set_random_seed(settings.seed + stage)
+    stage_model.compile(
+        optimizer=keras.optimizers.Adam(stage_settings.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    trainable = sum(int(np.prod(w.shape)) for w in stage_model.trainable_weights)
+    log.info("stage %d: %d trainable parameters, %d training images, lr %g",
+             stage, trainable, len(train_data.labels), stage_settings.learning_rate)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=settings.patience)
+    reducer = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_accuracy", mode="max", factor=settings.lr_factor, patience=settings.lr_patience,
+        min_lr=settings.min_lr,
+    )
+    best_path = ckpt / f"stage{stage}_best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        best_path, monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True
+    )
+    backup_dir = ckpt / f"stage{stage}_backup"
+    resumed = backup_dir.exists()
+    callbacks = [
+        stopper,
+        reducer,
+        checkpoint,
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        CallbackState(ckpt / f"stage{stage}_callbacks.json",
+                      {"early_stopping": stopper, "reduce_lr": reducer, "checkpoint": checkpoint}),
+        HistoryCSV(out_dir / HISTORY_FILE, stage),
+    ]
+    started = time.perf_counter()
+    history = stage_model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=stage_settings.epochs,
+        batch_size=settings.batch_size,
+        callbacks=callbacks,
+        verbose=1 if settings.progress else 0,
+    )
+    seconds = time.perf_counter() - started
+    stage_model.load_weights(best_path)
+    epochs_run = len(history.history.get("val_accuracy", []))
+    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s)", stage, checkpoint.best, epochs_run, seconds)
+    return StageResult(float(checkpoint.best), epochs_run, round(seconds, 1), resumed)
+
+
+def _write_stage_result(ckpt: Path, stage: int, result: StageResult) -> None:
+    (ckpt / f"stage{stage}_result.json").write_text(json.dumps(asdict(result)))
+
+
+def _read_stage_result(ckpt: Path, stage: int) -> StageResult | None:
+    path = ckpt / f"stage{stage}_result.json"
+    return StageResult(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def make_cache(root: Path, weights_id: str, parts: Submodels, preprocess: PreprocessConfig, seed: int) -> FeatureCache:
+    return FeatureCache(root, weights_id, parts.split_layer, preprocess, AugmentSpec(), seed)
