@@ -125,8 +125,8 @@ def _prepare(options: TrainOptions):
     config = {k: v for k, v in asdict(options).items() if k != "progress"}
     if (run_dir / CONFIG_FILE).is_file():
         saved = json.loads((run_dir / CONFIG_FILE).read_text())
-        if saved != config:
-            changed = sorted(k for k in config if saved.get(k) != config[k])
+        changed = sorted(k for k in config if k != "run_dir" and saved.get(k) != config[k])
+        if changed:
             raise ValueError(
                 f"'{run_dir}' already holds a run with other settings ({changed}); "
                 "use --resume RUN_DIR to continue it, or pick a new --name"

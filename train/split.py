@@ -56,7 +56,10 @@ def _permuted(dataset: Dataset, seed: int) -> dict[str, list[str]]:
 def stratified_split(
     dataset: Dataset, hashes: dict[Path, str], val_per_class: int = 12, test_per_class: int = 12, seed: int = 0
 ) -> list[ManifestRow]:
-    """Per class: ``test_per_class`` test, ``val_per_class`` validation, the rest training (NEU: 276/12/12)."""
+    """Per class: ``test_per_class`` test, ``val_per_class`` validation, the rest training (NEU: 276/12/12).
+
+    Byte-identical files (NEU has one such pair) always land in the same split, so none leaks into test.
+    """
     rows = []
     for label, paths in _permuted(dataset, seed).items():
         if len(paths) < val_per_class + test_per_class + 1:
@@ -64,9 +67,14 @@ def stratified_split(
                 f"class '{label}' has {len(paths)} images; need more than {val_per_class + test_per_class} "
                 "for the validation and test splits (lower --val-per-class/--test-per-class)"
             )
-        for i, rel in enumerate(paths):
-            split = "test" if i < test_per_class else "val" if i < test_per_class + val_per_class else "train"
-            rows.append(ManifestRow(rel, label, split, hashes[dataset.root / rel]))
+        counts = {"test": 0, "val": 0}
+
+        def next_split() -> str:
+            split = "test" if counts["test"] < test_per_class else "val" if counts["val"] < val_per_class else "train"
+            counts[split] = counts.get(split, 0) + 1
+            return split
+
+        rows += _assign(dataset, hashes, label, paths, lambda _i: next_split())
     return rows
 
 
@@ -87,11 +95,21 @@ def kfold_splits(
             if len(rest) <= val_per_class:
                 raise ManifestError(f"class '{label}' has too few images for {folds} folds")
             val = set(rest[:val_per_class])
-            for i, rel in enumerate(paths):
-                split = "test" if i in test else "val" if i in val else "train"
-                rows.append(ManifestRow(rel, label, split, hashes[dataset.root / rel]))
+            rows += _assign(dataset, hashes, label, paths, lambda i: "test" if i in test else "val" if i in val else "train")
         result.append(rows)
     return result
+
+
+def _assign(dataset: Dataset, hashes: dict[Path, str], label: str, paths: list[str], split_of) -> list[ManifestRow]:
+    """Rows for one class in permutation order; a file identical to an earlier one follows it into its split."""
+    seen: dict[str, str] = {}
+    rows = []
+    for i, rel in enumerate(paths):
+        digest = hashes[dataset.root / rel]
+        split = seen[digest] if digest in seen else split_of(i)
+        seen.setdefault(digest, split)
+        rows.append(ManifestRow(rel, label, split, digest))
+    return rows
 
 
 def write_manifest(path: Path, rows: list[ManifestRow]) -> None:

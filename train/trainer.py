@@ -157,7 +157,7 @@ def fit_two_stages(
         stage2 = _run_stage(2, parts.top, train_data, val_data, settings.stage2, settings, out_dir)
         _write_stage_result(ckpt, 2, stage2)
         del train_data, val_data
-    else:
+    elif stage2_best.exists():
         parts.top.load_weights(stage2_best)
     timings["stage2_seconds"] = round(time.perf_counter() - started, 1)
 
@@ -227,6 +227,9 @@ def _run_stage(
         verbose=1 if settings.progress else 0,
     )
     seconds = time.perf_counter() - started
+    if not best_path.exists():  # zero epochs: the stage was skipped
+        log.info("stage %d skipped (0 epochs)", stage)
+        return StageResult(-1.0, 0, round(seconds, 1))
     stage_model.load_weights(best_path)
     epochs_run = len(history.history.get("val_accuracy", []))
     log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s)", stage, checkpoint.best, epochs_run, seconds)

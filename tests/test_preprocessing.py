@@ -1,0 +1,121 @@
+"""Preprocessing is defined once (edge_runtime) and matches Keras' ResNet-50 preprocess_input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import NEU, needs_neu
+from edge_runtime.errors import ImageReadError
+from edge_runtime.preprocessing import (
+    CAFFE_MEAN_BGR,
+    PreprocessConfig,
+    load_image,
+    prepare_pixels,
+    preprocess,
+    read_image,
+    to_bgr8,
+)
+
+CFG = PreprocessConfig()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((10, 12), 77, np.uint8),
+        np.full((10, 12, 1), 77, np.uint8),
+        np.full((10, 12, 3), 77, np.uint8),
+        np.dstack([np.full((10, 12, 3), 77, np.uint8), np.zeros((10, 12), np.uint8)]),
+        np.full((10, 12), 77 * 257, np.uint16),
+        np.full((10, 12), 77 / 255, np.float32),
+    ],
+    ids=["gray", "gray1", "bgr", "bgra", "gray16", "float01"],
+)
+def test_every_decoded_form_becomes_the_same_uint8_bgr(image):
+    out = to_bgr8(image)
+    assert out.shape == (10, 12, 3) and out.dtype == np.uint8
+    assert np.all(out == 77)
+
+
+def test_colour_channels_keep_bgr_order():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 2] = 200  # red in BGR
+    assert to_bgr8(image)[0, 0].tolist() == [0, 0, 200]
+
+
+def test_unsupported_shapes_are_rejected_with_the_shape_named():
+    with pytest.raises(ValueError, match="shape"):
+        to_bgr8(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_preprocess_resizes_and_subtracts_the_caffe_mean():
+    out = preprocess(np.full((200, 200), 100, np.uint8), CFG)
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], [100 - m for m in CAFFE_MEAN_BGR], atol=1e-4)
+
+
+def test_large_frames_are_shrunk_to_the_model_size():
+    assert prepare_pixels(np.zeros((1000, 2048), np.uint8), CFG).shape == (224, 224, 3)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = PreprocessConfig(input_size=(64, 96), interpolation="area")
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_invalid_config_is_refused():
+    with pytest.raises(ValueError, match="interpolation"):
+        PreprocessConfig(interpolation="bogus")
+
+
+def test_sixteen_bit_png_reads_and_scales(tmp_path: Path):
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((8, 8), 65535, np.uint16))
+    assert read_image(path).dtype == np.uint16
+    assert to_bgr8(read_image(path)).max() == 255
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty"),
+        (b"this is not an image", "not a decodable image"),
+    ],
+)
+def test_bad_files_raise_an_error_naming_the_file(tmp_path: Path, content: bytes, reason: str):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_jpeg_is_detected(tmp_path: Path):
+    ok, data = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data.tobytes()[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(path)
+
+
+def test_missing_file_names_the_path(tmp_path: Path):
+    with pytest.raises(ImageReadError, match="nothere.jpg"):
+        read_image(tmp_path / "nothere.jpg")
+
+
+@needs_neu
+def test_matches_keras_preprocess_input_on_real_neu_images():
+    """Parity with keras.applications.resnet50.preprocess_input (fed RGB, as Keras loaders do)."""
+    from keras.applications.resnet50 import preprocess_input
+
+    files = [NEU / c / f"{c}_{i}.jpg" for c in ("crazing", "inclusion", "scratches") for i in (1, 150, 300)]
+    worst = 0.0
+    for path in files:
+        ours = load_image(path, CFG)
+        rgb = cv2.cvtColor(prepare_pixels(read_image(path), CFG), cv2.COLOR_BGR2RGB).astype(np.float32)
+        worst = max(worst, float(np.abs(ours - preprocess_input(rgb)).max()))
+    assert worst <= 1e-3

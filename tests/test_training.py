@@ -1,0 +1,174 @@
+"""End to end on a tiny generated dataset: every run artifact, resume, cross-validation, evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NEU_CLASSES, TINY_ARGS, synthetic_image, write_class_folders
+from train.cli import main
+from train.predict import predict_files
+from train.run_dir import TrainedRun
+from train.split import read_manifest, rows_of
+
+ARTIFACTS = [
+    "model.keras", "metadata.json", "config.json", "split_manifest.csv", "history.csv", "metrics.json",
+    "training_curves.png", "confusion_val.png", "confusion_test.png",
+]
+
+
+def history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_run_writes_every_artifact(trained_run: Path):
+    for name in ARTIFACTS:
+        assert (trained_run / name).is_file(), name
+        assert (trained_run / name).stat().st_size > 0, name
+
+
+def test_history_covers_both_stages_with_wall_times(trained_run: Path):
+    rows = history(trained_run)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("2", "1")]
+    assert all(float(r["seconds"]) > 0 and r["val_accuracy"] != "" for r in rows)
+
+
+def test_metrics_hold_accuracy_per_class_scores_and_confusion(trained_run: Path):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        m = metrics[split]
+        assert m["total"] == 6 and 0 <= m["accuracy"] <= 1
+        assert set(m["per_class"]) == set(NEU_CLASSES)
+        assert set(m["per_class"]["crazing"]) == {"precision", "recall", "f1", "support"}
+        assert np.array(m["confusion_matrix"]).shape == (6, 6)
+    assert metrics["fit"]["chosen_stage"] in (1, 2)
+    assert metrics["epoch_seconds"]["stage1"]["epochs"] == 1
+
+
+def test_metadata_describes_the_model_for_later_steps(trained_run: Path):
+    run = TrainedRun.open(trained_run)
+    assert run.classes == NEU_CLASSES
+    assert run.preprocess.input_size == (32, 32)
+    assert run.metadata["split_manifest_sha256"]
+    assert run.metadata["versions"]["keras"].startswith("3.")
+
+
+def test_saved_model_reproduces_the_reported_test_metrics(trained_run: Path):
+    run = TrainedRun.open(trained_run)
+    root, rows = run.manifest()
+    test = rows_of(rows, "test")
+    result = predict_files(run.load_model(), [root / r.path for r in test], run.preprocess, progress=False)
+    matrix = np.zeros((6, 6), int)
+    for row, k in zip(test, result.probabilities.argmax(1)):
+        matrix[NEU_CLASSES.index(row.label), k] += 1
+    reported = json.loads((trained_run / "metrics.json").read_text())["test"]["confusion_matrix"]
+    assert matrix.tolist() == reported
+
+
+def test_split_is_the_same_for_the_same_data_and_seed(trained_run: Path, tmp_path: Path):
+    from train.data import check_images, discover
+    from train.split import stratified_split
+
+    ds = discover(TrainedRun.open(trained_run).metadata["data_root"])
+    assert stratified_split(ds, check_images(ds, progress=False), 1, 1, 0) == read_manifest(
+        trained_run / "split_manifest.csv"
+    )
+
+
+def test_resume_finishes_an_interrupted_run_without_redoing_stage_1(trained_run: Path, tmp_path: Path):
+    run = tmp_path / "runs" / "interrupted"
+    shutil.copytree(trained_run, run)
+    # As if killed during stage 2: no stage-2 result, no final model or metrics.
+    for name in ("checkpoints/stage2_result.json", "model.keras", "metrics.json", "metadata.json"):
+        (run / name).unlink()
+    stage1_rows = [r for r in history(run) if r["stage"] == "1"]
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
+    rows = history(run)
+    assert [r for r in rows if r["stage"] == "1"] == stage1_rows
+    assert [r["stage"] for r in rows] == ["1", "2"]
+
+
+def test_resume_refuses_a_changed_dataset_file(trained_run: Path, tmp_path: Path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(TrainedRun.open(trained_run).metadata["data_root"], data)
+    run = tmp_path / "runs" / "r"
+    assert main(["--data", str(data), "--runs", str(tmp_path / "runs"), "--name", "r", *TINY_ARGS,
+                 "--epochs-stage2", "0"]) == 0
+    victim = data / rows_of(read_manifest(run / "split_manifest.csv"), "test")[0].path
+    victim.write_bytes(victim.read_bytes() + b"x")
+    (run / "metrics.json").unlink()
+    assert main(["--resume", str(run), "--no-progress"]) == 2
+    assert victim.name in caplog.text and "contents changed" in caplog.text
+
+
+def test_same_run_name_with_other_settings_is_refused(trained_run: Path, caplog):
+    args = ["--data", TrainedRun.open(trained_run).metadata["data_root"], "--runs", str(trained_run.parent),
+            "--name", trained_run.name, *TINY_ARGS, "--seed", "7"]
+    assert main(args) == 2
+    assert "--resume" in caplog.text
+
+
+def test_corrupt_image_stops_training_with_its_name_or_is_skipped(tmp_path: Path, caplog):
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    (data / "scratches" / "scratches_bad.jpg").write_bytes(b"GIF89a not really")
+    common = ["--data", str(data), "--runs", str(tmp_path / "runs"), *TINY_ARGS, "--epochs-stage2", "0"]
+    assert main([*common, "--name", "strict"]) == 2
+    assert "scratches_bad.jpg" in caplog.text and "--skip-bad" in caplog.text
+    assert main([*common, "--name", "lenient", "--skip-bad"]) == 0
+    skipped = json.loads((tmp_path / "runs" / "lenient" / "metadata.json").read_text())["skipped_bad_images"]
+    assert [s[0] for s in skipped] == ["scratches/scratches_bad.jpg"]
+
+
+def test_kfold_cross_validation_reports_mean_and_std(tmp_path: Path, capsys):
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    assert main(["--data", str(data), "--runs", str(tmp_path / "runs"), "--name", "cv", *TINY_ARGS,
+                 "--folds", "2"]) == 0
+    summary = json.loads((tmp_path / "runs" / "cv" / "cv_metrics.json").read_text())
+    assert summary["folds"] == 2 and len(summary["test_accuracy_per_fold"]) == 2
+    assert summary["test_total"] == 24  # every image tested exactly once
+    assert np.isclose(summary["test_accuracy_mean"], np.mean(summary["test_accuracy_per_fold"]))
+    assert "2-fold cross-validation test accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_counts_what_another_plants_images_are_called(trained_run: Path, tmp_path: Path, capsys):
+    folder = tmp_path / "gc10" / "inclusion"
+    folder.mkdir(parents=True)
+    import cv2
+
+    for i in range(5):
+        cv2.imwrite(str(folder / f"img_{i}.jpg"), np.tile(synthetic_image(1, i, 50), (1, 2)))
+    (folder / "broken.jpg").write_bytes(b"")
+    assert main(["evaluate", str(trained_run), "--data", str(folder), "--expect", "inclusion",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "out" / "gc10_inclusion.json").read_text())
+    assert report["classified"] == 5 and sum(report["predicted_histogram"].values()) == 5
+    assert report["expected_count"] == report["predicted_histogram"]["inclusion"]
+    assert [Path(e["file"]).name for e in report["errors"]] == ["broken.jpg"]
+    assert (tmp_path / "out" / "gc10_inclusion_predictions.png").stat().st_size > 0
+    assert "called inclusion:" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_an_unknown_expected_class(trained_run: Path, tmp_path: Path):
+    (tmp_path / "x").mkdir()
+    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "x"), "--expect", "welding_line"]) == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"]])
+def test_help_is_available(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage: edge-train" in capsys.readouterr().out
+
+
+def test_missing_data_argument_is_a_usage_error():
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
