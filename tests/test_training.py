@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NEU_CLASSES, TINY_ARGS, synthetic_image, write_class_folders
+from conftest import GC10, NEU, NEU_CLASSES, TINY_ARGS, WEIGHTS, needs_neu, synthetic_image, write_class_folders
 from train.cli import main
 from train.predict import predict_files
 from train.run_dir import TrainedRun
@@ -172,3 +172,28 @@ def test_missing_data_argument_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+@pytest.mark.data
+@needs_neu
+def test_real_resnet50_on_a_neu_subset_learns_and_evaluates_gc10(tmp_path: Path):
+    """The real pipeline (ImageNet weights, 224×224) on 10 NEU images per class, then a GC10 frame."""
+    if not WEIGHTS.is_file():
+        pytest.skip("ImageNet weights not in ../shared")
+    data = tmp_path / "neu10"
+    for name in NEU_CLASSES:
+        (data / name).mkdir(parents=True)
+        for i in range(1, 11):
+            (data / name / f"{name}_{i}.jpg").symlink_to(NEU / name / f"{name}_{i}.jpg")
+    args = ["--data", str(data), "--weights", str(WEIGHTS), "--runs", str(tmp_path / "runs"), "--name", "real",
+            "--val-per-class", "1", "--test-per-class", "1", "--aug-copies", "1", "--epochs-stage1", "15",
+            "--epochs-stage2", "1", "--batch-size", "16", "--no-progress"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "runs" / "real" / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] >= 0.5  # chance is 1/6
+    gc10 = GC10 / "inclusion"
+    if gc10.is_dir():
+        assert main(["evaluate", str(tmp_path / "runs" / "real"), "--data", str(gc10), "--expect", "inclusion",
+                     "--no-progress"]) == 0
+        report = json.loads((tmp_path / "runs" / "real" / "gc10_inclusion.json").read_text())
+        assert report["classified"] == len(list(gc10.glob("*.jpg")))

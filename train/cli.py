@@ -118,6 +118,12 @@ def _fit(argv: list[str]) -> int:
     for split in ("val", "test"):
         m = metrics[split]
         print(f"{split} accuracy: {100 * m['accuracy']:.2f} % ({m['correct']}/{m['total']})")
+    timings = metrics["fit"]["timings"]
+    print(f"wall time: trunk-feature cache {timings['trunk_cache_seconds']:.0f} s, "
+          f"stage 1 {timings['stage1_seconds']:.0f} s, stage 2 {timings['stage2_seconds']:.0f} s, "
+          f"whole command {metrics['wall_seconds_this_invocation']:.0f} s")
+    for stage, e in metrics["epoch_seconds"].items():
+        print(f"{stage}: {e['epochs']} epochs, {e['mean']:.1f} s/epoch")
     print(f"run directory: {options.run_dir}")
     return 0
 

@@ -127,7 +127,7 @@ def discover(root: str | Path, classes: list[str] | None = None) -> Dataset:
             raise DatasetError(f"classes {missing} have no images in '{root}' (found {sorted(found)})")
         if extra:
             log.warning("ignoring folders/classes not in --classes: %s", extra)
-    images = [LabelledImage(path.resolve(), label) for label in classes for path in found[label]]
+    images = [LabelledImage(path, label) for label in classes for path in found[label]]
     log.info("found %d images in %d classes (%s layout) under %s", len(images), len(classes), layout, root)
     return Dataset(root=root, layout=layout, classes=list(classes), images=images)
 
