@@ -1,16 +1,30 @@
-"""On-device part of the package: image preprocessing and (later) inference, without TensorFlow.
+"""On-device part of the package: image preprocessing and inference, without TensorFlow.
 
-Everything here depends only on numpy and OpenCV so that it runs on a small CPU box next to a line camera.
+Everything here depends only on numpy and OpenCV, plus the inference engine a model needs (ai-edge-litert
+for .tflite, onnxruntime for .onnx), imported only when such a model is loaded, so that it runs on a small
+CPU box next to a line camera.
 """
 
+from edge_runtime.backends import BackendUnavailableError, ModelLoadError, load_backend
+from edge_runtime.classifier import Classifier, Prediction, default_model_path
 from edge_runtime.errors import EdgeRuntimeError, ImageReadError
+from edge_runtime.metadata import MetadataError, ModelMetadata, read_metadata
 from edge_runtime.preprocessing import PreprocessConfig, load_image, preprocess, to_bgr8
 
 __all__ = [
+    "BackendUnavailableError",
+    "Classifier",
     "EdgeRuntimeError",
     "ImageReadError",
+    "MetadataError",
+    "ModelLoadError",
+    "ModelMetadata",
     "PreprocessConfig",
+    "Prediction",
+    "default_model_path",
+    "load_backend",
     "load_image",
     "preprocess",
+    "read_metadata",
     "to_bgr8",
 ]

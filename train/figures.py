@@ -25,10 +25,11 @@ def training_curves(history: list[dict], path: Path) -> None:
         if 2 in stages and 1 in stages:
             boundary = stages.index(2) + 0.5
             ax.axvline(boundary, color="grey", lw=1)
-            ax.text(boundary, ax.get_ylim()[1], " stage 2: fine-tune", va="top", fontsize=8, color="grey")
-            ax.text(0.7, ax.get_ylim()[1], "stage 1: head", va="top", fontsize=8, color="grey")
+            axis = ax.get_xaxis_transform()  # x in data units, y in axes fraction
+            ax.text(boundary, 1.01, " stage 2: fine-tune →", fontsize=8, color="grey", transform=axis)
+            ax.text(boundary, 1.01, "← stage 1: head ", fontsize=8, color="grey", ha="right", transform=axis)
         ax.set_xlabel("epoch (both stages)")
-        ax.set_title(metric)
+        ax.set_title(metric, pad=14)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()

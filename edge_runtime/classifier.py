@@ -1,0 +1,165 @@
+"""Classify decoded images with an exported model: shared preprocessing -> backend -> top-k."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.backends import Backend, ModelLoadError, load_backend
+from edge_runtime.metadata import MetadataError, ModelMetadata, metadata_from_labels, read_metadata
+from edge_runtime.preprocessing import prepare_pixels, preprocess, read_image
+
+log = logging.getLogger(__name__)
+
+TOP_K = 3
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.tflite"
+
+
+def default_model_path() -> Path:
+    """The model that ships inside the package (may be absent from a source install)."""
+    return DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result; equality compares the result, not the timings or the probability array.
+
+    Timings are per image; in a batch, ``inference_ms`` is the batch's inference time divided by its size.
+    """
+
+    label: str
+    confidence: float
+    index: int
+    top_k: list[tuple[str, float]]
+    probabilities: np.ndarray = field(repr=False, compare=False)
+    preprocess_ms: float = field(default=0.0, compare=False)
+    inference_ms: float = field(default=0.0, compare=False)
+
+
+class Classifier:
+    """A model plus its metadata. Load with :meth:`Classifier.load`. Not thread-safe (one per thread)."""
+
+    def __init__(self, backend: Backend, metadata: ModelMetadata) -> None:
+        _check_matches(backend, metadata)
+        self.backend = backend
+        self.metadata = metadata
+        self.path = backend.path
+        self.labels = list(metadata.labels)
+        self._config = metadata.preprocess
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        engine: str | None = None,
+        threads: int | None = None,
+        labels: list[str] | None = None,
+    ) -> "Classifier":
+        """Load a .tflite/.onnx model (default: the one shipped in the package) with its embedded metadata.
+
+        ``labels`` lets a model without (valid) metadata be used; with valid metadata they must agree.
+        """
+        path = Path(path) if path is not None else _shipped_model()
+        backend = load_backend(path, engine=engine, threads=threads)
+        classifier = cls(backend, _metadata_for(backend, labels))
+        log.info(
+            "loaded %s (%s, %s, %d classes, %d threads)",
+            path, backend.name, classifier.metadata.format, len(classifier.labels), backend.threads,
+        )
+        return classifier
+
+    def __repr__(self) -> str:
+        return f"Classifier('{self.path}', engine={self.backend.name}, labels={self.labels})"
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Decoded image -> this model's input (uint8 pixels if the graph normalises, else float32)."""
+        if self.metadata.preprocessing_in_graph:
+            return prepare_pixels(image, self._config)
+        return preprocess(image, self._config)
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Classify one decoded image (gray, BGR, BGRA, 16-bit or float, any size)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Classify decoded images in one backend call."""
+        if len(images) == 0:
+            return []
+        inputs, prep_ms = [], []
+        for image in images:
+            start = time.perf_counter()
+            inputs.append(self.prepare(image))
+            prep_ms.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        probabilities = self.backend.run(np.stack(inputs))
+        infer_ms = (time.perf_counter() - start) * 1000 / len(images)
+        if probabilities.shape != (len(images), len(self.labels)):
+            raise MetadataError(
+                self.path, f"the model returned shape {probabilities.shape} for {len(self.labels)} labels"
+            )
+        return [self._prediction(p, ms, infer_ms) for p, ms in zip(probabilities, prep_ms)]
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Read and classify an image file; an unreadable file raises ImageReadError naming it."""
+        return self.predict(read_image(path))
+
+    def _prediction(self, probabilities: np.ndarray, preprocess_ms: float, inference_ms: float) -> Prediction:
+        order = np.argsort(-probabilities, kind="stable")
+        best = int(order[0])
+        return Prediction(
+            label=self.labels[best],
+            confidence=float(probabilities[best]),
+            index=best,
+            top_k=[(self.labels[i], float(probabilities[i])) for i in order[:TOP_K]],
+            probabilities=probabilities,
+            preprocess_ms=preprocess_ms,
+            inference_ms=inference_ms,
+        )
+
+
+def _shipped_model() -> Path:
+    path = default_model_path()
+    if not path.is_file():
+        raise ModelLoadError(
+            path, "no default model ships in this install; pass a model file (--model PATH / Classifier.load(path))"
+        )
+    return path
+
+
+def _metadata_for(backend: Backend, labels: list[str] | None) -> ModelMetadata:
+    """The embedded metadata; explicit labels stand in when it is missing or invalid."""
+    try:
+        metadata = read_metadata(backend.path, backend)
+    except MetadataError as exc:
+        if labels is None:
+            raise
+        log.warning("%s; using the explicit labels and default preprocessing instead", exc)
+        return metadata_from_labels(labels, backend.input_shape, backend.input_dtype.name, source=backend.path)
+    if labels is not None and list(labels) != metadata.labels:
+        raise MetadataError(
+            backend.path,
+            f"the labels given {list(labels)} differ from those stored in the model {metadata.labels}; "
+            "drop the explicit labels or re-export the model with the right ones",
+        )
+    return metadata
+
+
+def _check_matches(backend: Backend, metadata: ModelMetadata) -> None:
+    """Refuse metadata whose class count, input size or dtype disagree with the loaded graph."""
+    problems = []
+    if backend.output_width > 0 and backend.output_width != len(metadata.labels):
+        problems.append(f"{len(metadata.labels)} labels but the model has {backend.output_width} outputs")
+    if list(backend.input_shape[1:]) != list(metadata.input_shape[1:]):
+        problems.append(f"input shape {metadata.input_shape} but the model takes {list(backend.input_shape)}")
+    if backend.input_dtype.name != metadata.input_dtype:
+        problems.append(f"input dtype {metadata.input_dtype} but the model takes {backend.input_dtype.name}")
+    if problems:
+        raise MetadataError(
+            backend.path,
+            f"metadata does not match the model ({'; '.join(problems)}); re-export it with edge-export "
+            "or pass the right labels",
+        )

@@ -1,0 +1,164 @@
+"""``edge-export``: export a trained run to TFLite/ONNX with accuracy gates, re-check artifacts, ship one.
+
+    edge-export RUN_DIR [--formats ...] [--gc10 DIR] [--xsdd DIR] [--max-drop-neu PP] ...
+    edge-export check ARTIFACT... --data DIR [--reference RUN_DIR|FLOAT_ARTIFACT] [--map FOLDER=CLASS]
+    edge-export ship EXPORT_DIR [--format tflite_int8] [--dest edge_runtime/models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from edge_runtime.errors import EdgeRuntimeError
+from export.formats import FORMATS
+
+log = logging.getLogger("edge-export")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help="inference threads per artifact (default: the engine's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _gates(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accuracy gates (a failing artifact makes the command exit 1)")
+    g.add_argument("--max-drop-neu", type=float, default=0.5, help="max top-1 drop vs float on NEU, pp")
+    g.add_argument("--max-drop-cross", type=float, default=2.0,
+                   help="max drop vs float on each cross-plant set (GC10, X-SDD; folders for 'check'), pp")
+    g.add_argument("--min-agreement", type=float, default=99.0, help="min top-1 agreement with float, %%")
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-export",
+        description="Export a trained edge-train run to TFLite (fp32, fp16, dynamic-range, full-int8) and ONNX "
+        "(fp32, int8 QDQ), with metadata inside every artifact, and check each one through the device code path "
+        "against the float model on NEU validation+test, GC10 inclusion and X-SDD. Failing artifacts are moved "
+        "to rejected/ and the command exits 1. Subcommands: 'check' re-validates artifacts on your own images; "
+        "'ship' installs one as the package's default model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a finished edge-train run directory")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    p.add_argument("--formats", nargs="+", metavar="FORMAT", help=f"subset of {list(FORMATS)} (default: all)")
+    p.add_argument("--calibration-count", type=int, default=240,
+                   help="int8 calibration images, from the manifest's train split only, equal per class")
+    p.add_argument("--int8-input", choices=("pixels", "normalized"), default="pixels",
+                   help="full-int8 TFLite input: raw uint8 BGR pixels with preprocessing in the graph, or "
+                   "int8 normalised input with quantisation parameters in the model")
+    p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
+    p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
+    p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
+    _gates(p)
+    _common(p)
+    return p
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-export check",
+        description="Re-validate exported artifacts on labelled image folders (one sub-folder per class) and, "
+        "with --reference, against a float model: this is how to validate quantized vs float accuracy on your "
+        "own plant's images. Runs without TensorFlow when the reference is a float artifact.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("artifacts", nargs="+", help=".tflite / .onnx files from edge-export")
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class (or plain images)")
+    p.add_argument("--reference", help="float reference: a run directory (needs TensorFlow) or an fp32 artifact")
+    p.add_argument("--map", nargs="+", default=[], metavar="FOLDER=CLASS",
+                   help="expected model class for folders whose names differ, e.g. slag_inclusion=inclusion")
+    p.add_argument("--labels", nargs="+", help="labels for artifacts without metadata (in output order)")
+    p.add_argument("--json", help="also write the results as JSON here")
+    _gates(p)
+    _common(p)
+    return p
+
+
+def build_ship_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-export ship",
+        description="Install a checked artifact as the package's default model (edge_runtime/models/) with a model "
+        "card and the split manifest. Refuses artifacts that failed their gates.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("export_dir", help="an edge-export output folder (with export_report.json)")
+    p.add_argument("--format", default="tflite_int8", choices=list(FORMATS))
+    p.add_argument("--dest", help="destination folder (default: the installed edge_runtime/models)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _gates_from(args):
+    from export.checks import Gates
+
+    return Gates(args.max_drop_neu, args.max_drop_cross, args.min_agreement)
+
+
+def _export(argv: list[str]) -> int:
+    args = build_export_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from export.pipeline import ExportOptions, export_run
+
+    report = export_run(ExportOptions(
+        run_dir=args.run_dir, out=args.out, formats=args.formats, calibration_count=args.calibration_count,
+        neu=args.neu, gc10=args.gc10, xsdd=args.xsdd, gates=_gates_from(args), threads=args.threads,
+        int8_input=args.int8_input, progress=not args.no_progress,
+    ))
+    print(open(report["report_files"][0]).read())
+    for row in report["artifacts"]:
+        status = "PASS" if row["passed"] else "FAIL: " + "; ".join(row["failures"])
+        print(f"{row['format']:16s} {status}")
+    print(f"export + checks: {report['timings']['total_seconds']:.0f} s on {report['machine']}")
+    return 0 if report["passed"] else 1
+
+
+def _check(argv: list[str]) -> int:
+    args = build_check_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from export.recheck import check_artifacts
+
+    mapping = dict(item.split("=", 1) for item in args.map)
+    result = check_artifacts(args.artifacts, args.data, reference=args.reference, mapping=mapping,
+                             labels=args.labels, gates=_gates_from(args), threads=args.threads,
+                             json_path=args.json, progress=not args.no_progress)
+    print(result["table"])
+    return 0 if result["passed"] else 1
+
+
+def _ship(argv: list[str]) -> int:
+    args = build_ship_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from export.ship import ship
+
+    target = ship(args.export_dir, args.format, args.dest)
+    print(f"default model installed: {target}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"check": _check, "ship": _ship}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return _export(argv)
+    except (EdgeRuntimeError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""``edge-export RUN_DIR``: every format, metadata inside each artifact, accuracy gates, report."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
+from edge_runtime.system import cpu_description
+from export import checks, convert
+from export.calibration import CalibrationSet, calibration_rows
+from export.formats import ExportFormat, parse_formats
+from export.report import write_report
+from train.data import sha256_of
+from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
+
+log = logging.getLogger(__name__)
+
+INT8_INPUTS = ("pixels", "normalized")
+
+
+@dataclass
+class ExportOptions:
+    run_dir: str
+    out: str | None = None
+    formats: list[str] | None = None
+    calibration_count: int = 240
+    neu: str | None = None  # dataset root of the run's manifest (default: the one recorded at training)
+    gc10: str | None = None
+    xsdd: str | None = None
+    gates: checks.Gates = field(default_factory=checks.Gates)
+    threads: int | None = None
+    int8_input: str = "pixels"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Built:
+    fmt: ExportFormat
+    path: Path
+    metadata: ModelMetadata
+    payload: bytes | None  # TFLite flatbuffer without metadata (to re-embed updated metadata)
+    seconds: float
+
+
+def _metadata(run: TrainedRun, fmt: ExportFormat, in_graph: bool, dtype: str, extra: dict) -> ModelMetadata:
+    height, width = run.preprocess.input_size
+    return ModelMetadata(
+        labels=run.classes,
+        input_shape=[1, height, width, 3],
+        input_dtype=dtype,
+        preprocessing=run.preprocess.to_dict(),
+        preprocessing_in_graph=in_graph,
+        format=fmt.name,
+        source_model_sha256=sha256_of(run.directory / MODEL_FILE),
+        split_manifest_sha256=run.metadata["split_manifest_sha256"],
+        versions=_export_versions(),
+        created=utc_now(),
+        extra={"description": fmt.description, **extra},
+    )
+
+
+def _export_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    return {**tool_versions(), "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def write_onnx_metadata(path: Path, metadata: ModelMetadata) -> None:
+    import onnx
+
+    from edge_runtime.metadata import ONNX_METADATA_KEY
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, metadata.to_json()
+    model.producer_name = "steel-edge-inspect edge-export"
+    onnx.save(model, str(path))
+
+
+def _write(built: Built) -> None:
+    if built.payload is not None:
+        built.path.write_bytes(embed_tflite_metadata(built.payload, built.metadata))
+    else:
+        write_onnx_metadata(built.path, built.metadata)
+
+
+def build_artifacts(run: TrainedRun, formats: list[ExportFormat], out: Path, options: ExportOptions,
+                    calibration: CalibrationSet | None) -> list[Built]:
+    model = run.load_model()
+    work = Path(tempfile.mkdtemp(prefix="edge-export-", dir=out))
+    built: list[Built] = []
+    try:
+        float_dir = convert.export_saved_model(model, work / "float")
+        calib_note = {}
+        if calibration is not None:
+            calib_note = {"calibration": {"images": len(calibration.rows), "split": "train",
+                                          "note": "range pinned to 0..255 pixels (see export/calibration.py)"}}
+        for fmt in formats:
+            log.info("exporting %s", fmt.name)
+            started = time.perf_counter()
+            path = out / fmt.filename
+            in_graph, dtype, payload = False, "float32", None
+            if fmt.name == "tflite_fp32":
+                payload = convert.tflite_fp32(float_dir)
+            elif fmt.name == "tflite_fp16":
+                payload = convert.tflite_fp16(float_dir)
+            elif fmt.name == "tflite_dynamic":
+                payload = convert.tflite_dynamic(float_dir)
+            elif fmt.name == "tflite_int8":
+                if options.int8_input == "pixels":
+                    pixel_dir = convert.export_pixel_saved_model(model, work / "pixels", run.preprocess)
+                    payload = convert.tflite_int8(pixel_dir, calibration.as_pixels, "uint8")
+                    in_graph, dtype = True, "uint8"
+                else:
+                    payload = convert.tflite_int8(float_dir, calibration.as_float, "int8")
+                    dtype = "int8"
+            elif fmt.name == "onnx_fp32":
+                convert.onnx_fp32(float_dir, path)
+            elif fmt.name == "onnx_int8":
+                fp32 = out / "model_fp32.onnx"
+                if not fp32.is_file():
+                    fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
+                convert.onnx_int8(fp32, path, calibration.as_float)
+            extra = calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}
+            item = Built(fmt, path, _metadata(run, fmt, in_graph, dtype, extra), payload,
+                         time.perf_counter() - started)
+            _write(item)
+            log.info("%s: %.1f MB in %.0f s", path.name, path.stat().st_size / 1e6, item.seconds)
+            built.append(item)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return built
+
+
+def export_run(options: ExportOptions) -> dict:
+    """Export, check and report; returns the report (``report["passed"]`` is False if any artifact failed)."""
+    started = time.perf_counter()
+    if options.int8_input not in INT8_INPUTS:
+        raise ValueError(f"--int8-input must be one of {INT8_INPUTS}")
+    run = TrainedRun.open(options.run_dir)
+    out = Path(options.out or run.directory / "export")
+    out.mkdir(parents=True, exist_ok=True)
+    formats = parse_formats(options.formats)
+    data_root, rows = run.manifest(options.neu)
+
+    calibration = None
+    if any(f.quantized and f.name != "tflite_dynamic" for f in formats):
+        chosen = calibration_rows(rows, options.calibration_count, options.seed)
+        assert all(r.split == "train" for r in chosen)
+        calibration = CalibrationSet(chosen, data_root, run.preprocess)
+    built = build_artifacts(run, formats, out, options, calibration)
+    convert_seconds = time.perf_counter() - started
+
+    checked = time.perf_counter()
+    items = checks.standard_eval_images(run, options.neu and Path(options.neu), _path(options.gc10),
+                                        _path(options.xsdd))
+    data = checks.load_eval_data(items, run.preprocess, options.progress)
+    reference = checks.keras_probabilities(run.load_model(), data, run.preprocess, progress=options.progress)
+    rows_out, all_passed = [], True
+    rejected = out / "rejected"
+    for item in built:
+        row = {"format": item.fmt.name, "file": str(item.path), "engine": item.fmt.engine,
+               "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
+        try:
+            probabilities, load_seconds, labels = checks.artifact_probabilities(
+                item.path, data, options.threads, progress=options.progress)
+            comparison = checks.compare(data.items, run.classes, reference, probabilities)
+            failures = options.gates.failures(comparison)
+            if labels != run.classes:
+                failures.append(f"label order {labels} differs from the model's {run.classes}")
+        except Exception as exc:  # a broken artifact is reported in its row; the others go on
+            log.error("%s: %s", item.path.name, exc)
+            comparison, failures, load_seconds = None, [f"could not be evaluated: {exc}"], 0.0
+        passed = not failures
+        item.metadata.extra["validation"] = {"passed": passed, "failures": failures,
+                                             "comparison": comparison, "gates": asdict(options.gates)}
+        _write(item)
+        row.update(size_mb=item.path.stat().st_size / 1e6, load_seconds=round(load_seconds, 3),
+                   comparison=comparison, failures=failures, passed=passed, sha256=sha256_of(item.path))
+        if comparison is None:
+            row["error"] = failures[0]
+        if not passed:
+            all_passed = False
+            rejected.mkdir(exist_ok=True)
+            target = rejected / item.path.name
+            shutil.move(str(item.path), target)
+            row["file"] = str(target)
+            log.error("%s FAILS the gates: %s (moved to %s)", item.fmt.name, "; ".join(failures), rejected)
+        rows_out.append(row)
+
+    reference_scores = checks.score(data.items, run.classes, reference)
+    report = {
+        "run_dir": str(run.directory),
+        "source_model_sha256": sha256_of(run.directory / MODEL_FILE),
+        "split_manifest_sha256": run.metadata["split_manifest_sha256"],
+        "calibration": {"images": len(calibration.rows) if calibration else 0,
+                        "per_class": len(calibration.rows) // len(run.classes) if calibration else 0,
+                        "split": "train", "int8_input": options.int8_input},
+        "gates": asdict(options.gates),
+        "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
+                            "groups": reference_scores},
+        "artifacts": rows_out,
+        "images": len(data.items),
+        "image_groups": {g: sum(i.group == g for i in data.items) for g in data.groups},
+        "unreadable": data.errors,
+        "passed": all_passed,
+        "timings": {"convert_seconds": round(convert_seconds, 1),
+                    "check_seconds": round(time.perf_counter() - checked, 1),
+                    "total_seconds": round(time.perf_counter() - started, 1)},
+        "machine": cpu_description(),
+        "notes": _notes(options, data),
+        "created": utc_now(),
+    }
+    md, js = write_report(report, out)
+    report["report_files"] = [str(md), str(js)]
+    return report
+
+
+def _notes(options: ExportOptions, data: checks.EvalData) -> list[str]:
+    notes = []
+    for name, value, group in (("GC10", options.gc10, "gc10_inclusion"), ("X-SDD", options.xsdd, "xsdd")):
+        if not value:
+            notes.append(f"{name} not given (--{name.lower().replace('-', '')}): its gate was not checked.")
+        elif group not in data.groups:
+            notes.append(f"{name}: no images found under {value}.")
+    gc10 = sum(i.group == "gc10_inclusion" for i in data.items)
+    if 0 < gc10 < 20:
+        notes.append(f"GC10 inclusion has only {gc10} image(s) here: one wrong image moves its share by "
+                     f"{100 / gc10:.0f} pp, so that gate is coarse.")
+    return notes
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

@@ -1,0 +1,108 @@
+"""``edge-export check``: re-validate existing artifacts on labelled folders and/or against a float model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.metadata import MetadataError, read_metadata
+from edge_runtime.preprocessing import PreprocessConfig
+from export import checks
+
+log = logging.getLogger(__name__)
+
+
+def _reference_probabilities(reference: str, data: checks.EvalData, preprocess: PreprocessConfig, threads, progress):
+    path = Path(reference)
+    if path.is_dir():  # a training run: Keras float model (workstation only)
+        from train.run_dir import TrainedRun
+
+        run = TrainedRun.open(path)
+        return checks.keras_probabilities(run.load_model(), data, run.preprocess, progress=progress), run.classes
+    probabilities, _, labels = checks.artifact_probabilities(path, data, threads, progress=progress)
+    return probabilities, labels
+
+
+def _expected_contract(first_artifact: str, reference: str | None, labels: list[str] | None):
+    """Class order and preprocessing everything is judged by: the reference's, else the first artifact's."""
+    if reference and Path(reference).is_dir():
+        from train.run_dir import TrainedRun
+
+        run = TrainedRun.open(reference)
+        return run.classes, run.preprocess
+    source = reference or first_artifact
+    try:
+        meta = read_metadata(source)
+        return meta.labels, meta.preprocess
+    except MetadataError:
+        if not labels or source == reference:
+            raise
+        return labels, PreprocessConfig()
+
+
+def check_artifacts(
+    artifacts: list[str],
+    data_dir: str,
+    reference: str | None = None,
+    mapping: dict[str, str] | None = None,
+    labels: list[str] | None = None,
+    gates: checks.Gates = checks.Gates(),
+    threads: int | None = None,
+    json_path: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Accuracy per folder for every artifact; with a reference also drop, agreement and gates."""
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"--data folder '{data_dir}' does not exist")
+    classes, preprocess = _expected_contract(artifacts[0], reference, labels)
+    items = checks.labelled_folder_images(Path(data_dir), classes, mapping)
+    if not items:
+        raise FileNotFoundError(f"no images found under '{data_dir}'")
+    data = checks.load_eval_data(items, preprocess, progress)
+    ref = None
+    if reference:
+        ref, _ = _reference_probabilities(reference, data, preprocess, threads, progress)
+    results, passed = [], True
+    for artifact in artifacts:
+        probabilities, load_seconds, art_labels = checks.artifact_probabilities(
+            Path(artifact), data, threads, progress=progress, labels=labels)
+        row = {"artifact": artifact, "load_seconds": round(load_seconds, 3),
+               "scores": checks.score(data.items, classes, probabilities)}
+        failures = [] if art_labels == classes else [f"label order {art_labels} differs from {classes}"]
+        if ref is not None:
+            overall = [checks.EvalImage(i.path, "all", i.expected) for i in data.items]
+            row["comparison"] = checks.compare(data.items, classes, ref, probabilities)
+            row["overall"] = checks.compare(overall, classes, ref, probabilities)
+            cross = checks.Gates(gates.max_drop_cross_pp, gates.max_drop_cross_pp, gates.min_agreement_pct)
+            failures += cross.failures(row["comparison"])
+        row["failures"], row["passed"] = failures, not failures
+        passed &= row["passed"]
+        results.append(row)
+    result = {"data": str(data_dir), "reference": reference, "results": results, "passed": passed,
+              "unreadable": data.errors, "table": _table(results, data.groups, ref is not None)}
+    if json_path:
+        Path(json_path).write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2,
+                                              default=_plain))
+    return result
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def _table(results: list[dict], groups: list[str], with_reference: bool) -> str:
+    header = ["artifact", *groups] + (["agreement", "max Δp"] if with_reference else []) + ["verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results:
+        cells = [Path(row["artifact"]).name]
+        for group in groups:
+            s = row["scores"].get(group, {})
+            cells.append("–" if s.get("accuracy") is None else f"{100 * s['accuracy']:.1f} % ({s['correct']}/{s['images']})")
+        if with_reference:
+            cells += [f"{100 * row['overall']['agreement']:.2f} %", f"{row['overall']['max_abs_dprob']:.4f}"]
+        cells.append("pass" if row["passed"] else "FAIL: " + "; ".join(row["failures"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""edge-export on a tiny model with the real model's contract: every format, metadata, gates, ship."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NEU_CLASSES, write_class_folders
+from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
+from export.calibration import CalibrationSet, calibration_rows
+from export.cli import main
+from export.formats import FORMATS
+from train.data import check_images, discover, sha256_of
+from train.run_dir import TrainedRun, write_json
+from train.split import read_manifest, stratified_split, write_manifest
+
+SIZE = 32
+
+
+def _tiny_model(data: Path, rows, classes):
+    """Conv → GAP → Dense(6, softmax) on caffe-normalised 32×32 BGR, briefly trained so outputs vary."""
+    import keras
+
+    from edge_runtime.preprocessing import PreprocessConfig, load_image
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 64)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(16, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(classes), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    cfg = PreprocessConfig(input_size=(SIZE, SIZE))
+    xs = np.stack([load_image(data / r.path, cfg) for r in rows])
+    ys = np.array([classes.index(r.label) for r in rows])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(xs, ys, epochs=30, batch_size=16, verbose=0)
+    return model, cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory as edge-train writes it, around the tiny model."""
+    base = tmp_path_factory.mktemp("export")
+    data = write_class_folders(base / "data", per_class=12)
+    ds = discover(data)
+    rows = stratified_split(ds, check_images(ds, progress=False), 2, 2)
+    run = base / "run"
+    run.mkdir()
+    write_manifest(run / "split_manifest.csv", rows)
+    model, cfg = _tiny_model(data, rows, ds.classes)
+    model.save(run / "model.keras")
+    write_json(run / "metadata.json", {
+        "classes": ds.classes, "input_size": [SIZE, SIZE], "preprocessing": cfg.to_dict(), "seed": 0,
+        "unfreeze": "conv5", "data_root": str(data), "split_manifest_sha256": sha256_of(run / "split_manifest.csv"),
+    })
+    write_json(run / "metrics.json", {"val": {"accuracy": 1.0, "correct": 12, "total": 12},
+                                      "test": {"accuracy": 1.0, "correct": 12, "total": 12}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path) -> Path:
+    """All six formats, with gates loose enough for a 24-image check set of a toy model."""
+    code = main([str(tiny_run), "--calibration-count", "24", "--gc10", str(TrainedRun.open(tiny_run).metadata["data_root"]),
+                 "--max-drop-neu", "100", "--max-drop-cross", "100", "--min-agreement", "0", "--no-progress"])
+    assert code == 0
+    return tiny_run / "export"
+
+
+def report(export_dir: Path) -> dict:
+    return json.loads((export_dir / "export_report.json").read_text())
+
+
+def test_every_format_is_written_with_readable_metadata(tiny_run: Path, exported: Path):
+    for fmt in FORMATS.values():
+        meta = read_metadata(exported / fmt.filename)
+        assert meta.labels == NEU_CLASSES
+        assert meta.format == fmt.name
+        assert meta.source_model_sha256 == sha256_of(tiny_run / "model.keras")
+        assert meta.split_manifest_sha256 == sha256_of(tiny_run / "split_manifest.csv")
+        assert meta.input_shape == [1, SIZE, SIZE, 3]
+        assert meta.extra["validation"]["passed"] is True
+    int8 = read_metadata(exported / FORMATS["tflite_int8"].filename)
+    assert int8.input_dtype == "uint8" and int8.preprocessing_in_graph
+
+
+def test_float_artifacts_match_keras(exported: Path):
+    rows = {a["format"]: a for a in report(exported)["artifacts"]}
+    for name in ("tflite_fp32", "onnx_fp32"):
+        assert rows[name]["comparison"]["max_abs_dprob"] < 1e-4, name
+        assert rows[name]["comparison"]["agreement"] == 1.0
+
+
+def test_report_has_a_row_per_artifact_with_the_promised_columns(exported: Path):
+    data = report(exported)
+    assert [a["format"] for a in data["artifacts"]] == list(FORMATS)
+    for a in data["artifacts"]:
+        assert a["size_mb"] > 0 and a["load_seconds"] > 0
+        assert {"neu", "gc10_inclusion"} <= set(a["comparison"]["groups"])
+    md = (exported / "export_report.md").read_text()
+    for column in ("size", "load", "NEU val+test", "GC10 inclusion", "agreement", "max Δp", "gates"):
+        assert column in md
+    assert data["calibration"]["images"] == 24
+
+
+def test_calibration_uses_only_training_images(tiny_run: Path):
+    rows = read_manifest(tiny_run / "split_manifest.csv")
+    chosen = calibration_rows(rows, 200, seed=0)
+    assert chosen and all(r.split == "train" for r in chosen)
+    per_class = {c: sum(r.label == c for r in chosen) for c in NEU_CLASSES}
+    assert len(set(per_class.values())) == 1  # stratified
+    calib = CalibrationSet(chosen[:3], TrainedRun.open(tiny_run).metadata["data_root"], TrainedRun.open(tiny_run).preprocess)
+    first = next(calib.as_pixels())
+    assert first[0, 0].tolist() == [0, 0, 0] and first[0, 1].tolist() == [255, 255, 255]
+
+
+def test_check_passes_an_honest_artifact_against_float(tiny_run: Path, exported: Path, capsys):
+    data = TrainedRun.open(tiny_run).metadata["data_root"]
+    code = main(["check", str(exported / "model_fp16.tflite"), "--data", data,
+                 "--reference", str(exported / "model_fp32.tflite"), "--no-progress"])
+    assert code == 0
+    assert "model_fp16.tflite" in capsys.readouterr().out
+
+
+def test_check_fails_an_artifact_with_the_wrong_label_order(tiny_run: Path, exported: Path, tmp_path: Path, capsys):
+    source = exported / "model_fp32.tflite"
+    meta = read_metadata(source)
+    meta.labels = list(reversed(meta.labels))
+    flatbuffer = strip_tflite_metadata(source.read_bytes())
+    broken = tmp_path / "wrong_labels.tflite"
+    broken.write_bytes(embed_tflite_metadata(flatbuffer, meta))
+    data = TrainedRun.open(tiny_run).metadata["data_root"]
+    code = main(["check", str(broken), "--data", data, "--reference", str(source), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "wrong_labels.tflite" in out and "FAIL" in out
+
+
+def test_check_fails_an_artifact_with_corrupted_weights(tiny_run: Path, exported: Path, tmp_path: Path, capsys):
+    source = exported / "model_fp32.onnx"
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype == np.float32 and values.size > 100:
+            init.CopyFrom(numpy_helper.from_array(-values * 3, init.name))
+    broken = tmp_path / "corrupted.onnx"
+    onnx.save(model, str(broken))
+    data = TrainedRun.open(tiny_run).metadata["data_root"]
+    code = main(["check", str(broken), "--data", data, "--reference", str(source), "--no-progress"])
+    assert code == 1
+    assert "corrupted.onnx" in capsys.readouterr().out
+
+
+def test_failing_gate_exits_nonzero_names_the_artifact_and_keeps_the_others(
+    tiny_run: Path, tmp_path: Path, caplog, monkeypatch
+):
+    """A deliberately broken fp16 conversion (weights of an untrained twin) fails; the honest fp32 is kept."""
+    import keras
+
+    from export import convert
+
+    def broken_fp16(saved_model: Path) -> bytes:
+        twin = keras.models.clone_model(TrainedRun.open(tiny_run).load_model())  # fresh random weights
+        return convert.tflite_fp32(convert.export_saved_model(twin, tmp_path / "twin"))
+
+    monkeypatch.setattr(convert, "tflite_fp16", broken_fp16)
+    out = tmp_path / "strict"
+    code = main([str(tiny_run), "--out", str(out), "--formats", "tflite_fp32", "tflite_fp16", "--no-progress"])
+    assert code == 1
+    assert "tflite_fp16 FAILS" in caplog.text and "tflite_fp32 FAILS" not in caplog.text
+    assert (out / "rejected" / "model_fp16.tflite").is_file()
+    assert (out / "model_fp32.tflite").is_file()
+    rows = {a["format"]: a for a in report(out)["artifacts"]}
+    assert rows["tflite_fp32"]["passed"] is True
+    assert rows["tflite_fp16"]["passed"] is False and "agreement" in " ".join(rows["tflite_fp16"]["failures"])
+
+
+def test_artifact_without_metadata_is_refused_unless_labels_are_given(tiny_run: Path, exported: Path, tmp_path: Path):
+    source = exported / "model_fp32.tflite"
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(strip_tflite_metadata(source.read_bytes()))
+    data = TrainedRun.open(tiny_run).metadata["data_root"]
+    assert main(["check", str(bare), "--data", data, "--no-progress"]) == 2
+    assert main(["check", str(bare), "--data", data, "--labels", *NEU_CLASSES, "--no-progress"]) == 0
+
+
+def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path, tmp_path: Path):
+    dest = tmp_path / "models"
+    assert main(["ship", str(exported), "--dest", str(dest)]) == 0
+    assert read_metadata(dest / "default.tflite").format == "tflite_int8"
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert sha256_of(dest / "default.tflite") in card and "Known limits" in card
+    assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")
+
+
+def test_ship_refuses_an_artifact_that_failed(tmp_path: Path, exported: Path):
+    failing = tmp_path / "failed_export"
+    shutil.copytree(exported, failing)
+    data = report(failing)
+    data["artifacts"][3]["passed"] = False
+    data["artifacts"][3]["failures"] = ["agreement 50 %"]
+    (failing / "export_report.json").write_text(json.dumps(data))
+    assert main(["ship", str(failing), "--dest", str(tmp_path / "m")]) == 2
