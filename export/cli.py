@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.cli_support import dispatch, setup_logging
 from export.formats import FORMATS
 
 log = logging.getLogger("edge-export")
@@ -92,12 +91,6 @@ def build_ship_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _gates_from(args):
     from export.checks import Gates
 
@@ -106,7 +99,7 @@ def _gates_from(args):
 
 def _export(argv: list[str]) -> int:
     args = build_export_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from export.pipeline import ExportOptions, export_run
 
     report = export_run(ExportOptions(
@@ -124,7 +117,7 @@ def _export(argv: list[str]) -> int:
 
 def _check(argv: list[str]) -> int:
     args = build_check_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from export.recheck import check_artifacts
 
     mapping = dict(item.split("=", 1) for item in args.map)
@@ -137,7 +130,7 @@ def _check(argv: list[str]) -> int:
 
 def _ship(argv: list[str]) -> int:
     args = build_ship_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from export.ship import ship
 
     target = ship(args.export_dir, args.format, args.dest)
@@ -147,17 +140,7 @@ def _ship(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"check": _check, "ship": _ship}
-    try:
-        if argv and argv[0] in commands:
-            return commands[argv[0]](argv[1:])
-        return _export(argv)
-    except (EdgeRuntimeError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        log.warning("interrupted")
-        return 130
+    return dispatch(argv, {"check": _check, "ship": _ship}, _export, log)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.cli_support import dispatch, setup_logging
 
 log = logging.getLogger("edge-train")
 
@@ -79,19 +78,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _fit(argv: list[str]) -> int:
     args = build_fit_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    from train.pipeline import TrainOptions, cross_validate, load_options_for_resume, train_run
+    setup_logging(args.verbose)
+    from train.pipeline import TrainOptions, load_options_for_resume
 
     if args.resume:
         options = load_options_for_resume(args.resume, progress=not args.no_progress)
@@ -108,6 +98,16 @@ def _fit(argv: list[str]) -> int:
             folds=args.folds, seed=args.seed, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
             progress=not args.no_progress,
         )
+    try:
+        return _train(options)
+    except KeyboardInterrupt:
+        log.warning("interrupted; continue with: edge-train --resume %s", options.run_dir)
+        return 130
+
+
+def _train(options) -> int:
+    from train.pipeline import cross_validate, train_run
+
     if options.folds:
         summary = cross_validate(options)
         print(f"{summary['folds']}-fold cross-validation test accuracy: "
@@ -130,7 +130,7 @@ def _fit(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     args = build_evaluate_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from train.evaluate import evaluate_folder
 
     result = evaluate_folder(
@@ -149,16 +149,9 @@ def _evaluate(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "evaluate":
-            return _evaluate(argv[1:])
-        return _fit(argv[1:] if argv and argv[0] == "fit" else argv)
-    except (EdgeRuntimeError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        log.warning("interrupted; continue with 'edge-train --resume RUN_DIR'")
-        return 130
+    if argv and argv[0] == "fit":
+        argv = argv[1:]
+    return dispatch(argv, {"evaluate": _evaluate}, _fit, log)
 
 
 if __name__ == "__main__":
