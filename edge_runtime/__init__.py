@@ -10,20 +10,25 @@ from edge_runtime.classifier import Classifier, Prediction, default_model_path
 from edge_runtime.errors import EdgeRuntimeError, ImageReadError
 from edge_runtime.metadata import MetadataError, ModelMetadata, read_metadata
 from edge_runtime.preprocessing import PreprocessConfig, load_image, preprocess, to_bgr8
+from edge_runtime.sources import Frame, SourceError, SourceOptions, open_source
 
 __all__ = [
     "BackendUnavailableError",
     "Classifier",
     "EdgeRuntimeError",
+    "Frame",
     "ImageReadError",
     "MetadataError",
     "ModelLoadError",
     "ModelMetadata",
     "PreprocessConfig",
     "Prediction",
+    "SourceError",
+    "SourceOptions",
     "default_model_path",
     "load_backend",
     "load_image",
+    "open_source",
     "preprocess",
     "read_metadata",
     "to_bgr8",

@@ -58,3 +58,32 @@ def trained_run(tmp_path_factory) -> Path:
     data = write_class_folders(base / "data")
     assert main(["--data", str(data), "--runs", str(base / "runs"), "--name", "tiny", *TINY_ARGS]) == 0
     return base / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_edge_models(tmp_path_factory):
+    """A tiny float TFLite and ONNX classifier (16×16×3 -> 3 NEU labels, metadata inside), built once.
+
+    Same construction as test_runtime's models (its metadata and ONNX helpers are reused); TensorFlow runs
+    only here, in the test process. Returns a namespace with ``tflite``, ``onnx`` (Paths) and ``labels``.
+    """
+    from types import SimpleNamespace
+
+    import keras
+    import tensorflow as tf
+
+    from edge_runtime.metadata import embed_tflite_metadata
+    from test_runtime import LABELS, SIZE, tiny_metadata, write_onnx
+
+    base = tmp_path_factory.mktemp("edge_models")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    conv = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax")(keras.layers.GlobalAveragePooling2D()(conv))
+    model = keras.Model(inputs, outputs)
+    model.export(str(base / "saved_model"), verbose=False)
+    flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(base / "saved_model")).convert()
+    tflite = base / "tiny.tflite"
+    tflite.write_bytes(embed_tflite_metadata(flatbuffer, tiny_metadata("tflite_fp32")))
+    onnx_path = write_onnx(model, base / "tiny.onnx", tiny_metadata("onnx_fp32"))
+    return SimpleNamespace(tflite=tflite, onnx=onnx_path, labels=list(LABELS))

@@ -1,0 +1,269 @@
+"""``edge-classify``: classify camera frames, video files/streams, folders or image files on the device.
+
+    edge-classify --camera 0 --max-fps 5 --output line3.jsonl
+    edge-classify --folder /data/drop --watch --output results.csv --sort-into /data/sorted
+    edge-classify 'parts/*.png' --model model_int8.onnx --min-confidence 0.8
+
+``build_parser()`` only describes the command line; ``main(argv)`` parses it and calls :func:`run`, the
+typed entry point (the same call from Python). No TensorFlow is imported on this path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from edge_runtime.backends import ENGINES
+from edge_runtime.classifier import Classifier
+from edge_runtime.cli_support import dispatch, setup_logging
+from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
+from edge_runtime.sinks import AnnotatedFrameWriter, Display, SortInto, open_record_writer, read_done_files
+from edge_runtime.sources import CAPTURE_BACKENDS, SourceOptions, open_source
+
+log = logging.getLogger("edge-classify")
+
+EPILOG = """\
+records (one per frame or file, JSON Lines on stdout or --output .jsonl/.csv):
+  time, source, frame, file, file_size, file_mtime_ns, label, confidence, uncertain (confidence below
+  --min-confidence; the label is kept), top3, error (set instead of a label when the frame or file could
+  not be classified), read_ms, preprocess_ms, inference_ms, latency_ms (capture/read -> result), engine,
+  model, model_sha256. Logs and the final summary go to stderr.
+
+resuming: an existing --output is appended to; file inputs already recorded there with the same path,
+  size and mtime are skipped (restart a --watch run with the same --output and nothing is done twice or
+  left out). --overwrite starts the file afresh.
+
+exit codes: 0 finished, or stopped by SIGINT/SIGTERM, --frames, --duration; 1 a stream was lost for good
+  or the output could not be written (the summary is still printed); 2 setup error (bad arguments, missing
+  or corrupt model, metadata that does not match it, camera that does not open, missing folder).
+"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-classify",
+        description="Classify steel-surface images on the device (LiteRT or ONNX Runtime, no TensorFlow) from a "
+        "camera, a video file or stream, a folder (optionally watched for new files) or image files, and write "
+        "one record per frame/file. Runs unattended: bad files become error records, streams reconnect, "
+        "SIGINT/SIGTERM stop cleanly.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns ('*.png')")
+    src = p.add_argument_group("source (exactly one: IMAGE..., --camera, --video or --folder)")
+    one = src.add_mutually_exclusive_group()
+    one.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV VideoCapture)")
+    one.add_argument("--video", metavar="PATH|URL", help="video file, or rtsp://, http(s):// ... stream")
+    one.add_argument("--folder", metavar="DIR", help="folder of images")
+    src.add_argument("--recursive", action="store_true", help="include sub-folders")
+    src.add_argument("--watch", action="store_true",
+                     help="keep watching --folder and classify each new file once it is completely written")
+    src.add_argument("--poll", type=_positive_float, default=0.5, metavar="S", help="--watch: seconds between scans")
+    src.add_argument("--max-megapixels", type=_positive_float, default=64.0, metavar="MP",
+                     help="image files larger than this (read from the header, before decoding) get an error "
+                     "record instead of exhausting the memory")
+    src.add_argument("--settle", type=float, default=10.0, metavar="S",
+                     help="--watch: seconds a file that looks incomplete (0 bytes, JPEG without end marker) must "
+                     "stay unchanged before it is reported as an error")
+    cam = p.add_argument_group("camera and stream")
+    cam.add_argument("--backend", choices=CAPTURE_BACKENDS, default="any", help="OpenCV capture backend")
+    cam.add_argument("--width", type=_positive_int, help="requested frame width")
+    cam.add_argument("--height", type=_positive_int, help="requested frame height")
+    cam.add_argument("--fps", type=_positive_float, help="requested camera frame rate")
+    cam.add_argument("--retries", type=_non_negative_int, default=5, metavar="N",
+                     help="open/reconnect attempts, with exponential back-off (0.5 s doubling, at most 30 s)")
+    mod = p.add_argument_group("model")
+    mod.add_argument("--model", metavar="PATH",
+                     help=".tflite or .onnx file from edge-export (default: the model shipped in the package)")
+    mod.add_argument("--engine", choices=sorted(ENGINES), help="inference engine (default: from the suffix)")
+    mod.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
+    out = p.add_argument_group("results")
+    out.add_argument("--output", metavar="FILE", help="write records to FILE (.jsonl or .csv) instead of stdout")
+    out.add_argument("--overwrite", action="store_true", help="start --output afresh instead of appending/resuming")
+    out.add_argument("--min-confidence", type=_probability, metavar="P",
+                     help="mark results below this confidence as uncertain (the label is kept)")
+    out.add_argument("--sort-into", metavar="DIR",
+                     help="copy input files to DIR/<label>/ (DIR/_uncertain/<label>/, DIR/_errors/)")
+    out.add_argument("--save-dir", metavar="DIR", help="save every classified frame, annotated, as JPEG here")
+    out.add_argument("--show", action="store_true", help="show annotated frames in a window (if a display exists)")
+    out.add_argument("--summary", metavar="FILE", help="also write the final summary as JSON here")
+    run_ = p.add_argument_group("how much to process")
+    run_.add_argument("--every", type=_positive_int, default=1, metavar="N", help="classify every N-th frame/file")
+    run_.add_argument("--max-fps", type=_positive_float, metavar="F",
+                      help="at most F frames per second (live sources skip frames, files are paced)")
+    run_.add_argument("--frames", type=_positive_int, metavar="N", help="stop after N records")
+    run_.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def run(
+    inputs: Sequence[str | Path] = (),
+    *,
+    camera: int | None = None,
+    video: str | None = None,
+    folder: str | Path | None = None,
+    recursive: bool = False,
+    watch: bool = False,
+    poll: float = 0.5,
+    settle: float = 10.0,
+    max_megapixels: float = 64.0,
+    backend: str = "any",
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    retries: int = 5,
+    model: str | Path | None = None,
+    engine: str | None = None,
+    threads: int | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    min_confidence: float | None = None,
+    sort_into: str | Path | None = None,
+    save_dir: str | Path | None = None,
+    show: bool = False,
+    summary: str | Path | None = None,
+    every: int = 1,
+    max_fps: float | None = None,
+    frames: int | None = None,
+    duration: float | None = None,
+    stop: StopFlag | None = None,
+) -> Summary:
+    """Classify one source into the outputs and return the run's summary (also logged to stderr).
+
+    The model is loaded (and checked against its metadata) before any output or source is opened. Raises
+    ValueError for inconsistent arguments and EdgeRuntimeError subclasses for setup errors (model, output,
+    source); problems with single frames or files become error records instead.
+    """
+    spec, kind = _source_spec(inputs, camera, video, folder)
+    _check_arguments(kind, watch, recursive, sort_into, min_confidence, frames, duration)
+    stop = stop or StopFlag()
+    with stop_on_signals(stop):
+        classifier = Classifier.load(model, engine=engine, threads=threads)
+        info = ModelInfo.of(classifier)
+        log.info("model %s: %s, %d labels, sha256 %s", info.path, info.engine, len(classifier.labels), info.sha256)
+        with ExitStack() as stack:
+            writer = stack.enter_context(open_record_writer(output, overwrite))
+            resumable = output not in (None, "-") and not overwrite and kind in ("folder", "files")
+            done = read_done_files(output) if resumable else {}
+            if done:
+                log.info("resuming: %d file(s) already recorded in %s are skipped", len(done), output)
+            options = SourceOptions(
+                every=every, max_fps=max_fps, recursive=recursive, watch=watch, poll_s=poll, settle_s=settle,
+                retries=retries, backend=backend, width=width, height=height, fps=fps, done=done,
+                max_pixels=int(max_megapixels * 1_000_000),
+                exclude=tuple(os.path.abspath(d) for d in (sort_into, save_dir) if d is not None),
+            )
+            sinks: list = [writer]
+            if sort_into is not None:
+                sinks.append(stack.enter_context(SortInto(sort_into)))
+            if save_dir is not None:
+                sinks.append(stack.enter_context(AnnotatedFrameWriter(save_dir)))
+            if show:
+                sinks.append(stack.enter_context(Display(on_quit=lambda: stop.request("q pressed"))))
+            source = stack.enter_context(open_source(spec, options, kind, should_stop=stop))
+            log.info("classifying %s -> %s", source.name, writer.where)
+            if duration is not None:
+                stop.deadline = time.monotonic() + duration
+            result = run_pipeline(source, classifier, sinks, info, min_confidence=min_confidence,
+                                  max_frames=frames, stop=stop)
+    (log.error if result.failed else log.info)("%s", result.text())
+    if summary is not None:
+        _write_summary(Path(summary), result, info)
+    return result
+
+
+def _source_spec(inputs: Sequence[str | Path], camera: int | None, video: str | None,
+                 folder: str | Path | None) -> tuple[object, str]:
+    given = [(list(inputs), "files") if inputs else None, (camera, "camera") if camera is not None else None,
+             (video, "video") if video is not None else None, (folder, "folder") if folder is not None else None]
+    chosen = [g for g in given if g is not None]
+    if len(chosen) != 1:
+        raise ValueError("give exactly one source: image files, --camera N, --video PATH|URL or --folder DIR "
+                         f"(got {len(chosen)})")
+    return chosen[0]
+
+
+def _check_arguments(kind: str, watch: bool, recursive: bool, sort_into: object, min_confidence: float | None,
+                     frames: int | None, duration: float | None) -> None:
+    if watch and kind != "folder":
+        raise ValueError("--watch needs --folder DIR")
+    if recursive and kind not in ("folder", "files"):
+        raise ValueError("--recursive applies to --folder (or folders given as inputs)")
+    if sort_into is not None and kind not in ("folder", "files"):
+        raise ValueError("--sort-into copies input files; use it with --folder or image files, not a camera/video")
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"--duration must be > 0 s, got {duration}")
+
+
+def _write_summary(path: Path, summary: Summary, model: ModelInfo) -> None:
+    data = {**summary.to_dict(), "model": model.name, "model_sha256": model.sha256, "engine": model.engine}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot write --summary '%s': %s", path, exc.strerror or exc)
+
+
+def _classify(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    kwargs = vars(args)
+    kwargs.pop("verbose")
+    inputs = kwargs.pop("inputs")
+    summary = run(inputs, **kwargs)
+    return 1 if summary.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return dispatch(argv, {}, _classify, log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

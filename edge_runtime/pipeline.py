@@ -1,0 +1,288 @@
+"""The classification loop: source -> Classifier -> sinks, with per-stage timings, limits and a clean stop.
+
+:func:`run_pipeline` pulls frames from a source, classifies each (a frame that fails becomes an error result,
+never an exception), hands every result to every sink, and returns a :class:`Summary`. It stops at the end
+of the input, after ``max_frames`` results, or as soon as the :class:`StopFlag` is set (SIGINT/SIGTERM via
+:func:`stop_on_signals`, ``--duration``, q in the window); a lost stream or an output that cannot be written
+ends it with ``Summary.failed``. Signal handlers only set the flag: outputs are flushed and closed by the
+caller's ``with`` blocks, never by ``sys.exit`` inside the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge_runtime.classifier import Classifier, Prediction
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.sinks import SinkError, make_record
+from edge_runtime.sources import Frame, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 100_000  # p50/p99 are over the most recent results (bounded memory on endless runs)
+# What classifying one decoded frame can raise for bad input; anything else is a bug and stops the run.
+FRAME_ERRORS = (EdgeRuntimeError, ValueError, RuntimeError, MemoryError, cv2.error)
+
+
+class StopFlag:
+    """A stop request, safe to set from a signal handler (plain attribute writes, no locks).
+
+    Also usable as ``should_stop`` callable for sources. ``deadline`` (monotonic seconds) makes it set itself.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reason: str | None = None
+        self.deadline: float | None = None
+        self.signals = 0
+        self._clock = clock
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def is_set(self) -> bool:
+        if self.reason is None and self.deadline is not None and self._clock() >= self.deadline:
+            self.reason = "--duration reached"
+        return self.reason is not None
+
+    __call__ = is_set
+
+
+@contextmanager
+def stop_on_signals(stop: StopFlag, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """While active, SIGINT/SIGTERM set ``stop`` (a second signal raises KeyboardInterrupt: stop right now).
+
+    Handlers can only be installed from the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.signals += 1
+        if stop.signals > 1:
+            raise KeyboardInterrupt
+        stop.request(f"signal {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What every record says about the model: engine, file name, sha256 of the file (computed once)."""
+
+    engine: str
+    name: str
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, classifier: Classifier) -> "ModelInfo":
+        path = Path(classifier.path)
+        return cls(classifier.backend.name, path.name, str(path), file_sha256(path))
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Result:
+    """One frame's outcome: a prediction, or an error message naming the file/frame (then prediction is None).
+
+    ``latency_ms``: from the frame's capture (live) or the start of reading the file to the result.
+    ``record`` is filled by the pipeline (see :func:`edge_runtime.sinks.make_record`).
+    """
+
+    frame: Frame
+    prediction: Prediction | None
+    error: str | None = None
+    uncertain: bool = False
+    latency_ms: float = 0.0
+    record: dict[str, Any] | None = None
+
+
+def classify_frame(frame: Frame, classifier: Classifier, min_confidence: float | None = None,
+                   clock: Callable[[], float] = time.monotonic) -> Result:
+    """Classify one frame; a frame that cannot be classified gives an error Result instead of raising."""
+    if frame.image is None:
+        error = frame.error or f"{_what(frame)}: no image"
+        return Result(frame, None, error, latency_ms=(clock() - frame.captured) * 1000)
+    try:
+        prediction = classifier.predict(frame.image)
+    except FRAME_ERRORS as exc:
+        return Result(frame, None, f"cannot classify {_what(frame)}: {exc}",
+                      latency_ms=(clock() - frame.captured) * 1000)
+    uncertain = min_confidence is not None and not prediction.confidence >= min_confidence  # NaN is uncertain
+    return Result(frame, prediction, None, uncertain, (clock() - frame.captured) * 1000)
+
+
+def _what(frame: Frame) -> str:
+    return f"'{frame.path}'" if frame.path else f"{frame.source} frame {frame.index}"
+
+
+class Sink(Protocol):
+    def emit(self, result: Result) -> None: ...
+
+
+@dataclass
+class Summary:
+    """What a run did; ``fps`` is results per second of wall time, latencies over the last results."""
+
+    frames: int = 0  # results written: classified + errors
+    classified: int = 0
+    errors: int = 0
+    uncertain: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    reconnects: int = 0
+    elapsed_s: float = 0.0
+    fps: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    read_ms_mean: float | None = None
+    preprocess_ms_mean: float | None = None
+    inference_ms_mean: float | None = None
+    stop_reason: str = "end of input"
+    failed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1f} ms"
+
+        return "\n".join([
+            f"summary: {self.stop_reason} after {self.elapsed_s:.1f} s" + (" (FAILED)" if self.failed else ""),
+            f"  frames {self.frames} (classified {self.classified}, errors {self.errors}, uncertain "
+            f"{self.uncertain}); dropped {self.dropped}, skipped {self.skipped}, already done {self.resumed}, "
+            f"reconnects {self.reconnects}",
+            f"  {self.fps:.2f} fps; end-to-end latency p50 {ms(self.latency_p50_ms)}, p99 {ms(self.latency_p99_ms)}",
+            f"  mean per frame: read {ms(self.read_ms_mean)}, preprocess {ms(self.preprocess_ms_mean)}, "
+            f"inference {ms(self.inference_ms_mean)}",
+        ])
+
+
+class _Tally:
+    """Running counts and timings; bounded memory however long the run."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.summary = Summary()
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.sums = {"read": 0.0, "preprocess": 0.0, "inference": 0.0}
+
+    def add(self, result: Result) -> None:
+        s = self.summary
+        s.frames += 1
+        self.latencies.append(result.latency_ms)
+        self.sums["read"] += result.frame.read_ms
+        if result.prediction is None:
+            s.errors += 1
+            return
+        s.classified += 1
+        s.uncertain += result.uncertain
+        self.sums["preprocess"] += result.prediction.preprocess_ms
+        self.sums["inference"] += result.prediction.inference_ms
+
+    def finish(self, source: Source, reason: str, failed: bool) -> Summary:
+        s = self.summary
+        s.elapsed_s = self.clock() - self.started
+        s.fps = s.frames / s.elapsed_s if s.elapsed_s > 0 else 0.0
+        stats = source.stats
+        s.dropped, s.skipped, s.resumed, s.reconnects = stats.dropped, stats.skipped, stats.resumed, stats.reconnects
+        if self.latencies:
+            p50, p99 = np.percentile(np.fromiter(self.latencies, float), [50, 99])
+            s.latency_p50_ms, s.latency_p99_ms = float(p50), float(p99)
+        if s.frames:
+            s.read_ms_mean = self.sums["read"] / s.frames
+        if s.classified:
+            s.preprocess_ms_mean = self.sums["preprocess"] / s.classified
+            s.inference_ms_mean = self.sums["inference"] / s.classified
+        for key in ("latency_p50_ms", "latency_p99_ms", "read_ms_mean", "preprocess_ms_mean", "inference_ms_mean"):
+            value = getattr(s, key)
+            if value is not None:
+                setattr(s, key, round(value, 3) if math.isfinite(value) else None)
+        s.elapsed_s, s.fps = round(s.elapsed_s, 3), round(s.fps, 3)
+        s.stop_reason, s.failed = reason, failed
+        return s
+
+
+def run_pipeline(
+    source: Source,
+    classifier: Classifier,
+    sinks: Iterable[Sink],
+    model: ModelInfo,
+    *,
+    min_confidence: float | None = None,
+    max_frames: int | None = None,
+    stop: StopFlag | None = None,
+    status_interval_s: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Summary:
+    """Classify every frame of an entered ``source`` into ``sinks`` until the input ends or a stop; see module."""
+    stop = stop or StopFlag()
+    sinks = list(sinks)
+    tally = _Tally(clock)
+    next_status = clock() + status_interval_s
+    reason, failed = "end of input", False
+    try:
+        with closing(iter(source)) as frames:
+            for frame in frames:
+                result = classify_frame(frame, classifier, min_confidence, clock)
+                result.record = make_record(result, model)
+                for sink in sinks:
+                    sink.emit(result)
+                tally.add(result)
+                if result.error:
+                    log.warning("%s", result.error)
+                del frame, result  # do not hold a large image while waiting for the next one
+                if max_frames is not None and tally.summary.frames >= max_frames:
+                    stop.request("--frames reached")
+                if stop.is_set():
+                    break
+                if clock() >= next_status:
+                    next_status = clock() + status_interval_s
+                    _log_status(tally, source)
+    except SourceError as exc:
+        reason, failed = f"source failed: {exc}", True
+        log.error("%s", exc)
+    except SinkError as exc:
+        reason, failed = f"output failed: {exc}", True
+        log.error("%s", exc)
+    if not failed and stop.is_set():
+        reason = str(stop.reason)
+    return tally.finish(source, reason, failed)
+
+
+def _log_status(tally: _Tally, source: Source) -> None:
+    s = tally.summary
+    elapsed = tally.clock() - tally.started
+    log.info("%d frames (%d errors), %d dropped, %.2f fps over %.0f s", s.frames, s.errors, source.stats.dropped,
+             s.frames / elapsed if elapsed > 0 else 0.0, elapsed)
