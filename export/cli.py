@@ -81,12 +81,14 @@ def build_ship_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-export ship",
         description="Install a checked artifact as the package's default model (edge_runtime/models/) with a model "
-        "card and the split manifest. Refuses artifacts that failed their gates.",
+        "card and the split manifest. Refuses artifacts that failed their gates unless --waive states why.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("export_dir", help="an edge-export output folder (with export_report.json)")
     p.add_argument("--format", default="tflite_int8", choices=list(FORMATS))
     p.add_argument("--dest", help="destination folder (default: the installed edge_runtime/models)")
+    p.add_argument("--waive", metavar="REASON",
+                   help="ship even though the artifact failed a gate; REASON is written into the model card")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -133,7 +135,7 @@ def _ship(argv: list[str]) -> int:
     setup_logging(args.verbose)
     from export.ship import ship
 
-    target = ship(args.export_dir, args.format, args.dest)
+    target = ship(args.export_dir, args.format, args.dest, waive=args.waive)
     print(f"default model installed: {target}")
     return 0
 

@@ -211,3 +211,16 @@ def test_ship_refuses_an_artifact_that_failed(tmp_path: Path, exported: Path):
     data["artifacts"][3]["failures"] = ["agreement 50 %"]
     (failing / "export_report.json").write_text(json.dumps(data))
     assert main(["ship", str(failing), "--dest", str(tmp_path / "m")]) == 2
+    assert not (tmp_path / "m" / "default.tflite").exists()
+
+
+def test_ship_with_a_waiver_states_the_failure_and_reason_in_the_card(tmp_path: Path, exported: Path):
+    failing = tmp_path / "failed_export"
+    shutil.copytree(exported, failing)
+    data = report(failing)
+    data["artifacts"][3]["passed"] = False
+    data["artifacts"][3]["failures"] = ["top-1 agreement with float 93.00 % < 99.0 %"]
+    (failing / "export_report.json").write_text(json.dumps(data))
+    assert main(["ship", str(failing), "--dest", str(tmp_path / "m"), "--waive", "only cross-plant images flip"]) == 0
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert "Shipped with a waiver" in card and "93.00 %" in card and "only cross-plant images flip" in card
