@@ -251,20 +251,30 @@ class FilesSource(Source):
 
     def _read_paths(self, paths: Iterable[str]) -> Iterator[Frame]:
         pacer = Pacer(self.options.max_fps, self._waiter, self._clock)
+        for index, path in _admitted(self._not_done(paths), self.stats, self.options, pacer, self._waiter):
+            yield read_file_frame(path, index, self.name, self._clock, self._wall, self.options.max_pixels)
+
+    def _not_done(self, paths: Iterable[str]) -> Iterator[str]:
         for path in paths:
-            if self._waiter.stopped():
-                return
             if _already_done(path, self.options.done):
                 self.stats.resumed += 1
-                continue
-            index = self.stats.captured
-            self.stats.captured += 1
-            if index % self.options.every:
-                self.stats.skipped += 1
-                continue
-            if not pacer.ready():
-                return
-            yield read_file_frame(path, index, self.name, self._clock, self._wall, self.options.max_pixels)
+            else:
+                yield path
+
+
+def _admitted(paths: Iterable[str], stats, options, pacer: Pacer, waiter) -> Iterator[tuple[int, str]]:
+    """(frame index, path) of each file to read now: counts it, honours ``--every`` and ``--max-fps``."""
+    for path in paths:
+        if waiter.stopped():
+            return
+        index = stats.captured
+        stats.captured += 1
+        if index % options.every:
+            stats.skipped += 1
+            continue
+        if not pacer.ready():
+            return
+        yield index, path
 
 
 def _already_done(path: str, done: Mapping[str, tuple[int, int]]) -> bool:
@@ -383,16 +393,7 @@ class WatchedFolderSource(FilesSource):
     def __iter__(self) -> Iterator[Frame]:
         pacer = Pacer(self.options.max_fps, self._waiter, self._clock)
         while not self._waiter.stopped():
-            for path in self.watcher.poll():
-                if self._waiter.stopped():
-                    return
-                index = self.stats.captured
-                self.stats.captured += 1
-                if index % self.options.every:
-                    self.stats.skipped += 1
-                    continue
-                if not pacer.ready():
-                    return
+            for index, path in _admitted(self.watcher.poll(), self.stats, self.options, pacer, self._waiter):
                 frame = read_file_frame(path, index, self.name, self._clock, self._wall,
                                         self.options.max_pixels)
                 if frame.file_size is not None and frame.file_mtime_ns is not None:

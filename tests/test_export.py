@@ -203,24 +203,25 @@ def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path,
     assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")
 
 
-def test_ship_refuses_an_artifact_that_failed(tmp_path: Path, exported: Path):
+def failed_copy(exported: Path, tmp_path: Path, failure: str) -> Path:
+    """A copy of the export whose full-int8 artifact is recorded as having failed ``failure``."""
     failing = tmp_path / "failed_export"
     shutil.copytree(exported, failing)
     data = report(failing)
-    data["artifacts"][3]["passed"] = False
-    data["artifacts"][3]["failures"] = ["agreement 50 %"]
+    row = next(a for a in data["artifacts"] if a["format"] == "tflite_int8")
+    row["passed"], row["failures"] = False, [failure]
     (failing / "export_report.json").write_text(json.dumps(data))
+    return failing
+
+
+def test_ship_refuses_an_artifact_that_failed(tmp_path: Path, exported: Path):
+    failing = failed_copy(exported, tmp_path, "agreement 50 %")
     assert main(["ship", str(failing), "--dest", str(tmp_path / "m")]) == 2
     assert not (tmp_path / "m" / "default.tflite").exists()
 
 
 def test_ship_with_a_waiver_states_the_failure_and_reason_in_the_card(tmp_path: Path, exported: Path):
-    failing = tmp_path / "failed_export"
-    shutil.copytree(exported, failing)
-    data = report(failing)
-    data["artifacts"][3]["passed"] = False
-    data["artifacts"][3]["failures"] = ["top-1 agreement with float 93.00 % < 99.0 %"]
-    (failing / "export_report.json").write_text(json.dumps(data))
+    failing = failed_copy(exported, tmp_path, "top-1 agreement with float 93.00 % < 99.0 %")
     assert main(["ship", str(failing), "--dest", str(tmp_path / "m"), "--waive", "only cross-plant images flip"]) == 0
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "Shipped with a waiver" in card and "93.00 %" in card and "only cross-plant images flip" in card
