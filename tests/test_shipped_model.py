@@ -1,0 +1,34 @@
+"""The model that ships in the package: present, self-describing, small, and right on NEU test images."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from conftest import NEU, NEU_CLASSES, needs_neu
+from edge_runtime import Classifier, default_model_path, read_metadata
+from train.data import sha256_of
+
+MODELS = default_model_path().parent
+
+
+def test_the_default_model_ships_with_card_and_manifest():
+    model = default_model_path()
+    assert model.is_file() and model.stat().st_size <= 30 * 1024 * 1024
+    meta = read_metadata(model)
+    assert meta.labels == NEU_CLASSES and meta.format == "tflite_int8" and meta.preprocessing_in_graph
+    card = (MODELS / "MODEL_CARD.md").read_text()
+    assert sha256_of(model) in card and "Known limits" in card
+    assert sha256_of(MODELS / "split_manifest.csv") == meta.split_manifest_sha256
+
+
+@pytest.mark.data
+@needs_neu
+def test_the_default_model_classifies_the_manifest_test_images_correctly():
+    with open(MODELS / "split_manifest.csv", newline="") as handle:
+        test_rows = [r for r in csv.DictReader(handle) if r["split"] == "test"][::6]  # 12 of the 72
+    classifier = Classifier.load()
+    for row in test_rows:
+        assert sha256_of(NEU / row["path"]) == row["sha256"]
+        assert classifier.predict_file(NEU / row["path"]).label == row["class"], row["path"]
