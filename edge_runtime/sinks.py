@@ -385,13 +385,9 @@ class AnnotatedFrameWriter(_BestEffort):
 
     def __init__(self, directory: str | Path, quality: int = 90) -> None:
         super().__init__(f"--save-dir {directory}")
-        self.directory = Path(directory)
+        self.directory = _output_folder(directory, "--save-dir")
         self.quality = quality
         self.count = 0
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"cannot create --save-dir '{directory}': {exc.strerror or exc}") from exc
 
     def emit(self, result: "Result") -> None:
         frame = result.frame
@@ -418,12 +414,8 @@ class SortInto(_BestEffort):
 
     def __init__(self, directory: str | Path) -> None:
         super().__init__(f"--sort-into {directory}")
-        self.directory = Path(directory)
+        self.directory = _output_folder(directory, "--sort-into")
         self.count = 0
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"cannot create --sort-into '{directory}': {exc.strerror or exc}") from exc
 
     def emit(self, result: "Result") -> None:
         source = result.frame.path
@@ -506,3 +498,13 @@ class Display:
                 cv2.destroyAllWindows()
             except cv2.error:
                 pass
+
+
+def _output_folder(directory: str | Path, option: str) -> Path:
+    """Create an output folder up front; a failure is a setup error naming the option and the folder."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"cannot create {option} '{directory}': {exc.strerror or exc}") from exc
+    return path
