@@ -43,7 +43,7 @@ from train.split import (
 from train.trainer import (
     FitSettings,
     StageSettings,
-    _features_per_image,
+    features_per_image,
     cache_items,
     fit_two_stages,
     make_cache,
@@ -76,7 +76,7 @@ class TrainOptions:
     seed: int = 0
     skip_bad: bool = False
     cache_dir: str | None = None
-    progress: bool = field(default=True, metadata={"runtime": True})
+    progress: bool = True  # not stored in config.json (see _prepare)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
@@ -248,7 +248,7 @@ def cross_validate(options: TrainOptions) -> dict:
         fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), fold_dir)
         test_rows = rows_of(rows, "test")
         cache.ensure_trunk(parts.trunk, cache_items(test_rows, dataset.root, range(0, 1)), progress=options.progress)
-        features = _features_per_image(cache, "trunk", test_rows, dataset.root, range(0, 1))[:, 0]
+        features = features_per_image(cache, "trunk", test_rows, dataset.root, range(0, 1))[:, 0]
         probabilities = np.concatenate(
             [np.asarray(parts.top(features[i : i + 64].astype(np.float32), training=False))
              for i in range(0, len(features), 64)]

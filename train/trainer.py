@@ -92,7 +92,7 @@ def cache_items(rows: list[ManifestRow], data_root: Path, copies: range) -> list
     return [CacheItem(data_root / r.path, r.sha256, c) for r in rows for c in copies]
 
 
-def _features_per_image(cache: FeatureCache, kind: str, rows, data_root: Path, copies: range) -> np.ndarray:
+def features_per_image(cache: FeatureCache, kind: str, rows, data_root: Path, copies: range) -> np.ndarray:
     flat = cache.load(kind, cache_items(rows, data_root, copies))
     return flat.reshape(len(rows), len(copies), *flat.shape[1:])
 
@@ -132,10 +132,10 @@ def fit_two_stages(
     if stage1 is None:
         cache.ensure_pooled(parts.body, needed, progress=settings.progress)
         train_data = CopySampler(
-            _features_per_image(cache, "pooled", train_rows, data_root, augmented), y_train,
+            features_per_image(cache, "pooled", train_rows, data_root, augmented), y_train,
             settings.batch_size, settings.seed,
         )
-        val_data = (_features_per_image(cache, "pooled", val_rows, data_root, clean)[:, 0], y_val)
+        val_data = (features_per_image(cache, "pooled", val_rows, data_root, clean)[:, 0], y_val)
         stage1 = _run_stage(1, parts.head, train_data, val_data, settings.stage1, settings, out_dir)
         model.save_weights(stage1_full)
         _write_stage_result(ckpt, 1, stage1)
@@ -150,10 +150,10 @@ def fit_two_stages(
     stage2 = _read_stage_result(ckpt, 2)
     if stage2 is None:
         train_data = CopySampler(
-            _features_per_image(cache, "trunk", train_rows, data_root, augmented), y_train,
+            features_per_image(cache, "trunk", train_rows, data_root, augmented), y_train,
             settings.batch_size, settings.seed + 1,
         )
-        val_data = (_features_per_image(cache, "trunk", val_rows, data_root, clean)[:, 0].astype(np.float32), y_val)
+        val_data = (features_per_image(cache, "trunk", val_rows, data_root, clean)[:, 0].astype(np.float32), y_val)
         stage2 = _run_stage(2, parts.top, train_data, val_data, settings.stage2, settings, out_dir)
         _write_stage_result(ckpt, 2, stage2)
         del train_data, val_data
