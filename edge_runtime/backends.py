@@ -1,6 +1,7 @@
-"""Inference engines behind one small interface: LiteRT for ``.tflite``, ONNX Runtime for ``.onnx``.
+"""Inference engines behind one small interface: LiteRT for ``.tflite``; ONNX Runtime or OpenVINO for ``.onnx``.
 
-Engine packages are imported only when a model of their kind is loaded, so ``import edge_runtime`` stays
+Each suffix has a default engine (:func:`engine_for`); :func:`engines_for` lists every engine that can run
+a file (``edge_runtime.engine_select`` measures them and picks the fastest). Engine packages are imported only when a model of their kind is loaded, so ``import edge_runtime`` stays
 light and a device needs only the engine it uses. Quantisation is handled here: a float32 batch fed to an
 int8/uint8 input is quantised with the input tensor's scale and zero point, and integer outputs are
 dequantised, so :meth:`Backend.run` always returns float32 probabilities.
@@ -39,12 +40,13 @@ class ModelLoadError(EdgeRuntimeError):
 class BackendUnavailableError(EdgeRuntimeError):
     """The engine package a model needs is not installed."""
 
-    def __init__(self, engine: str, package: str) -> None:
+    def __init__(self, engine: str, package: str, extra: str = "edge") -> None:
         self.engine = engine
         self.package = package
+        hint = INSTALL_HINT if extra == "edge" else f'pip install "steel-edge-inspect[{extra}]"'
         super().__init__(
             f"the {engine} engine needs the '{package}' package, which is not installed; "
-            f"install the device extras with {INSTALL_HINT} (or just: pip install {package})"
+            f"install it with {hint} (or just: pip install {package})"
         )
 
 
@@ -57,13 +59,21 @@ def default_threads() -> int:
 
 
 def engine_for(path: str | Path) -> str:
-    """The engine that runs a model file, from its suffix (.tflite -> litert, .onnx -> onnxruntime)."""
+    """The default engine of a model file, from its suffix (.tflite -> litert, .onnx -> onnxruntime)."""
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIX_ENGINES:
         raise ModelLoadError(
             path, f"unsupported model format '{suffix or '(no suffix)'}'; expected a .tflite or .onnx file"
         )
     return SUFFIX_ENGINES[suffix]
+
+
+def engines_for(path: str | Path) -> list[str]:
+    """Every registered engine that can run a model file (installed or not), the suffix's default first."""
+    default = engine_for(path)
+    suffix = Path(path).suffix.lower()
+    able = [name for name, cls in ENGINES.items() if suffix in cls.suffixes]
+    return sorted(able, key=lambda name: name != default)
 
 
 def check_model_file(path: str | Path) -> Path:
@@ -79,13 +89,23 @@ def check_model_file(path: str | Path) -> Path:
 class Backend:
     """A loaded model: ``run(batch)`` -> float32 probabilities of shape (N, classes).
 
+    A model may have more outputs (the exported ones add an ``embedding`` for the unknown score):
+    ``run_outputs(batch)`` returns them all, dequantised, in the engine's output order; the class
+    probabilities are the narrowest output, which ``run`` returns. ``output_widths`` lists every output's width.
     ``input_shape`` is NHWC (batch -1 when dynamic), ``input_dtype`` the numpy dtype the graph takes,
     ``output_width`` the number of classes. ``custom_metadata`` holds the key/value metadata stored in the
     model file's own table (ONNX ``metadata_props``; empty for TFLite, whose metadata is an appended zip).
     Not thread-safe: use one backend per thread.
+
+    Class attributes describe the engine: ``suffixes`` it runs, the pip ``package`` and the importable
+    ``module`` it needs, and the package ``extra`` that installs it.
     """
 
     name = "base"
+    suffixes: tuple[str, ...] = ()
+    package = ""
+    module = ""
+    extra = "edge"
 
     def __init__(
         self,
@@ -93,18 +113,20 @@ class Backend:
         threads: int,
         input_shape: tuple[int, ...],
         input_dtype: np.dtype,
-        output_width: int,
+        output_widths: list[int],
         input_quantization: tuple[float, int] = (0.0, 0),
-        output_quantization: tuple[float, int] = (0.0, 0),
+        output_quantizations: list[tuple[float, int]] | None = None,
         custom_metadata: dict[str, str] | None = None,
     ) -> None:
         self.path = path
         self.threads = threads
         self.input_shape = tuple(int(d) for d in input_shape)
         self.input_dtype = np.dtype(input_dtype)
-        self.output_width = int(output_width)
+        self.output_widths = [int(w) for w in output_widths]
+        self.primary_output = _narrowest(self.output_widths)
+        self.output_width = self.output_widths[self.primary_output]
         self.input_quantization = input_quantization
-        self.output_quantization = output_quantization
+        self.output_quantizations = list(output_quantizations or [(0.0, 0)] * len(self.output_widths))
         self.custom_metadata = dict(custom_metadata or {})
         if len(self.input_shape) != 4 or self.input_shape[3] != 3:
             raise ModelLoadError(
@@ -118,7 +140,11 @@ class Backend:
         )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a (N, H, W, 3) batch (float32 model input, or uint8 pixels for uint8 graphs)."""
+        """Class probabilities of a (N, H, W, 3) batch (float32 model input, or uint8 pixels for uint8 graphs)."""
+        return self.run_outputs(batch)[self.primary_output]
+
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model for a batch, dequantised to float32, in the engine's output order."""
         batch = np.asarray(batch)
         self._check_batch(batch)
         fixed = self.input_shape[0]
@@ -126,12 +152,14 @@ class Backend:
         if fixed <= 0 or fixed == len(batch):
             outputs = self._invoke(inputs)
         elif fixed == 1:
-            outputs = np.concatenate([self._invoke(inputs[i : i + 1]) for i in range(len(batch))])
+            per_image = [self._invoke(inputs[i : i + 1]) for i in range(len(batch))]
+            outputs = [np.concatenate(parts) for parts in zip(*per_image)]
         else:
             raise ValueError(f"model '{self.path}' takes batches of exactly {fixed} images, got {len(batch)}")
-        return self._dequantize(outputs)
+        return [self._dequantize(o, q) for o, q in zip(outputs, self.output_quantizations)]
 
-    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output, raw (possibly quantised), in output order."""
         raise NotImplementedError
 
     def _check_batch(self, batch: np.ndarray) -> None:
@@ -159,8 +187,9 @@ class Backend:
             + f", got a {batch.dtype} batch"
         )
 
-    def _dequantize(self, outputs: np.ndarray) -> np.ndarray:
-        scale, zero_point = self.output_quantization
+    @staticmethod
+    def _dequantize(outputs: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+        scale, zero_point = quantization
         if np.issubdtype(outputs.dtype, np.integer) and scale > 0:
             return ((outputs.astype(np.float32) - zero_point) * scale).astype(np.float32)
         return outputs.astype(np.float32, copy=False)
@@ -170,9 +199,12 @@ class LiteRTBackend(Backend):
     """A ``.tflite`` model run by the LiteRT interpreter (ai-edge-litert)."""
 
     name = "litert"
+    suffixes = (".tflite",)
+    package = "ai-edge-litert"
+    module = "ai_edge_litert.interpreter"
 
     def __init__(self, path: Path, threads: int) -> None:
-        interpreter_class = _import("litert", "ai-edge-litert", "ai_edge_litert.interpreter").Interpreter
+        interpreter_class = _import_engine(type(self)).Interpreter
         _check_tflite_identifier(path)
         try:
             self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
@@ -180,33 +212,37 @@ class LiteRTBackend(Backend):
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(path, f"LiteRT rejected it ({exc}); re-export it with edge-export") from exc
         inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelLoadError(path, f"expected one input and one output, found {len(inputs)} and {len(outputs)}")
-        self._input, self._output = inputs[0], outputs[0]
+        self._outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or not self._outputs:
+            raise ModelLoadError(path, f"expected one input and at least one output, found {len(inputs)} and "
+                                 f"{len(self._outputs)}")
+        self._input = inputs[0]
         super().__init__(
             path,
             threads,
             input_shape=tuple(self._input["shape"]),
             input_dtype=self._input["dtype"],
-            output_width=int(self._output["shape"][-1]),
+            output_widths=[int(o["shape"][-1]) for o in self._outputs],
             input_quantization=_quantization(self._input),
-            output_quantization=_quantization(self._output),
+            output_quantizations=[_quantization(o) for o in self._outputs],
         )
 
-    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
         self._interpreter.set_tensor(self._input["index"], batch)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output["index"]).copy()
+        return [self._interpreter.get_tensor(o["index"]).copy() for o in self._outputs]
 
 
 class OnnxRuntimeBackend(Backend):
     """An ``.onnx`` model run by ONNX Runtime on the CPU."""
 
     name = "onnxruntime"
+    suffixes = (".onnx",)
+    package = "onnxruntime"
+    module = "onnxruntime"
 
     def __init__(self, path: Path, threads: int) -> None:
-        ort = _import("onnxruntime", "onnxruntime", "onnxruntime")
+        ort = _import_engine(type(self))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -216,8 +252,9 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             raise ModelLoadError(path, f"ONNX Runtime rejected it ({exc}); re-export it with edge-export") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelLoadError(path, f"expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        if len(inputs) != 1 or not outputs:
+            raise ModelLoadError(path, f"expected one input and at least one output, found {len(inputs)} and "
+                                 f"{len(outputs)}")
         if inputs[0].type not in _ONNX_DTYPES:
             raise ModelLoadError(path, f"unsupported input type {inputs[0].type}; expected float32, uint8 or int8")
         self._input_name = inputs[0].name
@@ -226,23 +263,77 @@ class OnnxRuntimeBackend(Backend):
             threads,
             input_shape=tuple(_dim(d) for d in inputs[0].shape),
             input_dtype=_ONNX_DTYPES[inputs[0].type],
-            output_width=_dim(outputs[0].shape[-1]),
+            output_widths=[_dim(o.shape[-1]) for o in outputs],
             custom_metadata=self._session.get_modelmeta().custom_metadata_map,
         )
 
-    def _invoke(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run(None, {self._input_name: batch})[0])
+    def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self._session.run(None, {self._input_name: batch})]
 
 
-ENGINES: dict[str, type[Backend]] = {"litert": LiteRTBackend, "onnxruntime": OnnxRuntimeBackend}
+class OpenVINOBackend(Backend):
+    """An ``.onnx`` model (fp32 or QDQ int8) compiled by OpenVINO for the CPU, tuned for batch-1 latency.
+
+    Floating-point layers run in float32 (``INFERENCE_PRECISION_HINT``), as in ONNX Runtime: OpenVINO would
+    otherwise pick bf16/fp16 on CPUs that have it and change the probabilities. Outputs come in the ONNX
+    graph's output order, as ONNX Runtime returns them; ``custom_metadata`` is the file's ``metadata_props``.
+    """
+
+    name = "openvino"
+    suffixes = (".onnx",)
+    package = "openvino"
+    module = "openvino"
+    extra = "openvino"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ov = _import_engine(type(self))
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            compiled = core.compile_model(model, "CPU", _openvino_config(core, threads))
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own exception types
+            raise ModelLoadError(path, f"OpenVINO rejected it ({exc}); re-export it with edge-export") from exc
+        inputs, outputs = compiled.inputs, compiled.outputs
+        if len(inputs) != 1 or not outputs:
+            raise ModelLoadError(path, f"expected one input and at least one output, found {len(inputs)} and "
+                                 f"{len(outputs)}")
+        dtype = inputs[0].get_element_type().to_dtype()
+        if dtype not in (np.float32, np.uint8, np.int8):
+            raise ModelLoadError(path, f"unsupported input type {dtype}; expected float32, uint8 or int8")
+        self._request = compiled.create_infer_request()
+        self._output_count = len(outputs)
+        super().__init__(
+            path,
+            threads,
+            input_shape=_openvino_shape(inputs[0], path),
+            input_dtype=dtype,
+            output_widths=[_openvino_width(o) for o in outputs],
+            custom_metadata=_onnx_metadata_props(model, path),
+        )
+
+    def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._request.infer({0: batch})
+        # the request's output buffers are reused by the next call: copy them out
+        return [self._request.get_output_tensor(i).data.copy() for i in range(self._output_count)]
+
+
+ENGINES: dict[str, type[Backend]] = {
+    "litert": LiteRTBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "openvino": OpenVINOBackend,
+}
 
 
 def load_backend(path: str | Path, engine: str | None = None, threads: int | None = None) -> Backend:
-    """Load a model file with ``engine`` (default: from the suffix) on ``threads`` CPU threads (default: all)."""
+    """Load a model file with ``engine`` (default: from the suffix) on ``threads`` CPU threads (default: all).
+
+    An engine that cannot run the file's kind (e.g. litert for an ``.onnx``) raises :class:`ModelLoadError`.
+    """
     path = check_model_file(path)
     engine = engine or engine_for(path)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
+    _check_engine_runs(engine, path)
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -251,11 +342,89 @@ def load_backend(path: str | Path, engine: str | None = None, threads: int | Non
     return backend
 
 
-def _import(engine: str, package: str, module: str) -> ModuleType:
+def _check_engine_runs(engine: str, path: Path) -> None:
+    suffix = path.suffix.lower()
+    if suffix not in ENGINES[engine].suffixes:
+        able = engines_for(path)
+        raise ModelLoadError(
+            path, f"the {engine} engine cannot run {suffix} files (it runs {', '.join(ENGINES[engine].suffixes)}); "
+            f"use --engine {' or --engine '.join(able)}, or --engine auto"
+        )
+
+
+def _import_engine(backend_class: type[Backend]) -> ModuleType:
+    return _import(backend_class.name, backend_class.package, backend_class.module, backend_class.extra)
+
+
+def _import(engine: str, package: str, module: str, extra: str = "edge") -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise BackendUnavailableError(engine, package) from exc
+        raise BackendUnavailableError(engine, package, extra) from exc
+
+
+def _openvino_config(core: Any, threads: int) -> dict[str, Any]:
+    """Compile settings for batch-1 latency in float32; those this OpenVINO's CPU plugin lacks are left out."""
+    wanted = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    supported = core.get_property("CPU", "SUPPORTED_PROPERTIES")
+    left_out = [key for key in wanted if key not in supported]
+    if left_out:
+        log.debug("this OpenVINO CPU plugin does not support %s; left at their defaults", left_out)
+    return {key: value for key, value in wanted.items() if key in supported}
+
+
+def _openvino_shape(port: Any, path: Path) -> tuple[int, ...]:
+    shape = port.get_partial_shape()
+    if shape.rank.is_dynamic:
+        raise ModelLoadError(path, "the model input has no fixed rank; expected NHWC with 3 channels")
+    return tuple(d.get_length() if d.is_static else -1 for d in shape)
+
+
+def _openvino_width(port: Any) -> int:
+    shape = port.get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() == 0:
+        return -1
+    last = shape[shape.rank.get_length() - 1]
+    return last.get_length() if last.is_static else -1
+
+
+def _onnx_metadata_props(model: Any, path: Path) -> dict[str, str]:
+    """The ONNX ``metadata_props`` of a model read by OpenVINO.
+
+    OpenVINO's ONNX reader keeps them in ``rt_info["framework"]``; where it does not (older versions) they
+    are read with ONNX Runtime or the onnx package if one is installed.
+    """
+    if model.has_rt_info(["framework"]):
+        framework = model.get_rt_info()["framework"]
+        if isinstance(framework, dict):
+            return {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in framework.items()}
+    for reader in (_metadata_props_onnxruntime, _metadata_props_onnx):
+        try:
+            return reader(path)
+        except ImportError:
+            continue
+        except Exception as exc:  # the file loaded in OpenVINO; a reader that fails only loses the metadata
+            log.warning("cannot read the metadata of '%s' with %s: %s", path, reader.__name__, exc)
+            return {}
+    log.warning("cannot read the metadata of '%s': this OpenVINO does not expose it and neither onnxruntime nor "
+                "onnx is installed (pip install onnxruntime)", path)
+    return {}
+
+
+def _metadata_props_onnxruntime(path: Path) -> dict[str, str]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _metadata_props_onnx(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def _check_tflite_identifier(path: Path) -> None:
@@ -268,6 +437,11 @@ def _check_tflite_identifier(path: Path) -> None:
 def _quantization(detail: dict) -> tuple[float, int]:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     return float(scale), int(zero_point)
+
+
+def _narrowest(widths: list[int]) -> int:
+    """Index of the class-probability output: the narrowest (unknown widths, -1, count as widest)."""
+    return min(range(len(widths)), key=lambda i: (widths[i] if widths[i] > 0 else 1 << 30, i))
 
 
 def _dim(value: Any) -> int:

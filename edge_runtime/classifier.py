@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_runtime.backends import Backend, ModelLoadError, load_backend
 from edge_runtime.metadata import MetadataError, ModelMetadata, metadata_from_labels, read_metadata
+from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
 from edge_runtime.preprocessing import prepare_pixels, preprocess, read_image
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ def default_model_path() -> Path:
 class Prediction:
     """One image's result; equality compares the result, not the timings or the probability array.
 
+    ``label`` is ``"unknown"`` when the model's out-of-distribution score is above its threshold (the image
+    is unlike anything it was trained on; see edge_runtime.ood); ``predicted`` is always the best class,
+    ``confidence`` its probability. ``ood_score`` is None for models exported without the embedding output.
     Timings are per image; in a batch, ``inference_ms`` is the batch's inference time divided by its size.
     """
 
@@ -38,6 +42,13 @@ class Prediction:
     probabilities: np.ndarray = field(repr=False, compare=False)
     preprocess_ms: float = field(default=0.0, compare=False)
     inference_ms: float = field(default=0.0, compare=False)
+    ood_score: float | None = field(default=None, compare=False)
+    unknown: bool = False
+    predicted: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.predicted:
+            object.__setattr__(self, "predicted", self.label)
 
 
 class Classifier:
@@ -50,6 +61,7 @@ class Classifier:
         self.path = backend.path
         self.labels = list(metadata.labels)
         self._config = metadata.preprocess
+        self.ood = ood_spec_of(metadata, backend.path)
 
     @classmethod
     def load(
@@ -95,23 +107,29 @@ class Classifier:
             inputs.append(self.prepare(image))
             prep_ms.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
-        probabilities = self.backend.run(np.stack(inputs))
+        outputs = self.backend.run_outputs(np.stack(inputs))
+        probabilities = _output_of_width(outputs, len(self.labels), self.path, "class probabilities")
+        scores = [None] * len(images)
+        if self.ood is not None:
+            embedding = _output_of_width(outputs, self.ood.width, self.path, "embedding", exclude=probabilities)
+            scores = [float(s) for s in self.ood.score(embedding)]
         infer_ms = (time.perf_counter() - start) * 1000 / len(images)
-        if probabilities.shape != (len(images), len(self.labels)):
-            raise MetadataError(
-                self.path, f"the model returned shape {probabilities.shape} for {len(self.labels)} labels"
-            )
-        return [self._prediction(p, ms, infer_ms) for p, ms in zip(probabilities, prep_ms)]
+        return [self._prediction(p, ms, infer_ms, score) for p, ms, score in zip(probabilities, prep_ms, scores)]
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Read and classify an image file; an unreadable file raises ImageReadError naming it."""
         return self.predict(read_image(path))
 
-    def _prediction(self, probabilities: np.ndarray, preprocess_ms: float, inference_ms: float) -> Prediction:
+    def _prediction(self, probabilities: np.ndarray, preprocess_ms: float, inference_ms: float,
+                    ood_score: float | None = None) -> Prediction:
         order = np.argsort(-probabilities, kind="stable")
         best = int(order[0])
+        unknown = ood_score is not None and not ood_score <= self.ood.threshold  # NaN counts as unknown
         return Prediction(
-            label=self.labels[best],
+            label=UNKNOWN_LABEL if unknown else self.labels[best],
+            predicted=self.labels[best],
+            unknown=unknown,
+            ood_score=ood_score,
             confidence=float(probabilities[best]),
             index=best,
             top_k=[(self.labels[i], float(probabilities[i])) for i in order[:TOP_K]],
@@ -119,6 +137,29 @@ class Classifier:
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
         )
+
+
+def ood_spec_of(metadata: ModelMetadata, path: str | Path = "model") -> OodSpec | None:
+    """The model's unknown-score settings from its metadata (None for models exported without them)."""
+    data = metadata.extra.get("ood")
+    if data is None:
+        return None
+    try:
+        return OodSpec.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MetadataError(path, f"invalid 'ood' metadata ({exc}); re-export the model "
+                            "with edge-export") from exc
+
+
+def _output_of_width(outputs: list[np.ndarray], width: int, path: Path, what: str,
+                     exclude: np.ndarray | None = None) -> np.ndarray:
+    """The model output with ``width`` columns (outputs are told apart by width, not by position)."""
+    for output in outputs:
+        if output is not exclude and output.ndim == 2 and output.shape[1] == width:
+            return output
+    shapes = [tuple(o.shape) for o in outputs]
+    raise MetadataError(path, f"the model has no {what} output of width {width} (outputs {shapes}); "
+                        "its metadata does not match it: re-export it with edge-export")
 
 
 def _shipped_model() -> Path:

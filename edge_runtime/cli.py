@@ -32,7 +32,8 @@ log = logging.getLogger("edge-classify")
 EPILOG = """\
 records (one per frame or file, JSON Lines on stdout or --output .jsonl/.csv):
   time, source, frame, file, file_size, file_mtime_ns, label, confidence, uncertain (confidence below
-  --min-confidence; the label is kept), top3, error (set instead of a label when the frame or file could
+  --min-confidence; the label is kept), unknown (the image is unlike every training image: label "unknown",
+  the threshold is stored in the model), ood_score, predicted (best class, also when unknown), top3, error (set instead of a label when the frame or file could
   not be classified), read_ms, preprocess_ms, inference_ms, latency_ms (capture/read -> result), engine,
   model, model_sha256. Logs and the final summary go to stderr.
 

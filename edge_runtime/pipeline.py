@@ -156,6 +156,7 @@ class Summary:
     classified: int = 0
     errors: int = 0
     uncertain: int = 0
+    unknown: int = 0
     dropped: int = 0
     skipped: int = 0
     resumed: int = 0
@@ -180,7 +181,7 @@ class Summary:
         return "\n".join([
             f"summary: {self.stop_reason} after {self.elapsed_s:.1f} s" + (" (FAILED)" if self.failed else ""),
             f"  frames {self.frames} (classified {self.classified}, errors {self.errors}, uncertain "
-            f"{self.uncertain}); dropped {self.dropped}, skipped {self.skipped}, already done {self.resumed}, "
+            f"{self.uncertain}, unknown {self.unknown}); dropped {self.dropped}, skipped {self.skipped}, already done {self.resumed}, "
             f"reconnects {self.reconnects}",
             f"  {self.fps:.2f} fps; end-to-end latency p50 {ms(self.latency_p50_ms)}, p99 {ms(self.latency_p99_ms)}",
             f"  mean per frame: read {ms(self.read_ms_mean)}, preprocess {ms(self.preprocess_ms_mean)}, "
@@ -208,6 +209,7 @@ class _Tally:
             return
         s.classified += 1
         s.uncertain += result.uncertain
+        s.unknown += result.prediction.unknown
         self.sums["preprocess"] += result.prediction.preprocess_ms
         self.sums["inference"] += result.prediction.inference_ms
 

@@ -18,6 +18,8 @@ from edge_runtime.errors import ImageReadError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+CONTRAST_MODES = ("none", "standardize")
+
 # ImageNet channel means in BGR order, as used by the "caffe" mode of Keras' ResNet-50.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -42,6 +44,9 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     interpolation: str = "auto"
     mode: str = field(default="caffe")
+    contrast: str = "none"  # "none" or "standardize" (see standardize_contrast)
+    target_mean: float = 128.0  # gray level mean after "standardize" (NEU training images: 128.2)
+    target_std: float = 26.0  # gray level std after "standardize" (NEU training images, per image: 26.1)
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("BGR", "RGB"):
@@ -52,6 +57,10 @@ class PreprocessConfig:
             )
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be (height, width) > 0, got {self.input_size!r}")
+        if self.contrast not in CONTRAST_MODES:
+            raise ValueError(f"contrast must be one of {CONTRAST_MODES}, got {self.contrast!r}")
+        if not self.target_std > 0:
+            raise ValueError(f"target_std must be > 0, got {self.target_std!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,9 +154,31 @@ def normalize(image_bgr8: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return pixels
 
 
-def prepare_pixels(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Decoded image -> uint8 BGR at the model size (the step before normalisation and augmentation)."""
+def standardize_contrast(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """With ``contrast="standardize"``: give each uint8 image the same gray-level mean and spread.
+
+    Another camera or plant mostly changes exposure and contrast (X-SDD images have a third of NEU's
+    per-image contrast); mapping every image to ``target_mean``/``target_std`` removes that difference
+    before the model sees it. Works on one HxWx3 image or a batch; a flat image stays flat (at the mean).
+    """
+    if config.contrast == "none":
+        return pixels
+    values = pixels.astype(np.float32)
+    axes = tuple(range(values.ndim - 3, values.ndim))
+    mean = values.mean(axis=axes, keepdims=True)
+    std = values.std(axis=axes, keepdims=True)
+    scaled = (values - mean) * (config.target_std / np.maximum(std, 1.0)) + config.target_mean
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def resize_pixels(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Decoded image -> uint8 BGR at the model size, before contrast standardisation (augmentation goes here)."""
     return resize(to_bgr8(image), config)
+
+
+def prepare_pixels(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Decoded image -> uint8 BGR at the model size, contrast-standardised if configured (before normalisation)."""
+    return standardize_contrast(resize_pixels(image, config), config)
 
 
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:

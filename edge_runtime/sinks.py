@@ -46,7 +46,7 @@ RECORD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 # CSV columns, in order; JSON Lines records have the same keys (top3 as a list of {label, confidence}).
 CSV_FIELDS = [
     "time", "source", "frame", "file", "file_size", "file_mtime_ns", "label", "confidence", "uncertain",
-    "top3", "error", "read_ms", "preprocess_ms", "inference_ms", "latency_ms", "engine", "model", "model_sha256",
+    "unknown", "ood_score", "predicted", "top3", "error", "read_ms", "preprocess_ms", "inference_ms", "latency_ms", "engine", "model", "model_sha256",
 ]
 FSYNC_INTERVAL_S = 1.0
 UNCERTAIN_DIR = "_uncertain"
@@ -60,7 +60,9 @@ class SinkError(EdgeRuntimeError):
 def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:
     """The record of one frame or file: the same keys for results and errors (``error`` is None or a message).
 
-    ``uncertain`` is true when the confidence is below --min-confidence (the label is kept); None for errors.
+    ``uncertain`` is true when the confidence is below --min-confidence (the label is kept); ``unknown`` when
+    the image is unlike the training images (label "unknown", ``predicted`` keeps the best class, ``ood_score``
+    the score; see edge_runtime.ood); all None for errors.
     """
     frame, prediction = result.frame, result.prediction
     record: dict[str, Any] = {
@@ -73,6 +75,9 @@ def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:
         "label": None,
         "confidence": None,
         "uncertain": None,
+        "unknown": None,
+        "ood_score": None,
+        "predicted": None,
         "top3": None,
         "error": " ".join(result.error.split()) if result.error else None,  # one line (OpenCV's span several)
         "read_ms": _number(frame.read_ms, 3),
@@ -88,6 +93,9 @@ def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:
             label=prediction.label,
             confidence=_number(prediction.confidence, 6),
             uncertain=bool(result.uncertain),
+            unknown=bool(prediction.unknown),
+            ood_score=_number(prediction.ood_score, 6),
+            predicted=prediction.predicted,
             top3=[{"label": label, "confidence": _number(p, 6)} for label, p in prediction.top_k],
             preprocess_ms=_number(prediction.preprocess_ms, 3),
             inference_ms=_number(prediction.inference_ms, 3),
@@ -214,7 +222,8 @@ class CsvWriter(RecordWriter):
     def _format(self, record: dict[str, Any]) -> str:
         row = dict(record)
         row["top3"] = ";".join(f"{t['label']}:{t['confidence']}" for t in record.get("top3") or [])
-        row["uncertain"] = "" if record.get("uncertain") is None else str(bool(record["uncertain"])).lower()
+        for flag in ("uncertain", "unknown"):
+            row[flag] = "" if record.get(flag) is None else str(bool(record[flag])).lower()
         buffer = io.StringIO()
         csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore", lineterminator="\n").writerow(
             {k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS}

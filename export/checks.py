@@ -34,9 +34,22 @@ CROSS_PLANT_GROUPS = ("gc10_inclusion", "xsdd")
 
 @dataclass(frozen=True)
 class EvalImage:
+    """One evaluation image: a file, or a square ``box`` (x0, y0, x1, y1) of it (GC10 annotated crops).
+
+    ``expected`` is the NEU class it should be called, or None (no NEU counterpart: it should be unknown);
+    ``split`` is "val"/"test" for NEU images (the unknown threshold is chosen on "val" only).
+    """
+
     path: Path
     group: str
     expected: str | None
+    box: tuple[int, int, int, int] | None = None
+    split: str | None = None
+    source_class: str | None = None  # the dataset's own class name (for the "called as" tables)
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}#{','.join(map(str, self.box))}" if self.box else str(self.path)
 
 
 @dataclass
@@ -60,7 +73,8 @@ def mapped_folder_images(root: Path, mapping: dict[str, str], group: str) -> lis
         if not directory.is_dir():
             log.warning("%s: folder %s not found, skipped", group, directory)
             continue
-        images += [EvalImage(p, group, expected) for p in sorted(directory.iterdir()) if is_image_file(p)]
+        images += [EvalImage(p, group, expected, source_class=folder)
+                   for p in sorted(directory.iterdir()) if is_image_file(p)]
     return images
 
 
@@ -78,12 +92,33 @@ def labelled_folder_images(root: Path, classes: list[str], mapping: dict[str, st
 
 
 def standard_eval_images(run, neu_root: Path | None, gc10: Path | None, xsdd: Path | None) -> list[EvalImage]:
+    """NEU val+test; GC10 (reference protocol, annotated crops, whole frames); X-SDD (mapped and other classes)."""
     root, rows = run.manifest(neu_root)
-    items = [EvalImage(root / r.path, "neu", r.label) for split in ("val", "test") for r in rows_of(rows, split)]
+    items = [EvalImage(root / r.path, "neu", r.label, split=split, source_class=r.label)
+             for split in ("val", "test") for r in rows_of(rows, split)]
     if gc10:
-        items += mapped_folder_images(gc10, GC10_MAP, "gc10_inclusion")
+        items += gc10_eval_images(Path(gc10))
     if xsdd:
-        items += mapped_folder_images(xsdd, XSDD_MAP, "xsdd")
+        items += xsdd_eval_images(Path(xsdd))
+    return items
+
+
+def gc10_eval_images(root: Path) -> list[EvalImage]:
+    """GC10-DET: the reference protocol (every image of the ``inclusion`` folder, whole frame, expected
+    inclusion: group ``gc10_inclusion``)."""
+    return mapped_folder_images(root, GC10_MAP, "gc10_inclusion")
+
+
+def xsdd_eval_images(root: Path) -> list[EvalImage]:
+    """X-SDD: the mapped classes as group ``xsdd`` (scored), the others as ``xsdd_other`` (should be unknown)."""
+    items = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        expected = XSDD_MAP.get(folder.name)
+        group = "xsdd" if expected else "xsdd_other"
+        items += [EvalImage(p, group, expected, source_class=folder.name)
+                  for p in sorted(folder.iterdir()) if is_image_file(p)]
+    if not items:
+        log.warning("xsdd: no class folders with images under %s", root)
     return items
 
 
@@ -91,34 +126,61 @@ def load_eval_data(items: list[EvalImage], preprocess: PreprocessConfig, progres
     from tqdm.auto import tqdm
 
     kept, pixels, errors = [], [], []
+    decoded: tuple[Path, np.ndarray] | None = None  # crops of one frame follow each other: decode it once
     for item in tqdm(items, desc="decoding evaluation images", unit="img", disable=not progress):
         try:
-            pixels.append(prepare_pixels(read_image(item.path), preprocess))
+            if decoded is None or decoded[0] != item.path:
+                decoded = (item.path, read_image(item.path))
+            image = decoded[1]
+            if item.box is not None:
+                x0, y0, x1, y1 = item.box
+                image = image[y0:y1, x0:x1]
+            pixels.append(prepare_pixels(image, preprocess))
             kept.append(item)
         except (ImageReadError, ValueError) as exc:
             log.warning("%s", exc)
-            errors.append((str(item.path), str(exc)))
+            errors.append((item.name, str(exc)))
     height, width = preprocess.input_size
     stacked = np.stack(pixels) if pixels else np.zeros((0, height, width, 3), np.uint8)
     return EvalData(kept, stacked, errors)
 
 
-def keras_probabilities(model, data: EvalData, preprocess: PreprocessConfig, batch: int = 16,
-                        progress: bool = True) -> np.ndarray:
-    """The float reference: the Keras model on the same pixels, normalised by the shared function."""
+def keras_outputs(model, data: EvalData, preprocess: PreprocessConfig, batch: int = 16,
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The float reference: probabilities and embeddings of the Keras model on the same pixels."""
     from tqdm.auto import tqdm
 
-    out = []
+    from export.convert import with_embedding
+
+    both = with_embedding(model)
+    probabilities, embeddings = [], []
     for start in tqdm(range(0, len(data.pixels), batch), desc="keras float reference", unit="batch",
                       disable=not progress):
-        x = normalize(data.pixels[start : start + batch], preprocess)
-        out.append(np.asarray(model(x, training=False)))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        p, e = both(normalize(data.pixels[start : start + batch], preprocess), training=False)
+        probabilities.append(np.asarray(p))
+        embeddings.append(np.asarray(e))
+    if not probabilities:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(probabilities), np.concatenate(embeddings)
 
 
-def artifact_probabilities(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
-                           progress: bool = True, labels: list[str] | None = None) -> tuple[np.ndarray, float, list[str]]:
-    """Probabilities from an artifact through ``edge_runtime.Classifier``; also its load time and labels."""
+def keras_probabilities(model, data: EvalData, preprocess: PreprocessConfig, batch: int = 16,
+                        progress: bool = True) -> np.ndarray:
+    """The float reference's probabilities (see :func:`keras_outputs`)."""
+    return keras_outputs(model, data, preprocess, batch, progress)[0]
+
+
+@dataclass
+class ArtifactOutputs:
+    probabilities: np.ndarray
+    ood_scores: np.ndarray | None  # None when the artifact has no unknown score
+    load_seconds: float
+    labels: list[str]
+
+
+def artifact_outputs(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
+                     progress: bool = True, labels: list[str] | None = None) -> ArtifactOutputs:
+    """Probabilities and unknown scores from an artifact through ``edge_runtime.Classifier``."""
     from tqdm.auto import tqdm
 
     from edge_runtime.classifier import Classifier
@@ -126,12 +188,81 @@ def artifact_probabilities(path: Path, data: EvalData, threads: int | None = Non
     started = time.perf_counter()
     classifier = Classifier.load(path, threads=threads, labels=labels)
     load_seconds = time.perf_counter() - started
-    out = []
+    predictions = []
     for start in tqdm(range(0, len(data.pixels), batch), desc=Path(path).name, unit="batch", disable=not progress):
-        predictions = classifier.predict_batch(list(data.pixels[start : start + batch]))
-        out.append(np.stack([p.probabilities for p in predictions]))
-    probabilities = np.concatenate(out) if out else np.zeros((0, len(classifier.labels)), np.float32)
-    return probabilities, load_seconds, list(classifier.labels)
+        predictions += classifier.predict_batch(list(data.pixels[start : start + batch]))
+    width = len(classifier.labels)
+    probabilities = np.stack([p.probabilities for p in predictions]) if predictions else np.zeros((0, width))
+    scores = None
+    if classifier.ood is not None:
+        scores = np.array([p.ood_score for p in predictions], dtype=np.float32)
+    return ArtifactOutputs(probabilities, scores, load_seconds, list(classifier.labels))
+
+
+def artifact_probabilities(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
+                           progress: bool = True, labels: list[str] | None = None) -> tuple[np.ndarray, float, list[str]]:
+    """Probabilities from an artifact through ``edge_runtime.Classifier``; also its load time and labels."""
+    out = artifact_outputs(path, data, threads, batch, progress, labels)
+    return out.probabilities, out.load_seconds, out.labels
+
+
+def unknown_threshold(items: list[EvalImage], scores: np.ndarray, quantile: float) -> float:
+    """The unknown threshold from the NEU *validation* images' scores only (never test or other plants)."""
+    from edge_runtime.ood import threshold_from
+
+    validation = [k for k, i in enumerate(items) if i.group == "neu" and i.split == "val"]
+    return threshold_from(scores[validation], quantile)
+
+
+def unknown_summary(items: list[EvalImage], classes: list[str], probabilities: np.ndarray, scores: np.ndarray,
+                    threshold: float) -> dict:
+    """How the unknown answer works out: per group, share flagged unknown and share *confidently wrong*
+    (not flagged, and not the expected class; for images without NEU counterpart any class is wrong);
+    AUROC of NEU test (in) against each group of images without NEU counterpart (out)."""
+    from edge_runtime.ood import auroc
+
+    flagged = ~(scores <= threshold)
+    predicted = probabilities.argmax(axis=1)
+    neu_test = np.array([i.group == "neu" and i.split == "test" for i in items])
+    groups: dict[str, dict] = {}
+    for group in dict.fromkeys(i.group for i in items):
+        idx = np.array([k for k, i in enumerate(items) if i.group == group])
+        right = np.array([items[k].expected is not None and classes[predicted[k]] == items[k].expected for k in idx])
+        out_idx = np.array([k for k in idx if items[k].expected is None], dtype=int)
+        groups[group] = {
+            "images": int(len(idx)),
+            "unknown": int(flagged[idx].sum()),
+            "confident_wrong": int((~flagged[idx] & ~right).sum()),
+            "right_and_known": int((~flagged[idx] & right).sum()),
+            "no_counterpart": int(len(out_idx)),
+            "auroc_vs_neu_test": auroc(scores[neu_test], scores[out_idx]) if len(out_idx) else None,
+        }
+    cross = np.array([i.group != "neu" for i in items])
+    cross_out = np.array([i.group != "neu" and i.expected is None for i in items])
+    return {
+        "threshold": float(threshold),
+        "groups": groups,
+        "neu_test_flagged": float(flagged[neu_test].mean()) if neu_test.any() else None,
+        "cross_plant_confident_wrong": _share(sum(g["confident_wrong"] for n, g in groups.items() if n != "neu"),
+                                              int(cross.sum())),
+        "auroc_all_no_counterpart": auroc(scores[neu_test], scores[cross_out]) if cross_out.any() else None,
+    }
+
+
+def called_as(items: list[EvalImage], labels: list[str], probabilities: np.ndarray,
+              flagged: np.ndarray | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """Per group and source class, how many images get each answer ("unknown" included when flagged)."""
+    predicted = probabilities.argmax(axis=1)
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for k, item in enumerate(items):
+        answer = "unknown" if flagged is not None and flagged[k] else labels[predicted[k]]
+        row = table.setdefault(item.group, {}).setdefault(item.source_class or item.group, {})
+        row[answer] = row.get(answer, 0) + 1
+    return table
+
+
+def _share(count: int, total: int) -> float | None:
+    return count / total if total else None
 
 
 def score(items: list[EvalImage], classes: list[str], probabilities: np.ndarray) -> dict[str, dict]:
@@ -169,8 +300,9 @@ class Gates:
     max_drop_neu_pp: float = 0.5
     max_drop_cross_pp: float = 2.0
     min_agreement_pct: float = 99.0
+    max_drop_auroc: float = 0.02  # unknown score: AUROC (NEU test vs no-counterpart images) below float's
 
-    def failures(self, comparison: dict) -> list[str]:
+    def failures(self, comparison: dict, reference_unknown: dict | None = None) -> list[str]:
         """Human-readable reasons an artifact fails; empty when it passes."""
         reasons = []
         for group, g in comparison["groups"].items():
@@ -183,4 +315,10 @@ class Gates:
         agreement = comparison["agreement"]
         if agreement is not None and 100 * agreement < self.min_agreement_pct - 1e-9:
             reasons.append(f"top-1 agreement with float {100 * agreement:.2f} % < {self.min_agreement_pct} %")
+        unknown = comparison.get("unknown")
+        if unknown and reference_unknown:
+            ours, theirs = unknown["auroc_all_no_counterpart"], reference_unknown["auroc_all_no_counterpart"]
+            if ours is not None and theirs is not None and theirs - ours > self.max_drop_auroc + 1e-9:
+                reasons.append(f"unknown-score AUROC {ours:.3f} is {theirs - ours:.3f} below float ({theirs:.3f}; "
+                               f"limit {self.max_drop_auroc})")
         return reasons

@@ -23,9 +23,21 @@ log = logging.getLogger(__name__)
 ONNX_OPSET = 17
 
 
+def with_embedding(model):
+    """The classifier with a second output, ``embedding``: the input of its last layer (for the reference
+    model the 512-wide Dense layer, Dropout being the identity at inference), used by the unknown score.
+
+    Output 0 stays the class probabilities; the runtime tells the two apart by width (see edge_runtime.ood).
+    """
+    import keras
+
+    embedding = model.layers[-1].input
+    return keras.Model(model.input, [model.output, embedding], name=f"{model.name}_with_embedding")
+
+
 def export_saved_model(model, directory: Path) -> Path:
-    """The float model as a SavedModel (normalised float input), the source of fp32/fp16/dynamic/ONNX."""
-    model.export(str(directory), verbose=False)
+    """The float model (+ embedding output) as a SavedModel (normalised float input): source of fp32/fp16/dynamic/ONNX."""
+    with_embedding(model).export(str(directory), verbose=False)
     return directory
 
 
@@ -41,7 +53,8 @@ def export_pixel_saved_model(model, directory: Path, preprocess: PreprocessConfi
     x = keras.layers.Normalization(
         mean=list(preprocess.mean), variance=[s * s for s in preprocess.std], name="caffe_normalize"
     )(x)
-    keras.Model(pixels, model(x), name="pixels_to_probabilities").export(str(directory), verbose=False)
+    outputs = with_embedding(model)(x)
+    keras.Model(pixels, outputs, name="pixels_to_probabilities").export(str(directory), verbose=False)
     return directory
 
 

@@ -9,7 +9,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
+from edge_runtime.ood import OodSpec, build_spec
 from edge_runtime.system import cpu_description
 from export import checks, convert
 from export.calibration import CalibrationSet, calibration_rows
@@ -17,6 +20,7 @@ from export.formats import ExportFormat, parse_formats
 from export.report import write_report
 from train.data import sha256_of
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
+from train.split import rows_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,8 @@ class ExportOptions:
     gates: checks.Gates = field(default_factory=checks.Gates)
     threads: int | None = None
     int8_input: str = "pixels"
+    ood_k: int = 5
+    ood_quantile: float = 0.95
     seed: int = 0
     progress: bool = True
 
@@ -94,8 +100,22 @@ def _write(built: Built) -> None:
         write_onnx_metadata(built.path, built.metadata)
 
 
+def build_ood_spec(run: TrainedRun, model, data_root: Path, rows, options: ExportOptions) -> OodSpec:
+    """The unknown score's bank: float-model embeddings of every (clean) training image; provisional
+    threshold from the float model's validation images (each artifact gets its own after its checks)."""
+    train_items = [checks.EvalImage(data_root / r.path, "train", r.label) for r in rows_of(rows, "train")]
+    val_items = [checks.EvalImage(data_root / r.path, "val", r.label) for r in rows_of(rows, "val")]
+    data = checks.load_eval_data(train_items + val_items, run.preprocess, options.progress)
+    _, embeddings = checks.keras_outputs(model, data, run.preprocess, progress=options.progress)
+    is_val = np.array([i.group == "val" for i in data.items])
+    spec = build_spec(embeddings[~is_val], embeddings[is_val], k=options.ood_k, quantile=options.ood_quantile)
+    log.info("unknown score: %d training embeddings of width %d, k=%d, float threshold %.4f (val quantile %.2f)",
+             len(spec.bank), spec.width, spec.k, spec.threshold, spec.quantile)
+    return spec
+
+
 def build_artifacts(run: TrainedRun, formats: list[ExportFormat], out: Path, options: ExportOptions,
-                    calibration: CalibrationSet | None) -> list[Built]:
+                    calibration: CalibrationSet | None, ood: OodSpec | None = None) -> list[Built]:
     model = run.load_model()
     work = Path(tempfile.mkdtemp(prefix="edge-export-", dir=out))
     built: list[Built] = []
@@ -132,6 +152,8 @@ def build_artifacts(run: TrainedRun, formats: list[ExportFormat], out: Path, opt
                     fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
                 convert.onnx_int8(fp32, path, calibration.as_float)
             extra = calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}
+            if ood is not None:
+                extra = {**extra, "ood": ood.to_dict()}
             item = Built(fmt, path, _metadata(run, fmt, in_graph, dtype, extra), payload,
                          time.perf_counter() - started)
             _write(item)
@@ -158,24 +180,31 @@ def export_run(options: ExportOptions) -> dict:
         chosen = calibration_rows(rows, options.calibration_count, options.seed)
         assert all(r.split == "train" for r in chosen)
         calibration = CalibrationSet(chosen, data_root, run.preprocess)
-    built = build_artifacts(run, formats, out, options, calibration)
+    ood = build_ood_spec(run, run.load_model(), data_root, rows, options)
+    built = build_artifacts(run, formats, out, options, calibration, ood)
     convert_seconds = time.perf_counter() - started
 
     checked = time.perf_counter()
     items = checks.standard_eval_images(run, options.neu and Path(options.neu), _path(options.gc10),
                                         _path(options.xsdd))
     data = checks.load_eval_data(items, run.preprocess, options.progress)
-    reference = checks.keras_probabilities(run.load_model(), data, run.preprocess, progress=options.progress)
+    reference, reference_embeddings = checks.keras_outputs(run.load_model(), data, run.preprocess,
+                                                           progress=options.progress)
+    reference_scores_ood = ood.score(reference_embeddings)
+    reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
     rows_out, all_passed = [], True
     rejected = out / "rejected"
     for item in built:
         row = {"format": item.fmt.name, "file": str(item.path), "engine": item.fmt.engine,
                "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
         try:
-            probabilities, load_seconds, labels = checks.artifact_probabilities(
-                item.path, data, options.threads, progress=options.progress)
+            outputs = checks.artifact_outputs(item.path, data, options.threads, progress=options.progress)
+            probabilities, load_seconds, labels = outputs.probabilities, outputs.load_seconds, outputs.labels
             comparison = checks.compare(data.items, run.classes, reference, probabilities)
-            failures = options.gates.failures(comparison)
+            if outputs.ood_scores is not None:
+                comparison["unknown"] = _unknown(data.items, run.classes, probabilities, outputs.ood_scores, options)
+                item.metadata.extra["ood"]["threshold"] = comparison["unknown"]["threshold"]
+            failures = options.gates.failures(comparison, reference_unknown)
             if labels != run.classes:
                 failures.append(f"label order {labels} differs from the model's {run.classes}")
         except Exception as exc:  # a broken artifact is reported in its row; the others go on
@@ -208,7 +237,9 @@ def export_run(options: ExportOptions) -> dict:
                         "split": "train", "int8_input": options.int8_input},
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
-                            "groups": reference_scores},
+                            "groups": reference_scores, "unknown": reference_unknown},
+        "ood": {"kind": ood.kind, "feature": ood.feature, "k": ood.k, "bank": len(ood.bank),
+                "quantile": ood.quantile, "threshold_from": "NEU validation split only"},
         "artifacts": rows_out,
         "images": len(data.items),
         "image_groups": {g: sum(i.group == g for i in data.items) for g in data.groups},
@@ -224,6 +255,13 @@ def export_run(options: ExportOptions) -> dict:
     md, js = write_report(report, out)
     report["report_files"] = [str(md), str(js)]
     return report
+
+
+def _unknown(items, classes, probabilities, scores, options: ExportOptions) -> dict:
+    threshold = checks.unknown_threshold(items, scores, options.ood_quantile)
+    summary = checks.unknown_summary(items, classes, probabilities, scores, threshold)
+    summary["called_as"] = checks.called_as(items, classes, probabilities, ~(scores <= threshold))
+    return summary
 
 
 def _notes(options: ExportOptions, data: checks.EvalData) -> list[str]:

@@ -1,4 +1,5 @@
-"""The reference augmentation (rotation ±10°, shifts of 10 %, horizontal flip), on uint8 pixels with OpenCV.
+"""The reference augmentation (rotation ±10°, shifts of 10 %, horizontal flip), on uint8 pixels with OpenCV,
+plus optional *camera* augmentation: what another line camera changes (contrast, gamma, focus, sensor noise).
 
 Like Keras' ``ImageDataGenerator`` defaults, pixels moved in from outside are filled with the nearest edge
 pixel. Parameters are drawn from a seeded generator so an augmented copy can be recomputed exactly.
@@ -17,6 +18,11 @@ class AugmentSpec:
     rotation_deg: float = 10.0
     shift_fraction: float = 0.10
     horizontal_flip: bool = True
+    camera: bool = False  # also draw contrast, gamma, blur and noise (see camera_augment)
+    contrast_range: tuple[float, float] = (0.3, 1.2)  # contrast factor about the image mean, log-uniform
+    gamma_range: tuple[float, float] = (0.7, 1.4)
+    blur_sigma_max: float = 1.2  # Gaussian blur sigma in pixels, uniform from 0; half the copies stay sharp
+    noise_std_max: float = 3.0  # Gaussian sensor noise in gray levels, uniform from 0
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = AugmentSpec()) -> np.ndarray:
@@ -31,4 +37,27 @@ def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = Aug
     out = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if out.ndim == 2 and image.ndim == 3:
         out = out[:, :, None]
-    return out[:, ::-1].copy() if flip else out
+    out = out[:, ::-1].copy() if flip else out
+    return camera_augment(out, rng, spec) if spec.camera else out
+
+
+def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
+    """Another camera's look on uint8 pixels: contrast about the mean, gamma, slight defocus, sensor noise.
+
+    Contrast is applied before the uint8 rounding, so low-contrast copies also lose gray levels, as a
+    low-contrast camera image does; the same change goes to every channel (the images are gray).
+    """
+    low, high = np.log(spec.contrast_range[0]), np.log(spec.contrast_range[1])
+    contrast = float(np.exp(rng.uniform(low, high)))
+    gamma = float(np.exp(rng.uniform(np.log(spec.gamma_range[0]), np.log(spec.gamma_range[1]))))
+    sigma = rng.uniform(0.0, spec.blur_sigma_max) if rng.random() < 0.5 else 0.0
+    noise = rng.uniform(0.0, spec.noise_std_max)
+    values = image.astype(np.float32)
+    values = 255.0 * (np.clip(values, 0, 255) / 255.0) ** gamma
+    values = (values - values.mean()) * contrast + values.mean()
+    if sigma > 0:
+        values = cv2.GaussianBlur(values, (0, 0), sigma)
+        values = values.reshape(image.shape)
+    if noise > 0:
+        values = values + rng.normal(0.0, noise, size=image.shape[:2] + (1,) * (image.ndim - 2)).astype(np.float32)
+    return np.clip(values + 0.5, 0, 255).astype(np.uint8)

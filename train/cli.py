@@ -55,6 +55,11 @@ def build_fit_parser() -> argparse.ArgumentParser:
     rec.add_argument("--lr-patience", type=int, default=2, help="ReduceLROnPlateau patience (epochs)")
     rec.add_argument("--aug-copies", type=int, default=3,
                      help="cached augmented copies per training image; each epoch draws one per image")
+    rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
+                     help="'standardize': give every image the same gray-level mean and contrast, in training and "
+                     "on the device (stored in the model metadata); helps on other cameras/plants")
+    rec.add_argument("--camera-augment", action="store_true",
+                     help="also augment contrast, gamma, blur and sensor noise (another camera's look)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -96,7 +101,7 @@ def _fit(argv: list[str]) -> int:
             batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
             aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
             folds=args.folds, seed=args.seed, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
-            progress=not args.no_progress,
+            contrast=args.contrast, camera_augment=args.camera_augment, progress=not args.no_progress,
         )
     try:
         return _train(options)

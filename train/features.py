@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels, read_image
+from edge_runtime.preprocessing import PreprocessConfig, normalize, read_image, resize_pixels, standardize_contrast
 from train.augment import AugmentSpec, augment
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ class FeatureCache:
 
     def model_input(self, item: CacheItem) -> np.ndarray:
         """The (possibly augmented) float32 model input for one cache item."""
-        pixels = prepare_pixels(read_image(item.path), self.preprocess)
+        pixels = resize_pixels(read_image(item.path), self.preprocess)
         if item.copy > 0:
             pixels = augment(pixels, augmentation_rng(self.seed, item.sha256, item.copy), self.augment_spec)
-        return normalize(pixels, self.preprocess)
+        return normalize(standardize_contrast(pixels, self.preprocess), self.preprocess)
 
     def _fill(self, kind: str, items: list[CacheItem], compute, batch_size: int, progress: bool, desc: str) -> None:
         from tqdm.auto import tqdm

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
+from train.augment import AugmentSpec
 from train import figures
 from train.callbacks import read_history
 from train.data import check_images, discover, sha256_of
@@ -70,6 +71,8 @@ class TrainOptions:
     patience: int = 5
     lr_patience: int = 2
     aug_copies: int = 3
+    contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
+    camera_augment: bool = False  # AugmentSpec.camera: contrast/gamma/blur/noise augmentation too
     val_per_class: int = 12
     test_per_class: int = 12
     folds: int = 0
@@ -98,7 +101,11 @@ class TrainOptions:
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(input_size=(self.input_size, self.input_size))
+        return PreprocessConfig(input_size=(self.input_size, self.input_size), contrast=self.contrast)
+
+    @property
+    def augment_spec(self) -> AugmentSpec:
+        return AugmentSpec(camera=self.camera_augment)
 
 
 def load_options_for_resume(run_dir: str | Path, progress: bool = True) -> TrainOptions:
@@ -142,7 +149,8 @@ def _build(options: TrainOptions, weights: str | None, num_classes: int):
     model = build_model(num_classes, (options.input_size, options.input_size), weights, seed=options.seed)
     parts = submodels(model, options.unfreeze)
     cache_root = Path(options.cache_dir) if options.cache_dir else Path(options.run_dir).parent / ".feature-cache"
-    cache = make_cache(cache_root, _weights_identity(weights, options.seed), parts, options.preprocess, options.seed)
+    cache = make_cache(cache_root, _weights_identity(weights, options.seed), parts, options.preprocess, options.seed,
+                       options.augment_spec)
     return model, parts, cache
 
 

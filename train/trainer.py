@@ -245,5 +245,6 @@ def _read_stage_result(ckpt: Path, stage: int) -> StageResult | None:
     return StageResult(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def make_cache(root: Path, weights_id: str, parts: Submodels, preprocess: PreprocessConfig, seed: int) -> FeatureCache:
-    return FeatureCache(root, weights_id, parts.split_layer, preprocess, AugmentSpec(), seed)
+def make_cache(root: Path, weights_id: str, parts: Submodels, preprocess: PreprocessConfig, seed: int,
+               augment_spec: AugmentSpec = AugmentSpec()) -> FeatureCache:
+    return FeatureCache(root, weights_id, parts.split_layer, preprocess, augment_spec, seed)
