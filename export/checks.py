@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.backends import engine_for
 from edge_runtime.errors import ImageReadError
 from edge_runtime.preprocessing import PreprocessConfig, is_image_file, normalize, prepare_pixels, read_image
 from train.data import normalize_label
@@ -179,14 +180,16 @@ class ArtifactOutputs:
 
 
 def artifact_outputs(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
-                     progress: bool = True, labels: list[str] | None = None) -> ArtifactOutputs:
-    """Probabilities and unknown scores from an artifact through ``edge_runtime.Classifier``."""
+                     progress: bool = True, labels: list[str] | None = None,
+                     engine: str | None = None) -> ArtifactOutputs:
+    """Probabilities and unknown scores from an artifact through ``edge_runtime.Classifier`` (on ``engine``,
+    default: the file's usual engine)."""
     from tqdm.auto import tqdm
 
     from edge_runtime.classifier import Classifier
 
     started = time.perf_counter()
-    classifier = Classifier.load(path, threads=threads, labels=labels)
+    classifier = Classifier.load(path, engine=engine or engine_for(path), threads=threads, labels=labels)
     load_seconds = time.perf_counter() - started
     predictions = []
     for start in tqdm(range(0, len(data.pixels), batch), desc=Path(path).name, unit="batch", disable=not progress):
@@ -277,8 +280,33 @@ def score(items: list[EvalImage], classes: list[str], probabilities: np.ndarray)
     return result
 
 
-def compare(items: list[EvalImage], classes: list[str], reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Accuracy of both, drop in percentage points per group, top-1 agreement and max |Δprobability|."""
+UNKNOWN_ANSWER = -1
+
+
+@dataclass
+class Reference:
+    """The float model's results on the evaluation images, that every artifact is compared with."""
+
+    probabilities: np.ndarray
+    answers: np.ndarray | None  # class index or UNKNOWN_ANSWER, with the float model's unknown threshold
+    unknown: dict | None  # unknown_summary of the float model
+
+
+def answers(probabilities: np.ndarray, scores: np.ndarray | None = None, threshold: float | None = None) -> np.ndarray:
+    """What the device reports per image: the class index, or ``UNKNOWN_ANSWER`` above the unknown threshold."""
+    out = probabilities.argmax(axis=1)
+    if scores is not None and threshold is not None:
+        out = np.where(scores <= threshold, out, UNKNOWN_ANSWER)
+    return out
+
+
+def compare(items: list[EvalImage], classes: list[str], reference: np.ndarray, candidate: np.ndarray,
+            reference_answers: np.ndarray | None = None, candidate_answers: np.ndarray | None = None) -> dict:
+    """Accuracy of both, drop in percentage points per group, top-1 agreement and max |Δprobability|.
+
+    With both models' answers (class or unknown, see :func:`answers`) also ``answer_agreement``: the share of
+    images on which the two report the same thing (an image both call unknown agrees whatever its top class).
+    """
     ref_scores = score(items, classes, reference)
     cand_scores = score(items, classes, candidate)
     groups = {}
@@ -290,9 +318,14 @@ def compare(items: list[EvalImage], classes: list[str], reference: np.ndarray, c
         idx = [k for k, i in enumerate(items) if i.group == group]
         agree = float(np.mean(reference[idx].argmax(1) == candidate[idx].argmax(1))) if idx else None
         groups[group] = {**cand, "float_accuracy": ref["accuracy"], "drop_pp": drop, "agreement": agree}
+        if reference_answers is not None and candidate_answers is not None and idx:
+            groups[group]["answer_agreement"] = float(np.mean(reference_answers[idx] == candidate_answers[idx]))
     agreement = float(np.mean(reference.argmax(1) == candidate.argmax(1))) if len(items) else None
     max_dprob = float(np.abs(reference - candidate).max()) if len(items) else None
-    return {"groups": groups, "agreement": agreement, "max_abs_dprob": max_dprob}
+    result = {"groups": groups, "agreement": agreement, "max_abs_dprob": max_dprob}
+    if reference_answers is not None and candidate_answers is not None and len(items):
+        result["answer_agreement"] = float(np.mean(reference_answers == candidate_answers))
+    return result
 
 
 @dataclass(frozen=True)
@@ -312,9 +345,12 @@ class Gates:
             if g["drop_pp"] > limit + 1e-9:
                 reasons.append(f"{group} accuracy {100 * g['accuracy']:.2f} % is {g['drop_pp']:.2f} pp below float "
                                f"({100 * g['float_accuracy']:.2f} %; limit {limit} pp)")
-        agreement = comparison["agreement"]
+        # Models with the unknown answer are judged on what they report (class or unknown); others on top-1.
+        kind, agreement = "answer", comparison.get("answer_agreement")
+        if agreement is None:
+            kind, agreement = "top-1", comparison["agreement"]
         if agreement is not None and 100 * agreement < self.min_agreement_pct - 1e-9:
-            reasons.append(f"top-1 agreement with float {100 * agreement:.2f} % < {self.min_agreement_pct} %")
+            reasons.append(f"{kind} agreement with float {100 * agreement:.2f} % < {self.min_agreement_pct} %")
         unknown = comparison.get("unknown")
         if unknown and reference_unknown:
             ours, theirs = unknown["auroc_all_no_counterpart"], reference_unknown["auroc_all_no_counterpart"]

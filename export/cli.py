@@ -28,7 +28,8 @@ def _gates(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-drop-neu", type=float, default=0.5, help="max top-1 drop vs float on NEU, pp")
     g.add_argument("--max-drop-cross", type=float, default=2.0,
                    help="max drop vs float on each cross-plant set (GC10, X-SDD; folders for 'check'), pp")
-    g.add_argument("--min-agreement", type=float, default=99.0, help="min top-1 agreement with float, %%")
+    g.add_argument("--min-agreement", type=float, default=99.0, help="min agreement with float, %%: of the reported answer (class, or unknown above the "
+                   "model's unknown threshold); top-1 class for models without the unknown score")
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -112,7 +113,7 @@ def _export(argv: list[str]) -> int:
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:
         status = "PASS" if row["passed"] else "FAIL: " + "; ".join(row["failures"])
-        print(f"{row['format']:16s} {status}")
+        print(f"{row['format']:16s} {row['engine']:12s} {status}")
     print(f"export + checks: {report['timings']['total_seconds']:.0f} s on {report['machine']}")
     return 0 if report["passed"] else 1
 

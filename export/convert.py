@@ -137,3 +137,20 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
     )
     prepared.unlink(missing_ok=True)
     return output
+
+
+def onnx_int8_nncf(fp32_model: Path, output: Path, calibration: Callable[[], Iterable[np.ndarray]]) -> Path:
+    """Post-training int8 with NNCF (OpenVINO's quantiser): QDQ ONNX with bias correction and asymmetric
+    activations ("mixed" preset). Measured here: top-1 agreement with float on NEU + X-SDD 96.6 % against
+    91.6 % for ONNX Runtime's QDQ, and as fast under OpenVINO; under ONNX Runtime it is 2x slower
+    (signed activations), hence the OpenVINO engine."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(fp32_model))
+    input_name = model.graph.input[0].name
+    samples = [x[None].astype(np.float32) for x in calibration()]
+    dataset = nncf.Dataset(samples, lambda x: {input_name: x})
+    quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples))
+    onnx.save(quantized, str(output))
+    return output

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.backends import ENGINES, engines_for
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
 from edge_runtime.ood import OodSpec, build_spec
 from edge_runtime.system import cpu_description
@@ -146,11 +147,12 @@ def build_artifacts(run: TrainedRun, formats: list[ExportFormat], out: Path, opt
                     dtype = "int8"
             elif fmt.name == "onnx_fp32":
                 convert.onnx_fp32(float_dir, path)
-            elif fmt.name == "onnx_int8":
+            elif fmt.name in ("onnx_int8", "onnx_int8_nncf"):
                 fp32 = out / "model_fp32.onnx"
                 if not fp32.is_file():
                     fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
-                convert.onnx_int8(fp32, path, calibration.as_float)
+                quantize = convert.onnx_int8 if fmt.name == "onnx_int8" else convert.onnx_int8_nncf
+                quantize(fp32, path, calibration.as_float)
             extra = calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}
             if ood is not None:
                 extra = {**extra, "ood": ood.to_dict()}
@@ -192,40 +194,37 @@ def export_run(options: ExportOptions) -> dict:
                                                            progress=options.progress)
     reference_scores_ood = ood.score(reference_embeddings)
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
+    reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
+    reference_set = checks.Reference(reference, reference_answers, reference_unknown)
     rows_out, all_passed = [], True
     rejected = out / "rejected"
     for item in built:
-        row = {"format": item.fmt.name, "file": str(item.path), "engine": item.fmt.engine,
-               "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
-        try:
-            outputs = checks.artifact_outputs(item.path, data, options.threads, progress=options.progress)
-            probabilities, load_seconds, labels = outputs.probabilities, outputs.load_seconds, outputs.labels
-            comparison = checks.compare(data.items, run.classes, reference, probabilities)
-            if outputs.ood_scores is not None:
-                comparison["unknown"] = _unknown(data.items, run.classes, probabilities, outputs.ood_scores, options)
-                item.metadata.extra["ood"]["threshold"] = comparison["unknown"]["threshold"]
-            failures = options.gates.failures(comparison, reference_unknown)
-            if labels != run.classes:
-                failures.append(f"label order {labels} differs from the model's {run.classes}")
-        except Exception as exc:  # a broken artifact is reported in its row; the others go on
-            log.error("%s: %s", item.path.name, exc)
-            comparison, failures, load_seconds = None, [f"could not be evaluated: {exc}"], 0.0
-        passed = not failures
-        item.metadata.extra["validation"] = {"passed": passed, "failures": failures,
-                                             "comparison": comparison, "gates": asdict(options.gates)}
+        rows = [_check_on_engine(item, engine, data, run, reference_set, options)
+                for engine in installed_engines(item.path, item.fmt.engine)]
+        # each engine that can run the file is judged on its own; the file is kept if any passes
+        verdicts = {r["engine"]: r["passed"] for r in rows}
+        item.metadata.extra["validation"] = {
+            "passed": rows[0]["passed"], "failures": rows[0]["failures"], "comparison": rows[0]["comparison"],
+            "gates": asdict(options.gates), "engines": {r["engine"]: {"passed": r["passed"], "failures": r["failures"]}
+                                                        for r in rows},
+        }
         _write(item)
-        row.update(size_mb=item.path.stat().st_size / 1e6, load_seconds=round(load_seconds, 3),
-                   comparison=comparison, failures=failures, passed=passed, sha256=sha256_of(item.path))
-        if comparison is None:
-            row["error"] = failures[0]
-        if not passed:
+        for row in rows:
+            row.update(size_mb=item.path.stat().st_size / 1e6, sha256=sha256_of(item.path))
+        if not any(verdicts.values()):
             all_passed = False
             rejected.mkdir(exist_ok=True)
             target = rejected / item.path.name
             shutil.move(str(item.path), target)
-            row["file"] = str(target)
-            log.error("%s FAILS the gates: %s (moved to %s)", item.fmt.name, "; ".join(failures), rejected)
-        rows_out.append(row)
+            for row in rows:
+                row["file"] = str(target)
+            log.error("%s FAILS the gates on every engine (%s); moved to %s", item.fmt.name,
+                      "; ".join(f"{r['engine']}: {', '.join(r['failures'])}" for r in rows), rejected)
+        elif not all(verdicts.values()):
+            all_passed = False
+            log.error("%s fails the gates on %s (kept for %s)", item.fmt.name,
+                      [e for e, ok in verdicts.items() if not ok], [e for e, ok in verdicts.items() if ok])
+        rows_out += rows
 
     reference_scores = checks.score(data.items, run.classes, reference)
     report = {
@@ -257,8 +256,56 @@ def export_run(options: ExportOptions) -> dict:
     return report
 
 
-def _unknown(items, classes, probabilities, scores, options: ExportOptions) -> dict:
-    threshold = checks.unknown_threshold(items, scores, options.ood_quantile)
+def installed_engines(path: Path, preferred: str) -> list[str]:
+    """The engines installed here that can run ``path``, ``preferred`` (the format's engine) first."""
+    import importlib.util
+
+    able = [e for e in engines_for(path) if importlib.util.find_spec(ENGINES[e].module) is not None]
+    return sorted(able, key=lambda e: e != preferred) or [preferred]
+
+
+def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: TrainedRun,
+                     reference: checks.Reference, options: ExportOptions) -> dict:
+    """One report row: ``item`` run by ``engine`` through edge_runtime, compared with the float model.
+
+    The first engine checked (the format's own) sets the artifact's unknown threshold in its metadata;
+    other engines are judged with that same threshold, as the device would run them.
+    """
+    row = {"format": item.fmt.name, "file": str(item.path), "engine": engine,
+           "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
+    load_seconds = 0.0
+    try:
+        outputs = checks.artifact_outputs(item.path, data, options.threads, progress=options.progress, engine=engine)
+        probabilities, load_seconds, labels = outputs.probabilities, outputs.load_seconds, outputs.labels
+        candidate_answers, unknown = None, None
+        if outputs.ood_scores is not None:
+            ood = item.metadata.extra["ood"]
+            own_threshold = ood.get("checked_on") is None
+            unknown = _unknown(data.items, run.classes, probabilities, outputs.ood_scores, options,
+                               None if own_threshold else ood["threshold"])
+            if own_threshold:
+                ood.update(threshold=unknown["threshold"], checked_on=engine)
+            candidate_answers = checks.answers(probabilities, outputs.ood_scores, unknown["threshold"])
+        comparison = checks.compare(data.items, run.classes, reference.probabilities, probabilities,
+                                    reference.answers if unknown else None, candidate_answers)
+        if unknown:
+            comparison["unknown"] = unknown
+        failures = options.gates.failures(comparison, reference.unknown)
+        if labels != run.classes:
+            failures.append(f"label order {labels} differs from the model's {run.classes}")
+    except Exception as exc:  # a broken artifact is reported in its row; the others go on
+        log.error("%s on %s: %s", item.path.name, engine, exc)
+        comparison, failures = None, [f"could not be evaluated: {exc}"]
+    row.update(load_seconds=round(load_seconds, 3), comparison=comparison, failures=failures, passed=not failures)
+    if comparison is None:
+        row["error"] = failures[0]
+    log.info("%-16s %-12s %s", item.fmt.name, engine, "PASS" if not failures else "FAIL: " + "; ".join(failures))
+    return row
+
+
+def _unknown(items, classes, probabilities, scores, options: ExportOptions, threshold: float | None = None) -> dict:
+    if threshold is None:
+        threshold = checks.unknown_threshold(items, scores, options.ood_quantile)
     summary = checks.unknown_summary(items, classes, probabilities, scores, threshold)
     summary["called_as"] = checks.called_as(items, classes, probabilities, ~(scores <= threshold))
     return summary

@@ -16,6 +16,28 @@ def _count(group: dict | None) -> str:
     return f"{_pct(group['accuracy'])} ({group['correct']}/{group['images']})"
 
 
+def _unknown_cells(unknown: dict | None) -> str:
+    """AUROC and confidently-wrong share of the unknown summary, as two table cells."""
+    if not unknown:
+        return "– | –"
+    auroc = unknown.get("auroc_all_no_counterpart")
+    wrong = unknown.get("cross_plant_confident_wrong")
+    return f"{'–' if auroc is None else f'{auroc:.3f}'} | {_pct(wrong)}"
+
+
+def called_as_table(called_as: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    """Markdown rows: group, source class, images, then the count of each answer (unknown first)."""
+    answers = sorted({a for classes in called_as.values() for row in classes.values() for a in row},
+                     key=lambda a: (a != "unknown", a))
+    lines = ["| set | class | images | " + " | ".join(answers) + " |",
+             "|---|---|---:|" + "---:|" * len(answers)]
+    for group, classes in called_as.items():
+        for name, row in classes.items():
+            cells = " | ".join(str(row.get(a, 0)) if row.get(a) else "·" for a in answers)
+            lines.append(f"| {group} | {name} | {sum(row.values())} | {cells} |")
+    return lines
+
+
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     json_path = out_dir / "export_report.json"
     md_path = out_dir / "export_report.md"
@@ -32,22 +54,34 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         "Evaluated through edge_runtime (its preprocessing and interpreters), against the Keras float model on "
         "the same images.",
         "",
-        "| artifact | size | load | NEU val+test | GC10 inclusion | X-SDD mapped | agreement | max Δp | gates |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Answer = what the device reports: the class, or `unknown` above the artifact's unknown threshold (the "
+        "0.95 quantile of its NEU *validation* scores). Unknown AUROC: NEU test against every cross-plant image "
+        "without NEU counterpart. Confidently wrong: cross-plant images given a wrong class and not flagged.",
+        "",
+        "| artifact | size | load | NEU val+test | GC10 inclusion | GC10 crops | X-SDD mapped | answer agreement "
+        "| top-1 agreement | unknown AUROC | confidently wrong | max Δp | gates |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         f"| Keras float (reference) | {ref['size_mb']:.1f} MB | – | {_count(ref['groups'].get('neu'))} | "
-        f"{_count(ref['groups'].get('gc10_inclusion'))} | {_count(ref['groups'].get('xsdd'))} | – | – | – |",
+        f"{_count(ref['groups'].get('gc10_inclusion'))} | {_count(ref['groups'].get('gc10_crops'))} | "
+        f"{_count(ref['groups'].get('xsdd'))} | – | – | {_unknown_cells(ref.get('unknown'))} | – | – |",
     ]
     for a in report["artifacts"]:
         if "error" in a:
-            lines.append(f"| {a['format']} | – | – | – | – | – | – | – | FAIL: {a['error']} |")
+            lines.append(f"| {a['format']} ({a['engine']}) | – | – | – | – | – | – | – | – | – | – | – | "
+                         f"FAIL: {a['error']} |")
             continue
-        g = a["comparison"]["groups"]
+        c = a["comparison"]
+        g = c["groups"]
         verdict = "pass" if a["passed"] else "FAIL: " + "; ".join(a["failures"])
         lines.append(
-            f"| {a['format']} (`{Path(a['file']).name}`) | {a['size_mb']:.1f} MB | {a['load_seconds']:.2f} s | "
-            f"{_count(g.get('neu'))} | {_count(g.get('gc10_inclusion'))} | {_count(g.get('xsdd'))} | "
-            f"{_pct(a['comparison']['agreement'])} | {a['comparison']['max_abs_dprob']:.4f} | {verdict} |"
+            f"| {a['format']} (`{Path(a['file']).name}`, {a['engine']}) | {a['size_mb']:.1f} MB | {a['load_seconds']:.2f} s | "
+            f"{_count(g.get('neu'))} | {_count(g.get('gc10_inclusion'))} | {_count(g.get('gc10_crops'))} | "
+            f"{_count(g.get('xsdd'))} | {_pct(c.get('answer_agreement'))} | {_pct(c['agreement'])} | "
+            f"{_unknown_cells(c.get('unknown'))} | {c['max_abs_dprob']:.4f} | {verdict} |"
         )
+    if ref.get("unknown"):
+        lines += ["", "What the float model answers, per source class (with the unknown threshold):", ""]
+        lines += called_as_table(ref["unknown"]["called_as"])
     lines += ["", f"Images evaluated: {report['images']}; unreadable: {len(report['unreadable'])}. "
               f"Wall time: conversion {report['timings']['convert_seconds']:.0f} s, checks "
               f"{report['timings']['check_seconds']:.0f} s, total {report['timings']['total_seconds']:.0f} s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -100,10 +101,16 @@ def test_float_artifacts_match_keras(exported: Path):
 
 def test_report_has_a_row_per_artifact_with_the_promised_columns(exported: Path):
     data = report(exported)
-    assert [a["format"] for a in data["artifacts"]] == list(FORMATS)
+    assert list(dict.fromkeys(a["format"] for a in data["artifacts"])) == list(FORMATS)
     for a in data["artifacts"]:
         assert a["size_mb"] > 0 and a["load_seconds"] > 0
         assert {"neu", "gc10_inclusion"} <= set(a["comparison"]["groups"])
+    # the format's own engine is checked first; every other installed engine that runs the file is checked too
+    engines = [(a["format"], a["engine"]) for a in data["artifacts"]]
+    for fmt in FORMATS.values():
+        assert [e for f, e in engines if f == fmt.name][0] == fmt.engine
+    if importlib.util.find_spec("openvino"):
+        assert ("onnx_int8", "openvino") in engines and ("onnx_int8_nncf", "onnxruntime") in engines
     md = (exported / "export_report.md").read_text()
     for column in ("size", "load", "NEU val+test", "GC10 inclusion", "agreement", "max Δp", "gates"):
         assert column in md
@@ -225,3 +232,64 @@ def test_ship_with_a_waiver_states_the_failure_and_reason_in_the_card(tmp_path: 
     assert main(["ship", str(failing), "--dest", str(tmp_path / "m"), "--waive", "only cross-plant images flip"]) == 0
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "Shipped with a waiver" in card and "93.00 %" in card and "only cross-plant images flip" in card
+
+
+def test_artifacts_carry_the_unknown_score_with_a_threshold_from_validation(exported: Path):
+    from edge_runtime.classifier import Classifier
+
+    data = report(exported)
+    assert data["ood"]["threshold_from"] == "NEU validation split only"
+    for fmt in ("tflite_fp32", "tflite_int8", "onnx_int8"):
+        meta = read_metadata(exported / FORMATS[fmt].filename)
+        ood = meta.extra["ood"]
+        assert ood["kind"] == "knn_cosine" and ood["checked_on"] == FORMATS[fmt].engine
+        row = next(a for a in data["artifacts"] if a["format"] == fmt)
+        assert ood["threshold"] == row["comparison"]["unknown"]["threshold"]
+        classifier = Classifier.load(exported / FORMATS[fmt].filename)
+        prediction = classifier.predict(np.full((40, 40), 128, np.uint8))
+        assert prediction.ood_score is not None and prediction.predicted in NEU_CLASSES
+    unknown = data["float_reference"]["unknown"]
+    assert unknown["groups"]["neu"]["images"] == 24 and unknown["auroc_all_no_counterpart"] is None  # no OOD here
+    assert "answer_agreement" in next(a for a in data["artifacts"] if a["format"] == "tflite_fp32")["comparison"]
+
+
+def test_edge_classify_reports_unknown_above_the_threshold(exported: Path, tmp_path: Path):
+    """Lower the stored threshold below every score: every record says unknown and keeps the best class."""
+    from edge_runtime.cli import main as classify
+    from edge_runtime.metadata import ModelMetadata
+
+    source = exported / FORMATS["tflite_fp32"].filename
+    meta = read_metadata(source)
+    meta.extra["ood"]["threshold"] = -1.0
+    model = tmp_path / "strict.tflite"
+    model.write_bytes(embed_tflite_metadata(strip_tflite_metadata(source.read_bytes()), ModelMetadata.from_json(
+        meta.to_json(), model)))
+    folder = write_class_folders(tmp_path / "images", per_class=1)
+    out = tmp_path / "records.jsonl"
+    assert classify(["--folder", str(folder), "--recursive", "--model", str(model), "--output", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and all(r["label"] == "unknown" and r["unknown"] is True for r in records)
+    assert all(r["predicted"] in NEU_CLASSES and r["ood_score"] > -1.0 for r in records)
+
+
+def test_unknown_summary_counts_flagged_and_confidently_wrong_images():
+    from export.checks import EvalImage, answers, compare, unknown_summary
+
+    classes = ["a", "b"]
+    items = [EvalImage(Path("v"), "neu", "a", split="val"), EvalImage(Path("t1"), "neu", "a", split="test"),
+             EvalImage(Path("t2"), "neu", "b", split="test"), EvalImage(Path("x1"), "other", "a"),
+             EvalImage(Path("x2"), "other", None), EvalImage(Path("x3"), "other", None)]
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4], [0.9, 0.1]])
+    scores = np.array([0.1, 0.1, 0.2, 0.3, 0.9, 0.4])
+    summary = unknown_summary(items, classes, probabilities, scores, threshold=0.5)
+    other = summary["groups"]["other"]
+    assert other["unknown"] == 1  # x2
+    assert other["confident_wrong"] == 2  # x1 called b (expected a), x3 has no counterpart but is not flagged
+    assert summary["cross_plant_confident_wrong"] == 2 / 3
+    assert other["auroc_vs_neu_test"] == 1.0  # both OOD scores exceed both NEU test scores
+    reference = answers(probabilities, scores, 0.5)
+    assert reference.tolist() == [0, 0, 1, 1, -1, 0]
+    candidate = probabilities[:, ::-1]  # every top class flipped...
+    flipped = answers(candidate, np.full(6, 0.9), 0.5)  # ...but everything unknown
+    result = compare(items, classes, probabilities, candidate, reference, flipped)
+    assert result["agreement"] == 0.0 and result["answer_agreement"] == 1 / 6
