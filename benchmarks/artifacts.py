@@ -64,6 +64,7 @@ def accuracy_from_row(row: dict) -> dict:
     return {
         **{g: _group(groups.get(g)) for g in ACCURACY_GROUPS},
         "agreement": comparison.get("agreement"),
+        "answer_agreement": comparison.get("answer_agreement"),
         "max_abs_dprob": comparison.get("max_abs_dprob"),
         "passed": row.get("passed"),
         "failures": failures,
@@ -126,13 +127,17 @@ def discover(export_dir: Path, formats: list[str] | None = None) -> tuple[list[A
     report = read_report(export_dir)
     found: dict[str, Artifact] = {}
     for row in (report or {}).get("artifacts", []):
-        name = str(row.get("format"))
-        listed = str(row.get("file") or (FORMATS[name].filename if name in FORMATS else name))
+        fmt_name = str(row.get("format"))
+        fmt = FORMATS.get(fmt_name)
+        listed = str(row.get("file") or (fmt.filename if fmt else fmt_name))
         path = _resolve(export_dir, listed)
-        fmt = FORMATS.get(name)
+        default_engine = fmt.engine if fmt else SUFFIX_ENGINES.get(Path(listed).suffix.lower(), "unknown")
+        engine = str(row.get("engine") or default_engine)
+        # one row per engine that runs the file: the format's own engine keeps the format's name
+        name = fmt_name if engine == default_engine else f"{fmt_name}@{engine}"
         artifact = Artifact(
             name=name, path=path, listed_as=listed,
-            engine=fmt.engine if fmt else SUFFIX_ENGINES.get(Path(listed).suffix.lower(), "unknown"),
+            engine=engine,
             quantized=bool(row.get("quantized", fmt.quantized if fmt else False)),
             rejected=REJECTED_DIR in Path(listed).parts or (path is not None and path.parent.name == REJECTED_DIR),
             accuracy=accuracy_from_row(row),
@@ -159,7 +164,12 @@ def discover(export_dir: Path, formats: list[str] | None = None) -> tuple[list[A
                                        + (f" (expected {fmt.filename})" if fmt else ""))
         found = {n: a for n, a in found.items() if n in wanted}
     order = list(FORMATS)
-    ranked = sorted(found.values(), key=lambda a: (order.index(a.name) if a.name in order else len(order), a.name))
+
+    def rank(artifact: Artifact) -> tuple[int, str]:
+        base = artifact.name.split("@")[0]
+        return (order.index(base) if base in order else len(order), artifact.name)
+
+    ranked = sorted(found.values(), key=rank)
     return ranked, report
 
 

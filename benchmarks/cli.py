@@ -3,6 +3,7 @@
     edge-bench runs/neu-resnet50/export
     edge-bench runs/neu-resnet50/export --formats tflite_int8 onnx_int8 --threads 2 --repeats 100
     edge-bench runs/neu-resnet50/export --results benchmarks/RESULTS.md
+    edge-bench --select                       # what --engine auto measures on this machine, in full
 
 ``build_parser()`` only describes the command line; ``main(argv)`` parses it and calls
 :func:`benchmarks.runner.run` with the same parameter names, then prints the markdown table.
@@ -32,7 +33,13 @@ outputs (in --out, default EXPORT_DIR/bench): bench.md (the table), bench.json (
   latency sample), bench.png (latency per format, accuracy written beside); --results PATH also writes the
   RESULTS.md page (machine, exact command, table, notes).
 
-exit codes: 0 every row measured; 1 at least one row has an error (see its error cell); 2 setup error.
+--select: no benchmark; instead the measurement behind edge-classify --engine auto, cache bypassed: every
+  (artifact, engine) pair of the shipped models (or of EXPORT_DIR when given) timed on a fixed input, with its
+  accuracy-gate status and the pair auto would choose; uses only EXPORT_DIR, --formats, --threads (one; default
+  all cores, as edge-classify), --budget and --out (select.json).
+
+exit codes: 0 every row measured (--select: a pair was chosen); 1 at least one row has an error (see its error
+  cell; --select: no eligible pair could be measured); 2 setup error.
 """
 
 
@@ -62,6 +69,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _Given(argparse.Action):
+    """Stores the value and notes that the option was given (``threads_given``), for --select's own default."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.threads_given = True
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-bench",
@@ -72,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
-    p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by edge-export (runs/NAME/export)")
+    p.add_argument("export_dir", metavar="EXPORT_DIR", nargs="?",
+                   help="folder written by edge-export (runs/NAME/export); optional with --select")
+    p.add_argument("--select", action="store_true",
+                   help="compare the engine/artifact pairs of --engine auto instead (see below)")
+    p.add_argument("--budget", type=_positive_float, metavar="S",
+                   help="--select: total seconds for the measurement (default: 12, as --engine auto; with "
+                   "EXPORT_DIR at least 4 per pair)")
     p.add_argument("--out", metavar="DIR", help="where to write bench.md/.json/.png (default: EXPORT_DIR/bench)")
     p.add_argument("--results", metavar="PATH", help="also write the RESULTS.md page here "
                    "(e.g. benchmarks/RESULTS.md)")
@@ -81,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the Keras float reference (TensorFlow)")
     m = p.add_argument_group("measurement")
     m.add_argument("--threads", nargs="+", type=_int_at_least(1), default=[1, 2], metavar="N",
-                   help="thread counts to measure each model at")
+                   action=_Given, help="thread counts to measure each model at")
     m.add_argument("--repeats", type=_int_at_least(1), default=50, metavar="N", help="timed batch-1 runs per row")
     m.add_argument("--warmup", type=_int_at_least(0), default=5, metavar="N", help="untimed runs before timing")
     m.add_argument("--batch-sizes", nargs="+", type=_int_at_least(1), default=[1, 2, 4, 8], metavar="B",
@@ -101,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress lines from inside each measurement (one line per row stays)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (worker output too)")
+    p.set_defaults(threads_given=False)
     return p
 
 
@@ -108,14 +130,31 @@ def _bench(argv: list[str]) -> int:
     from benchmarks.runner import run
     from benchmarks.table import markdown_table
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.select:
+        return _select(parser, args)
+    if args.export_dir is None:
+        parser.error("EXPORT_DIR is required (or use --select)")
     kwargs = vars(args)
-    kwargs.pop("verbose")
+    for key in ("verbose", "select", "budget", "threads_given"):
+        kwargs.pop(key)
     export_dir = kwargs.pop("export_dir")
     result = run(export_dir, command=shlex.join(["edge-bench", *argv]), **kwargs)
     print(markdown_table(result["rows"]))
     return 0 if result["complete"] else 1
+
+
+def _select(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from benchmarks.select import run_select, select_text
+
+    if args.threads_given and len(args.threads) != 1:
+        parser.error("--select measures at one thread count; give one --threads N")
+    threads = args.threads[0] if args.threads_given else None
+    result = run_select(args.export_dir, threads=threads, budget_s=args.budget, formats=args.formats, out=args.out)
+    print(select_text(result))
+    return 0 if result["chosen"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:

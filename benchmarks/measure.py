@@ -29,9 +29,6 @@ import numpy as np
 
 log = logging.getLogger("benchmarks.worker")
 
-ENGINE_MODULES = {"litert": "ai_edge_litert.interpreter", "onnxruntime": "onnxruntime"}
-
-
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, MB.
 
@@ -95,18 +92,20 @@ def time_throughput(infer: Callable[[np.ndarray], object], inputs: list[np.ndarr
 
 
 def measure_artifact(path: str, threads: int, images: list[np.ndarray], *, repeats: int, warmup: int,
-                     batch_sizes: Sequence[int], throughput_images: int, video: str | None) -> dict:
-    """Everything for one .tflite/.onnx artifact at one thread count, through edge_runtime."""
-    from edge_runtime.backends import engine_for
+                     batch_sizes: Sequence[int], throughput_images: int, video: str | None,
+                     engine: str | None = None) -> dict:
+    """Everything for one .tflite/.onnx artifact at one thread count on ``engine`` (default: the file's
+    usual engine), through edge_runtime."""
+    from edge_runtime.backends import ENGINES, engine_for
     from edge_runtime.classifier import Classifier
 
-    engine = engine_for(path)
-    importlib.import_module(ENGINE_MODULES[engine])  # so that the load time is the model's, not the import's
+    engine = engine or engine_for(path)
+    importlib.import_module(ENGINES[engine].module)  # so that the load time is the model's, not the import's
     result = {"engine": engine, "size_mb": Path(path).stat().st_size / 1e6,
               "rss_mb": {"before_load": peak_rss_mb()}}
     log.info("progress: loading %s (%d threads)", Path(path).name, threads)
     start = time.perf_counter()
-    classifier = Classifier.load(path, threads=threads)
+    classifier = Classifier.load(path, engine=engine, threads=threads)
     result["load_s"] = time.perf_counter() - start
     backend = classifier.backend
     result.update(input_shape=list(backend.input_shape), input_dtype=backend.input_dtype.name,
@@ -118,7 +117,7 @@ def measure_artifact(path: str, threads: int, images: list[np.ndarray], *, repea
                    fixed_batch=backend.input_shape[0] == 1)
     del classifier, backend, inputs
     gc.collect()
-    result["e2e"] = end_to_end(path, threads, video) if video else None
+    result["e2e"] = end_to_end(path, threads, video, engine) if video else None
     return result
 
 
@@ -166,7 +165,7 @@ def _measure_speed(result: dict, infer: Callable, inputs: list[np.ndarray], repe
     result["batch_fixed"] = fixed_batch
 
 
-def end_to_end(path: str, threads: int, video: str) -> dict:
+def end_to_end(path: str, threads: int, video: str, engine: str | None = None) -> dict:
     """edge-classify's pipeline on ``video``: per-frame wall time of decode + preprocess + infer + write."""
     from edge_runtime.cli import run as classify
 
@@ -174,7 +173,8 @@ def end_to_end(path: str, threads: int, video: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="edge-bench-e2e-") as tmp:
         output = Path(tmp) / "records.jsonl"
         try:
-            summary = classify(video=video, model=path, threads=threads, output=output, overwrite=True)
+            summary = classify(video=video, model=path, engine=engine, threads=threads, output=output,
+                               overwrite=True)
         except Exception as exc:  # reported in the row; the rest of the measurements stand
             return {"error": f"edge-classify failed: {exc}"}
         records = sum(1 for _ in open(output))

@@ -195,7 +195,8 @@ def _measure(artifact: Artifact, threads: int, inputs: Path, video: Path | None,
              timeout: float, progress: bool, **settings) -> dict:
     if artifact.error:
         return {"error": artifact.error}
-    job = {"threads": threads, "path": str(artifact.path), "inputs": str(inputs), **settings}
+    job = {"threads": threads, "path": str(artifact.path), "engine": artifact.engine, "inputs": str(inputs),
+           **settings}
     if artifact.is_reference:
         job.update(kind="keras", preprocessing=preprocessing)
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 COLUMNS = [
     "format", "threads", "gates", "size MB", "load s", "p50 ms", "p90 ms", "p99 ms", "img/s (batch)",
     "e2e ms/frame (× p50)", "peak RSS MB", "× fp32 limit", "× int8 limit", "NEU", "GC10 incl.", "X-SDD",
-    "agreement", "error",
+    "answer agr.", "top-1 agr.", "error",
 ]
 DASH = "–"
 
@@ -29,6 +29,10 @@ def _share(group: dict | None) -> str:
         return DASH
     text = f"{100 * group['accuracy']:.1f} %"
     return text + (f" ({group['correct']}/{group['images']})" if group.get("images") is not None else "")
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.2f} %"
 
 
 def _cell(text: str) -> str:
@@ -63,7 +67,7 @@ def row_cells(row: dict) -> list[str]:
         tp_text, e2e_text, _num((row.get("rss_mb") or {}).get("batch1_peak"), "{:.0f}"),
         _num(limit.get("x_fp32"), "{:.2f}"), _num(limit.get("x_int8"), "{:.2f}"),
         _share(accuracy.get("neu")), _share(accuracy.get("gc10_inclusion")), _share(accuracy.get("xsdd")),
-        DASH if agreement is None else f"{100 * agreement:.2f} %", "; ".join(errors) or "",
+        _pct(accuracy.get("answer_agreement")), _pct(agreement), "; ".join(errors) or "",
     ]
     return [_cell(c) for c in cells]
 

@@ -96,7 +96,8 @@ def run_job(job: dict) -> dict:
     common = {"repeats": job["repeats"], "warmup": job["warmup"], "batch_sizes": job["batch_sizes"],
               "throughput_images": job["throughput_images"]}
     if kind == "artifact":
-        return measure_artifact(job["path"], threads, images, video=job.get("video"), **common)
+        return measure_artifact(job["path"], threads, images, video=job.get("video"), engine=job.get("engine"),
+                                **common)
     if kind == "keras":
         return measure_keras(job["path"], threads, images, job["preprocessing"], **common)
     raise ValueError(f"unknown job kind {kind!r}")

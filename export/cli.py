@@ -2,7 +2,7 @@
 
     edge-export RUN_DIR [--formats ...] [--gc10 DIR] [--xsdd DIR] [--max-drop-neu PP] ...
     edge-export check ARTIFACT... --data DIR [--reference RUN_DIR|FLOAT_ARTIFACT] [--map FOLDER=CLASS]
-    edge-export ship EXPORT_DIR [--format tflite_int8] [--dest edge_runtime/models]
+    edge-export ship EXPORT_DIR [--formats tflite_int8 onnx_int8] [--dest edge_runtime/models]
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def build_ship_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("export_dir", help="an edge-export output folder (with export_report.json)")
-    p.add_argument("--format", default="tflite_int8", choices=list(FORMATS))
+    p.add_argument("--format", "--formats", dest="formats", nargs="+", default=["tflite_int8"], choices=list(FORMATS),
+                   metavar="FORMAT", help="artifacts to ship; the first becomes default.<ext>, the others "
+                   "<format>.<ext>, all listed in manifest.json for --engine auto")
     p.add_argument("--dest", help="destination folder (default: the installed edge_runtime/models)")
     p.add_argument("--waive", metavar="REASON",
                    help="ship even though the artifact failed a gate; REASON is written into the model card")
@@ -136,7 +138,7 @@ def _ship(argv: list[str]) -> int:
     setup_logging(args.verbose)
     from export.ship import ship
 
-    target = ship(args.export_dir, args.format, args.dest, waive=args.waive)
+    target = ship(args.export_dir, args.formats, args.dest, waive=args.waive)
     print(f"default model installed: {target}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export.report import called_as_table
 from train.data import sha256_of
 
 
@@ -13,28 +14,52 @@ def _pct(group: dict | None) -> str:
     return f"{100 * group['accuracy']:.1f} % ({group['correct']}/{group['images']})"
 
 
-def write_model_card(path: Path, artifact: Path, report: dict, metadata: dict, metrics: dict,
-                     waiver: str | None = None, failures: list[str] | None = None) -> None:
-    ref = report["float_reference"]["groups"]
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _auroc(unknown: dict | None) -> str:
+    value = (unknown or {}).get("auroc_all_no_counterpart")
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _artifact_rows(report: dict) -> list[str]:
     rows = []
     for a in report["artifacts"]:
         if "error" in a:
+            rows.append(f"| {a['format']} | {a['engine']} | – | – | – | – | – | – | – | FAIL: {a['error']} |")
             continue
-        g = a["comparison"]["groups"]
-        rows.append(f"| {a['format']} | {a['size_mb']:.1f} MB | {_pct(g.get('neu'))} | {_pct(g.get('gc10_inclusion'))} "
-                    f"| {_pct(g.get('xsdd'))} | {100 * a['comparison']['agreement']:.2f} % | "
-                    f"{'pass' if a['passed'] else 'FAIL'} |")
+        c, g = a["comparison"], a["comparison"]["groups"]
+        unknown = c.get("unknown") or {}
+        rows.append(
+            f"| {a['format']} | {a['engine']} | {a['size_mb']:.1f} MB | {_pct(g.get('neu'))} | {_pct(g.get('xsdd'))} | "
+            f"{_share(c.get('answer_agreement'))} | {_share(c['agreement'])} | {_auroc(unknown)} | "
+            f"{_share(unknown.get('cross_plant_confident_wrong'))} | {'pass' if a['passed'] else 'FAIL'} |")
+    return rows
+
+
+def write_model_card(path: Path, artifacts: list[Path], report: dict, metadata: dict, metrics: dict,
+                     waiver: str | None = None, failures: list[str] | None = None) -> None:
+    """MODEL_CARD.md for the shipped ``artifacts`` (the first is the default model) from their export report."""
+    default = artifacts[0]
+    ref = report["float_reference"]
+    groups, unknown = ref["groups"], ref.get("unknown") or {}
     val, test = metrics["val"], metrics["test"]
-    xsdd = ref.get("xsdd")
-    text = f"""# Model card — default edge model (`{artifact.name}`)
+    xsdd = groups.get("xsdd")
+    files = "\n".join(f"- `{a.name}`: sha256 `{sha256_of(a)}`, {a.stat().st_size / 1e6:.1f} MB" for a in artifacts)
+    neu_flagged = unknown.get("neu_test_flagged")
+    text = f"""# Model card — shipped edge models (default `{default.name}`)
 
 **What it is.** A 6-class steel-surface defect classifier for single grayscale camera crops:
-{", ".join(metadata["classes"])} (output order). ResNet-50 (ImageNet) fine-tuned on NEU-DET, exported as
-`{artifact.name}` — full-int8 TFLite whose input is raw uint8 BGR pixels at {metadata["input_size"][0]}×{metadata["input_size"][1]}
-(ResNet-50 "caffe" preprocessing runs inside the graph). Labels, preprocessing, source-model and split-manifest
-hashes are inside the file (`edge_metadata.json` in the appended zip; `edge_runtime` reads them).
+{", ".join(metadata["classes"])} (output order), plus an **unknown** answer for images unlike anything it was
+trained on. ResNet-50 (ImageNet) fine-tuned on NEU-DET. `{default.name}` is full-int8 TFLite whose input is raw
+uint8 BGR pixels at {metadata["input_size"][0]}×{metadata["input_size"][1]} (ResNet-50 "caffe" preprocessing runs
+inside the graph); `manifest.json` lists every shipped artifact with its accuracy-gate result per engine, and
+`edge-classify --engine auto` (the default) runs the fastest of those that passed on the machine it lands on.
+Labels, preprocessing, the unknown score's settings, source-model and split-manifest hashes are inside each
+file (`edge_runtime` reads them).
 
-- sha256 `{sha256_of(artifact)}`, {artifact.stat().st_size / 1e6:.1f} MB
+{files}
 - source Keras model sha256 `{report["source_model_sha256"]}`
 - split manifest sha256 `{report["split_manifest_sha256"]}` (`split_manifest.csv` beside this card: path relative to
   the NEU root, class, split, sha256 — rebuilds the exact validation and test sets)
@@ -50,39 +75,53 @@ GAP → Dense 512 relu → Dropout 0.5 → Dense 6 softmax on ResNet-50 (include
 Stage 2: {metadata["unfreeze"]} unfrozen (BatchNorm frozen), Adam 1e-4. EarlyStopping / ModelCheckpoint /
 ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).
 
+**Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier. The runtime
+compares it with the embeddings of all {report.get("ood", {}).get("bank", "the")} training images (cosine similarity
+to the {report.get("ood", {}).get("k", 5)}-th nearest) and answers `unknown` above a threshold chosen on the NEU
+**validation** split only ({100 * report.get("ood", {}).get("quantile", 0.95):.0f} % of validation images stay
+below it; NEU test images flagged by the float model: {_share(neu_flagged)}). Records keep the best class in
+`predicted` and the score in `ood_score`.
+
 ## Accuracy
 Keras float model: NEU validation {100 * val["accuracy"]:.1f} % ({val["correct"]}/{val["total"]}), test
 {100 * test["accuracy"]:.1f} % ({test["correct"]}/{test["total"]}).
 
-Every artifact from the same export, measured through `edge_runtime` against the float model on the same images
-(NEU = validation + test; GC10 = share of GC10-DET's inclusion folder called inclusion, the reference protocol;
-X-SDD = slag_inclusion → inclusion and surface_scratch → scratches):
+Every artifact of the same export, measured through `edge_runtime` on every engine that runs it, against the
+float model on the same images (NEU = validation + test; X-SDD mapped = slag_inclusion → inclusion and
+surface_scratch → scratches, closed-set top-1; answer agreement counts `unknown` as an answer; AUROC = unknown
+score, NEU test against every cross-plant image without NEU counterpart; confidently wrong = cross-plant images
+given a wrong class and not flagged unknown):
 
-| format | size | NEU val+test | GC10 inclusion | X-SDD mapped | agreement with float | gates |
-|---|---:|---:|---:|---:|---:|---|
-| Keras float | {report["float_reference"]["size_mb"]:.1f} MB | {_pct(ref.get("neu"))} | {_pct(ref.get("gc10_inclusion"))} | {_pct(xsdd)} | – | – |
-{chr(10).join(rows)}
+| format | engine | size | NEU val+test | X-SDD mapped | answer agreement | top-1 agreement | unknown AUROC | confidently wrong | gates |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---|
+| Keras float | TensorFlow | {ref["size_mb"]:.1f} MB | {_pct(groups.get("neu"))} | {_pct(xsdd)} | – | – | {_auroc(unknown)} | {_share(unknown.get("cross_plant_confident_wrong"))} | – |
+{chr(10).join(_artifact_rows(report))}
 
 Measured on {report["machine"]} by `edge-export` ({report["created"]}).
 
+What the float model answers per source class, unknown threshold applied:
+
+{chr(10).join(called_as_table(unknown.get("called_as", {})))}
+
 ## Known limits — read before a line trusts it
 - **One plant.** Trained and tested on NEU only. Perfect NEU figures do not carry over: on X-SDD (another
-  hot-rolling plant) the float model calls {_pct(xsdd)} of the mapped images by the right name, and the reference
-  project's model called only 85/216 = 39.4 % of GC10-DET's inclusion images "inclusion". Validate on your own
-  line's images (`edge-export check model.tflite --data YOUR_LABELLED_FOLDERS`) before relying on it.
-- **Confidently wrong.** On another plant's images the softmax confidence of wrong answers is high (on X-SDD,
-  measured for the float model of this card: 224 wrong answers, mean confidence 0.92, 168 of them above 0.9;
-  the one GC10 inclusion-folder image here is called scratches with confidence 1.00). Confidence is not a measure
-  of correctness across plants; `--min-confidence` does not make it one.
-- **Closed set.** Every input is forced into one of 6 classes; defects that NEU does not have (holes, welds,
-  oil/water spots, ...) get one of these 6 names.
+  hot-rolling plant) the float model calls {_pct(xsdd)} of the mapped images by the right name (closed set),
+  and the reference project's model called only 85/216 = 39.4 % of GC10-DET's inclusion images "inclusion".
+  Validate on your own line's images (`edge-export check MODEL --data YOUR_LABELLED_FOLDERS`) first.
+- **Confidently wrong without the unknown answer.** On another plant's images the softmax confidence of wrong
+  answers is high; confidence is not a measure of correctness across plants and `--min-confidence` does not make
+  it one. The unknown answer is what catches them: with it, {_share(unknown.get("cross_plant_confident_wrong"))}
+  of the cross-plant images here still get a wrong class without a flag. The price: most images of a new plant
+  are answered `unknown` until a model is trained on that plant's images.
+- **Closed set.** The 6 classes are all defects: there is no "no defect" class, so clean steel gets a defect
+  name (or unknown).
 - **Input.** Crops of steel surface similar in scale to NEU's 200×200 patches; whole line-scan frames
-  (e.g. GC10's 2048×1000) are squashed to 224×224 and lose small defects.
+  (e.g. GC10's 2048×1000) are squashed to 224×224 and lose small defects (see `--tiles` in edge-classify).
 """
     if waiver:
         text += f"""
 ## Shipped with a waiver
-This artifact did **not** pass every default export gate: {"; ".join(failures or [])}.
+`{default.name}` did **not** pass every default export gate: {"; ".join(failures or [])}.
 Reason it ships anyway: {waiver}
 """
     path.write_text(text)

@@ -136,7 +136,7 @@ def test_every_format_and_thread_count_has_a_row_with_every_column(bench):
     header = "| " + " | ".join(table.COLUMNS) + " |"
     assert header in md
     for column in ("p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "× fp32 limit", "× int8 limit", "NEU", "GC10 incl.",
-                   "X-SDD", "agreement", "e2e ms/frame (× p50)", "img/s (batch)", "load s", "size MB", "gates"):
+                   "X-SDD", "answer agr.", "top-1 agr.", "e2e ms/frame (× p50)", "img/s (batch)", "load s", "size MB", "gates"):
         assert column in table.COLUMNS
     body = [line for line in md.splitlines() if line.startswith("| ") and line != header]
     assert len(body) == len(bench["rows"])
