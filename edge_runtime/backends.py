@@ -1,8 +1,9 @@
 """Inference engines behind one small interface: LiteRT for ``.tflite``; ONNX Runtime or OpenVINO for ``.onnx``.
 
 Each suffix has a default engine (:func:`engine_for`); :func:`engines_for` lists every engine that can run
-a file (``edge_runtime.engine_select`` measures them and picks the fastest). Engine packages are imported only when a model of their kind is loaded, so ``import edge_runtime`` stays
-light and a device needs only the engine it uses. Quantisation is handled here: a float32 batch fed to an
+a file (``edge_runtime.engine_select`` measures them and picks the fastest). Engine packages are imported
+only when a model of their kind is loaded, so ``import edge_runtime`` stays light and a device needs only
+the engine it uses. Quantisation is handled here: a float32 batch fed to an
 int8/uint8 input is quantised with the input tensor's scale and zero point, and integer outputs are
 dequantised, so :meth:`Backend.run` always returns float32 probabilities.
 """

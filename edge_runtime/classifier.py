@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import Backend, ModelLoadError, load_backend
+from edge_runtime.engine_select import AUTO, load_auto, shipped_model_for
 from edge_runtime.metadata import MetadataError, ModelMetadata, metadata_from_labels, read_metadata
 from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
 from edge_runtime.preprocessing import prepare_pixels, preprocess, read_image
@@ -73,14 +74,25 @@ class Classifier:
     ) -> "Classifier":
         """Load a .tflite/.onnx model (default: the one shipped in the package) with its embedded metadata.
 
+        ``engine``:
+
+        * ``"auto"`` (edge-classify's default): the fastest on this machine of every installed engine that can
+          run ``path`` or, without ``path``, of every shipped artifact that passed its accuracy gates (see
+          :mod:`edge_runtime.engine_select`; measured once per machine, then cached). The chosen file may be
+          another shipped artifact than ``default.tflite``: ``Classifier.path`` names the one loaded.
+        * ``None``: no measuring and no cache file: the suffix's default engine (litert for ``.tflite``,
+          onnxruntime for ``.onnx``) on ``path``, or on the shipped default model. Library calls and tests
+          stay deterministic; pass ``"auto"`` to have the selection.
+        * an engine name (``edge_runtime.backends.ENGINES``): that engine; without ``path`` it runs the shipped
+          artifact that passed its gates on it.
+
         ``labels`` lets a model without (valid) metadata be used; with valid metadata they must agree.
         """
-        path = Path(path) if path is not None else _shipped_model()
-        backend = load_backend(path, engine=engine, threads=threads)
+        backend = _load_backend(path, engine, threads)
         classifier = cls(backend, _metadata_for(backend, labels))
         log.info(
             "loaded %s (%s, %s, %d classes, %d threads)",
-            path, backend.name, classifier.metadata.format, len(classifier.labels), backend.threads,
+            backend.path, backend.name, classifier.metadata.format, len(classifier.labels), backend.threads,
         )
         return classifier
 
@@ -160,6 +172,16 @@ def _output_of_width(outputs: list[np.ndarray], width: int, path: Path, what: st
     shapes = [tuple(o.shape) for o in outputs]
     raise MetadataError(path, f"the model has no {what} output of width {width} (outputs {shapes}); "
                         "its metadata does not match it: re-export it with edge-export")
+
+
+def _load_backend(path: str | Path | None, engine: str | None, threads: int | None) -> Backend:
+    """The backend ``Classifier.load`` uses: see its docstring for what ``engine`` means."""
+    models_dir = default_model_path().parent
+    if engine == AUTO:
+        return load_auto(path, threads, models_dir, default_model_path())
+    if path is None:
+        path = _shipped_model() if engine is None else shipped_model_for(engine, models_dir, default_model_path())
+    return load_backend(path, engine=engine, threads=threads)
 
 
 def _shipped_model() -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 from edge_runtime.backends import ENGINES
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import dispatch, setup_logging
+from edge_runtime.engine_select import AUTO
 from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
 from edge_runtime.sinks import AnnotatedFrameWriter, Display, SortInto, open_record_writer, read_done_files
 from edge_runtime.sources import CAPTURE_BACKENDS, SourceOptions, open_source
@@ -115,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     mod = p.add_argument_group("model")
     mod.add_argument("--model", metavar="PATH",
                      help=".tflite or .onnx file from edge-export (default: the model shipped in the package)")
-    mod.add_argument("--engine", choices=sorted(ENGINES), help="inference engine (default: from the suffix)")
+    mod.add_argument("--engine", choices=[AUTO, *sorted(ENGINES)], default=AUTO,
+                     help="inference engine. auto: the fastest on this machine of every installed engine that can "
+                     "run --model (without --model: of every shipped model that passed its accuracy gates), "
+                     "measured once (a few seconds) and cached in ~/.cache/steel-edge-inspect/engine-choice.json; "
+                     "records name the engine and model file used")
     mod.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
     out = p.add_argument_group("results")
     out.add_argument("--output", metavar="FILE", help="write records to FILE (.jsonl or .csv) instead of stdout")

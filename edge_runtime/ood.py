@@ -79,8 +79,13 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
-    """1 - cosine similarity to the k-th most similar row of ``bank`` (rows assumed L2-normalised)."""
-    similarities = l2_normalize(np.atleast_2d(embeddings)) @ np.asarray(bank, np.float32).T
+    """1 - cosine similarity to the k-th most similar row of ``bank`` (rows assumed L2-normalised).
+
+    ``einsum`` rather than ``@`` on purpose: ``@`` goes to the multi-threaded BLAS, whose worker threads keep
+    spinning after the call and took the cores from the inference engine (measured: full-int8 TFLite on 2
+    threads 11.2 ms per frame instead of 5.3 ms); einsum's own loop needs 0.07 ms for 1,656 x 512.
+    """
+    similarities = np.einsum("ij,kj->ik", l2_normalize(np.atleast_2d(embeddings)), np.asarray(bank, np.float32))
     kth = np.partition(similarities, similarities.shape[1] - k, axis=1)[:, similarities.shape[1] - k]
     return (1.0 - kth).astype(np.float32)
 

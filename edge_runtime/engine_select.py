@@ -1,0 +1,557 @@
+"""``--engine auto``: measure the engines (and shipped artifacts) this machine can run, and use the fastest.
+
+Candidates are (engine, model file) pairs:
+
+* an explicit model file: every installed engine that can run it (:func:`edge_runtime.backends.engines_for`);
+* the shipped models: every artifact of ``models/manifest.json`` whose gate status for an installed engine
+  that can run it is "pass" or "waived" (shipped with a documented waiver). "fail" and pairs the manifest does
+  not list are never candidates: accuracy is never traded for speed silently. Without a manifest the only
+  candidate is the default model with its suffix's engine.
+
+Each candidate is loaded and run on a fixed seeded input (warm-up runs, then up to 10 timed runs; the median
+counts), all within a total time budget; the lowest median wins (ties: the earlier candidate, the default
+first). The choice is cached per machine in ``engine-choice.json`` under the user cache dir
+(``$EDGE_RUNTIME_CACHE_DIR``, else ``$XDG_CACHE_HOME/steel-edge-inspect``, else ``~/.cache/steel-edge-inspect``),
+keyed by CPU model and ISA flags, thread count, the engine packages' versions and the candidate set (file names
+and sha256). A hit loads the chosen pair without measuring; delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import backends
+from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.system import cpu_info
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA = "steel-edge-inspect/shipped-models/1"
+GATE_STATUSES = ("pass", "fail", "waived")
+ELIGIBLE = ("pass", "waived")
+CACHE_ENV = "EDGE_RUNTIME_CACHE_DIR"
+CACHE_FILE = "engine-choice.json"
+CACHE_SCHEMA = "steel-edge-inspect/engine-choice/1"
+MAX_CACHE_ENTRIES = 16
+DEFAULT_BUDGET_S = 12.0
+WARMUP_RUNS = 2
+TIMED_RUNS = 10
+PROBE_SEED = 0
+NOT_MEASURED = "not measured: the time budget ran out"
+
+
+class ManifestError(EdgeRuntimeError):
+    """The shipped-models manifest cannot be read or is invalid."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"shipped-models manifest '{self.path}': {reason}; reinstall the package")
+
+
+# --- the shipped-models manifest -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShippedArtifact:
+    """One model file of the manifest and its accuracy-gate status per engine ("pass", "fail", "waived")."""
+
+    file: str
+    format: str
+    sha256: str
+    gates: dict[str, str]
+
+    def gate(self, engine: str) -> str | None:
+        return self.gates.get(engine)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    default: str
+    artifacts: list[ShippedArtifact]
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def ordered(self) -> list[ShippedArtifact]:
+        """The artifacts, the default one first."""
+        return sorted(self.artifacts, key=lambda a: a.file != self.default)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse and validate a shipped-models manifest; any problem raises :class:`ManifestError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(path, f"cannot read it ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
+        raise ManifestError(path, f"not a {MANIFEST_SCHEMA!r} manifest")
+    entries = data.get("artifacts")
+    if not isinstance(entries, list) or not entries:
+        raise ManifestError(path, "'artifacts' must be a non-empty list")
+    artifacts = [_manifest_artifact(path, entry) for entry in entries]
+    default = data.get("default")
+    if default not in {a.file for a in artifacts}:
+        raise ManifestError(path, f"'default' {default!r} is not one of the listed artifacts")
+    return Manifest(path, default, artifacts)
+
+
+def _manifest_artifact(path: Path, entry: Any) -> ShippedArtifact:
+    if not isinstance(entry, dict):
+        raise ManifestError(path, f"an artifact entry is not an object: {entry!r}")
+    file, sha256, gates = entry.get("file"), entry.get("sha256"), entry.get("gates")
+    if not isinstance(file, str) or not file or Path(file).name != file:
+        raise ManifestError(path, f"'file' must be a plain file name, got {file!r}")
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise ManifestError(path, f"{file}: 'sha256' must be 64 hex digits, got {sha256!r}")
+    if not isinstance(gates, dict) or any(status not in GATE_STATUSES for status in gates.values()):
+        raise ManifestError(path, f"{file}: 'gates' must map engines to one of {list(GATE_STATUSES)}, got {gates!r}")
+    return ShippedArtifact(file, str(entry.get("format", "unknown")), sha256.lower(), dict(gates))
+
+
+def load_manifest(models_dir: Path) -> Manifest | None:
+    """The manifest of ``models_dir``; None when there is none or it is invalid (logged as a warning)."""
+    path = Path(models_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return read_manifest(path)
+    except ManifestError as exc:
+        log.warning("%s; using the default model with its default engine", exc)
+        return None
+
+
+# --- candidates ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model file and an engine to run it. ``gate``: its manifest gate status, or "user file"."""
+
+    engine: str
+    path: Path
+    sha256: str = ""  # "" until needed (an explicit file is hashed only when there is a choice to cache)
+    format: str = "unknown"
+    gate: str = "user file"
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.path.name}"
+
+
+def engine_unavailable(engine: str) -> str | None:
+    """Why ``engine`` cannot run here (unknown, or its package is not installed), or None when it can."""
+    backend_class = backends.ENGINES.get(engine)
+    if backend_class is None:
+        return f"unknown engine {engine!r}"
+    top = backend_class.module.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"the '{backend_class.package}' package is not installed"
+
+
+def engine_versions() -> dict[str, str | None]:
+    """The installed version of every registered engine's package (None when not installed)."""
+    versions = {}
+    for name, backend_class in sorted(backends.ENGINES.items()):
+        try:
+            versions[name] = importlib.metadata.version(backend_class.package)
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            versions[name] = None
+    return versions
+
+
+def file_candidates(path: str | Path) -> list[Candidate]:
+    """Every installed engine that can run the model file, its suffix's default first."""
+    path = backends.check_model_file(path)
+    candidates = []
+    for engine in backends.engines_for(path):
+        reason = engine_unavailable(engine)
+        if reason:
+            log.debug("engine auto: %s is not a candidate for %s (%s)", engine, path.name, reason)
+        else:
+            candidates.append(Candidate(engine, path))
+    return candidates
+
+
+def manifest_pairs(manifest: Manifest) -> list[tuple[Candidate, str | None]]:
+    """Every (artifact, engine that can run it) pair of the manifest, with why it is not a candidate (or None)."""
+    pairs = []
+    for artifact in manifest.ordered():
+        path = manifest.directory / artifact.file
+        try:
+            engines = backends.engines_for(path)
+        except ModelLoadError as exc:
+            log.warning("shipped-models manifest: %s", exc)
+            continue
+        for engine in engines:
+            status = artifact.gate(engine)
+            candidate = Candidate(engine, path, artifact.sha256, artifact.format, status or "not gated")
+            pairs.append((candidate, _not_a_candidate(candidate, status)))
+    return pairs
+
+
+def _not_a_candidate(candidate: Candidate, status: str | None) -> str | None:
+    if status not in ELIGIBLE:
+        return f"gate status {status or 'not gated'} for this engine"
+    if not candidate.path.is_file():
+        return "the file is missing from the install"
+    return engine_unavailable(candidate.engine)
+
+
+def shipped_candidates(models_dir: Path, default_model: Path) -> list[Candidate]:
+    """The shipped (artifact, engine) pairs that may run: gate "pass"/"waived", engine installed, file present.
+
+    Without a (valid) manifest: the default model with its suffix's engine. Raises ModelLoadError when
+    there is nothing to run, saying what to install or pass.
+    """
+    manifest = load_manifest(models_dir)
+    if manifest is None:
+        default_model = _shipped_default(default_model)
+        return [Candidate(backends.engine_for(default_model), default_model, gate="no manifest")]
+    candidates, refused = [], []
+    for candidate, reason in manifest_pairs(manifest):
+        if reason is None:
+            candidates.append(candidate)
+        else:
+            refused.append(f"{candidate.label}: {reason}")
+            log.debug("engine auto: %s is not a candidate (%s)", candidate.label, reason)
+    if not candidates:
+        raise ModelLoadError(manifest.path, "no shipped model can run here (" + "; ".join(refused) + "); install "
+                             f'the engine it needs (pip install "steel-edge-inspect[edge]") or pass a model file '
+                             "(--model PATH)")
+    return candidates
+
+
+def _shipped_default(default_model: Path) -> Path:
+    if not Path(default_model).is_file():
+        raise ModelLoadError(default_model, "no default model ships in this install; pass a model file "
+                             "(--model PATH / Classifier.load(path))")
+    return Path(default_model)
+
+
+def shipped_model_for(engine: str, models_dir: Path, default_model: Path) -> Path:
+    """The shipped model an explicitly named engine runs: the first (default first) gated "pass"/"waived" for it.
+
+    Without a manifest: the default model (the engine must be able to run it).
+    """
+    manifest = load_manifest(models_dir)
+    if manifest is None:
+        return _shipped_default(default_model)
+    for candidate, _ in manifest_pairs(manifest):
+        if candidate.engine == engine and candidate.gate in ELIGIBLE:
+            return candidate.path
+    raise ModelLoadError(manifest.path, f"no shipped model passed its accuracy gates on the {engine} engine; "
+                         "use --engine auto, another engine, or pass a model file (--model PATH)")
+
+
+# --- measuring -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One candidate's timing: median/p90 of the timed runs in ms, or why it was not measured."""
+
+    candidate: Candidate
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    runs: int = 0
+    load_s: float | None = None
+    error: str | None = None
+    exception: Exception | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.candidate.engine, "file": self.candidate.path.name, "format": self.candidate.format,
+                "gate": self.candidate.gate, "median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs,
+                "load_s": self.load_s, "error": self.error}
+
+
+def probe_input(backend: Backend) -> np.ndarray:
+    """A fixed batch of one image of seeded random pixels, in the dtype the model takes."""
+    height, width = backend.input_shape[1:3]
+    if height < 1 or width < 1:
+        raise ValueError(f"the model input {list(backend.input_shape)} has no fixed size to measure with")
+    pixels = np.random.default_rng(PROBE_SEED).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+    if backend.input_dtype == np.uint8:
+        return pixels
+    if backend.input_dtype == np.int8:
+        return (pixels.astype(np.int16) - 128).astype(np.int8)
+    return pixels.astype(np.float32) - 128.0  # roughly the range of mean-subtracted pixels
+
+
+def time_runs(run: Callable[[], object], until: float, warmup: int = WARMUP_RUNS, repeats: int = TIMED_RUNS,
+              clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Run ``warmup`` untimed then up to ``repeats`` timed calls (ms), not starting one that would end after ``until``.
+
+    The first warm-up and the first timed run always happen, so every measured candidate has a figure.
+    """
+    last = 0.0
+    for i in range(warmup):
+        if i > 0 and clock() + last > until:
+            break
+        start = clock()
+        run()
+        last = clock() - start
+    samples: list[float] = []
+    while len(samples) < repeats:
+        if samples and clock() + statistics.median(samples) / 1000 > until:
+            break
+        start = clock()
+        run()
+        samples.append((clock() - start) * 1000)
+    return samples
+
+
+def measure_candidates(candidates: Sequence[Candidate], threads: int, budget_s: float = DEFAULT_BUDGET_S,
+                       warmup: int = WARMUP_RUNS, repeats: int = TIMED_RUNS,
+                       keep: Callable[[Candidate], bool] = lambda c: True) -> tuple[list[Measurement], Backend | None]:
+    """Load and time each candidate in turn within ``budget_s`` seconds in all (loading included).
+
+    Each candidate gets an equal share of the time left; the first is always measured, later ones are not
+    started once the budget is spent. Returns the measurements (in candidate order) and the fastest
+    candidate among those ``keep`` accepts, still loaded (None if none was measured).
+    """
+    deadline = time.perf_counter() + budget_s
+    measurements: list[Measurement] = []
+    best: tuple[float, Backend] | None = None
+    for i, candidate in enumerate(candidates):
+        now = time.perf_counter()
+        if i > 0 and now >= deadline:
+            measurements.append(Measurement(candidate, error=NOT_MEASURED))
+            continue
+        until = now + (deadline - now) / (len(candidates) - i)
+        measurement, backend = _measure_one(candidate, threads, until, warmup, repeats)
+        measurements.append(measurement)
+        log.debug("engine auto: %s: %s", candidate.label, _describe(measurement))
+        if backend is not None and keep(candidate) and (best is None or measurement.median_ms < best[0]):
+            best = (measurement.median_ms, backend)
+        del backend
+    return measurements, best[1] if best else None
+
+
+def _measure_one(candidate: Candidate, threads: int, until: float, warmup: int,
+                 repeats: int) -> tuple[Measurement, Backend | None]:
+    start = time.perf_counter()
+    try:
+        backend = load_backend(candidate.path, candidate.engine, threads)
+        batch = probe_input(backend)
+        load_s = time.perf_counter() - start
+        samples = time_runs(lambda: backend.run_outputs(batch), until, warmup, repeats)
+    except (EdgeRuntimeError, ValueError, RuntimeError) as exc:
+        log.warning("engine auto: cannot use %s: %s", candidate.label, exc)
+        return Measurement(candidate, error=str(exc), load_s=time.perf_counter() - start, exception=exc), None
+    return Measurement(candidate, median_ms=float(np.median(samples)), p90_ms=float(np.percentile(samples, 90)),
+                       runs=len(samples), load_s=load_s), backend
+
+
+def fastest(measurements: Sequence[Measurement],
+            keep: Callable[[Candidate], bool] = lambda c: True) -> Measurement | None:
+    """The measured candidate with the lowest median (ties: the earlier one), among those ``keep`` accepts."""
+    timed = [m for m in measurements if m.median_ms is not None and keep(m.candidate)]
+    return min(timed, key=lambda m: m.median_ms) if timed else None
+
+
+def _describe(measurement: Measurement) -> str:
+    if measurement.median_ms is None:
+        return measurement.error or "not measured"
+    return f"{measurement.median_ms:.2f} ms (median of {measurement.runs})"
+
+
+# --- the per-machine cache -----------------------------------------------------------------------------------
+
+
+def cache_path() -> Path:
+    """``$EDGE_RUNTIME_CACHE_DIR/engine-choice.json``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override) / CACHE_FILE
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "steel-edge-inspect" / CACHE_FILE
+
+
+def cache_key(candidates: Sequence[Candidate], threads: int) -> dict[str, Any]:
+    """What the choice depends on: CPU model and ISA flags, threads, engine versions, candidate files + sha256."""
+    cpu = cpu_info()
+    digests: dict[Path, str] = {}
+    pairs = []
+    for c in candidates:
+        if c.path not in digests:
+            digests[c.path] = c.sha256 or file_sha256(c.path)
+        pairs.append([c.engine, c.path.name, digests[c.path]])
+    return {"cpu": cpu["model"], "machine": cpu["machine"], "isa": list(cpu["isa"]), "threads": int(threads),
+            "engines": engine_versions(), "candidates": pairs}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _key_id(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """The cache's entries by key id; a missing file gives none, a corrupt one none and a warning."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the engine-choice cache '%s' (%s); it will be rewritten", path, exc)
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) and data.get("schema") == CACHE_SCHEMA else None
+    if not isinstance(entries, dict) or not all(_valid_entry(e) for e in entries.values()):
+        log.warning("ignoring the engine-choice cache '%s' (not a %s file); it will be rewritten", path, CACHE_SCHEMA)
+        return {}
+    return entries
+
+
+def _valid_entry(entry: Any) -> bool:
+    choice = entry.get("choice") if isinstance(entry, dict) else None
+    return isinstance(choice, dict) and isinstance(choice.get("engine"), str) and isinstance(choice.get("file"), str)
+
+
+def write_cache(path: Path, entries: dict[str, dict]) -> None:
+    """Write atomically, keeping the newest entries; a cache that cannot be written is only a warning."""
+    newest = sorted(entries.items(), key=lambda kv: str(kv[1].get("measured_at", "")))[-MAX_CACHE_ENTRIES:]
+    data = {"schema": CACHE_SCHEMA, "entries": dict(newest)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the engine-choice cache '%s' (%s); the next start measures again", path,
+                    exc.strerror or exc)
+
+
+# --- selecting -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    """The chosen candidate, how it was chosen, and (when just measured) the chosen model already loaded."""
+
+    chosen: Candidate
+    measurements: list[Measurement] = field(default_factory=list)
+    cached: bool = False
+    seconds: float = 0.0
+    backend: Backend | None = None
+
+
+def select(candidates: Sequence[Candidate], threads: int, budget_s: float = DEFAULT_BUDGET_S,
+           use_cache: bool = True, cache_file: Path | None = None) -> Selection:
+    """The fastest candidate on this machine: from the cache when its key matches, else measured (and cached).
+
+    A single candidate is chosen without measuring. If no candidate loads, the first one's error is raised.
+    """
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    if len(candidates) == 1:
+        log.info("engine auto: %s (the only candidate)", candidates[0].label)
+        return Selection(candidates[0])
+    start = time.perf_counter()
+    key = cache_key(candidates, threads)
+    key_id, cache_file = _key_id(key), cache_file or cache_path()
+    entries = read_cache(cache_file) if use_cache else {}
+    hit = _cached(entries.get(key_id), candidates)
+    if hit is not None:
+        log.info("engine auto: cached choice %s (measured %s; delete %s to measure again)", hit.label,
+                 entries[key_id].get("measured_at", "earlier"), cache_file)
+        return Selection(hit, cached=True, seconds=time.perf_counter() - start)
+    measurements, backend = measure_candidates(_as_listed(candidates), threads, budget_s)
+    best = fastest(measurements)
+    if best is None:  # nothing loaded: the first candidate's own error (e.g. a corrupt file) says why
+        raise measurements[0].exception or ModelLoadError(candidates[0].path, "no engine could run it")
+    selection = Selection(best.candidate, measurements, False, time.perf_counter() - start, backend)
+    log.info("engine auto: chose %s, the lowest median latency on this CPU (%s; measured in %.1f s at %d threads)",
+             best.candidate.label, "; ".join(f"{m.candidate.label}: {_describe(m)}" for m in measurements),
+             selection.seconds, threads)
+    if use_cache:
+        entries[key_id] = {"key": key, "choice": {"engine": best.candidate.engine, "file": best.candidate.path.name},
+                           "measurements": [m.to_dict() for m in measurements],
+                           "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_cache(cache_file, entries)
+    return selection
+
+
+def _as_listed(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates whose file has the sha256 the manifest lists (its gate status is about that file)."""
+    digests: dict[Path, str] = {}
+    kept = []
+    for c in candidates:
+        if c.sha256 and c.path not in digests:
+            digests[c.path] = file_sha256(c.path)
+        if c.sha256 and digests[c.path] != c.sha256:
+            log.warning("engine auto: %s is not the file the manifest lists (sha256 %s, listed %s); left out, "
+                        "reinstall the package", c.path, digests[c.path][:12], c.sha256[:12])
+        else:
+            kept.append(c)
+    if not kept:
+        raise ModelLoadError(candidates[0].path, "no shipped model matches its sha256 in the manifest; "
+                             "reinstall the package")
+    return kept
+
+
+def _cached(entry: dict | None, candidates: Sequence[Candidate]) -> Candidate | None:
+    if entry is None:
+        return None
+    choice = entry["choice"]
+    return next((c for c in candidates if c.engine == choice["engine"] and c.path.name == choice["file"]), None)
+
+
+def load_auto(path: str | Path | None, threads: int | None, models_dir: Path, default_model: Path,
+              budget_s: float = DEFAULT_BUDGET_S) -> Backend:
+    """Load the fastest candidate: of ``path`` on every installed engine, or of the shipped models (path None)."""
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if path is not None:
+        candidates = file_candidates(path)
+        if not candidates:  # no engine installed for it: the default engine's error says what to install
+            return load_backend(path, None, threads)
+    else:
+        candidates = shipped_candidates(models_dir, default_model)
+    selection = select(candidates, threads, budget_s)
+    default_engine = backends.engine_for(selection.chosen.path)
+    if path is not None and selection.chosen.engine != default_engine:
+        log.info("engine auto: %s is not %s's default engine (%s), which edge-export checks accuracy with; "
+                 "int8 results can differ slightly between engines: pass --engine %s to keep the default",
+                 selection.chosen.engine, selection.chosen.path.name, default_engine, default_engine)
+    if selection.backend is not None:
+        return selection.backend
+    return load_backend(selection.chosen.path, selection.chosen.engine, threads)
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU model, ISA flags and engine versions, as the cache key and edge-bench --select report them."""
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "cores": cpu["cores"], "machine": cpu["machine"], "isa": list(cpu["isa"]),
+            "engines": engine_versions()}
+

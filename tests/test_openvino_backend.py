@@ -1,0 +1,205 @@
+"""The OpenVINO engine runs .onnx artifacts exactly like ONNX Runtime: same contract, same numbers, same metadata.
+
+Uses conftest's tiny exported ONNX model (and a QDQ int8 version of it made with export's own quantiser);
+skipped cleanly where OpenVINO is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from conftest import REPO  # noqa: E402
+from edge_runtime import engine_select  # noqa: E402
+from edge_runtime.backends import (  # noqa: E402
+    BackendUnavailableError,
+    ModelLoadError,
+    engine_for,
+    engines_for,
+    load_backend,
+)
+from edge_runtime.classifier import Classifier  # noqa: E402
+from edge_runtime.metadata import ONNX_METADATA_KEY, read_metadata  # noqa: E402
+from edge_runtime.pipeline import ModelInfo  # noqa: E402
+from test_runtime import LABELS, SIZE, float_batch, test_images, tiny_metadata  # noqa: E402
+
+
+def with_metadata(path: Path, props: dict[str, str]) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(tiny_edge_models, tmp_path_factory) -> Path:
+    """The tiny model as static QDQ int8 (uint8 activations, int8 weights), as edge-export makes it."""
+    from export.convert import onnx_int8
+
+    output = tmp_path_factory.mktemp("int8") / "tiny_int8.onnx"
+    calibration = list(float_batch(test_images()))
+    onnx_int8(tiny_edge_models.onnx, output, lambda: iter(calibration))
+    return with_metadata(output, {ONNX_METADATA_KEY: tiny_metadata("onnx_int8").to_json()})
+
+
+@pytest.fixture(scope="module")
+def two_outputs(tmp_path_factory) -> Path:
+    """An ONNX graph whose first output is a 5-wide 'embedding' and second the 3-class 'probabilities'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w_embed"], ["embedding"]),
+        helper.make_node("MatMul", ["embedding", "w_class"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_outputs",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 5]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(LABELS)])],
+        [numpy_helper.from_array(rng.normal(size=(3, 5)).astype(np.float32), "w_embed"),
+         numpy_helper.from_array(rng.normal(size=(5, len(LABELS))).astype(np.float32), "w_class")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("two") / "two_outputs.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def both(path: Path, threads: int = 1):
+    return load_backend(path, "onnxruntime", threads), load_backend(path, "openvino", threads)
+
+
+def test_the_backend_contract_is_the_same_as_onnxruntime(tiny_edge_models):
+    ort, ov = both(tiny_edge_models.onnx)
+    assert ov.name == "openvino" and ov.threads == 1
+    assert ov.input_shape == ort.input_shape == (-1, SIZE, SIZE, 3)  # NHWC, dynamic batch
+    assert ov.input_dtype == ort.input_dtype == np.float32
+    assert ov.output_widths == ort.output_widths == [len(LABELS)] and ov.output_width == len(LABELS)
+
+
+def test_fp32_probabilities_agree_with_onnxruntime_within_1e_4(tiny_edge_models):
+    ort, ov = both(tiny_edge_models.onnx, threads=2)
+    batch = float_batch(test_images())
+    expected, got = ort.run(batch), ov.run(batch)
+    assert got.dtype == np.float32 and got.shape == expected.shape == (len(batch), len(LABELS))
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.allclose(ov.run(batch[:1]), expected[:1], atol=1e-4)  # batch 1 and batch N alike
+
+
+def test_int8_qdq_top1_agrees_with_onnxruntime(int8_onnx):
+    ort, ov = both(int8_onnx)
+    batch = float_batch(test_images())
+    expected, got = ort.run(batch), ov.run(batch)
+    assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    assert np.abs(got - expected).max() < 0.05
+
+
+def test_metadata_props_are_read_as_onnxruntime_reads_them(tiny_edge_models, int8_onnx):
+    for path in (tiny_edge_models.onnx, int8_onnx):
+        ort, ov = both(path)
+        assert ov.custom_metadata == ort.custom_metadata and ONNX_METADATA_KEY in ov.custom_metadata
+    meta = read_metadata(int8_onnx, load_backend(int8_onnx, "openvino"))
+    assert meta.labels == LABELS and meta.format == "onnx_int8"
+
+
+def test_a_classifier_on_openvino_predicts_what_onnxruntime_predicts(tiny_edge_models):
+    on_ov = Classifier.load(tiny_edge_models.onnx, engine="openvino", threads=1)
+    on_ort = Classifier.load(tiny_edge_models.onnx, engine="onnxruntime", threads=1)
+    assert on_ov.backend.name == "openvino" and on_ov.labels == on_ort.labels == LABELS
+    got, expected = on_ov.predict_batch(test_images()), on_ort.predict_batch(test_images())
+    assert [p.label for p in got] == [p.label for p in expected]
+    assert np.allclose([p.confidence for p in got], [p.confidence for p in expected], atol=1e-4)
+
+
+def test_every_output_comes_in_onnxruntime_order(two_outputs):
+    ort, ov = both(two_outputs)
+    assert ov.output_widths == ort.output_widths == [5, len(LABELS)]
+    assert ov.primary_output == ort.primary_output == 1
+    batch = float_batch(test_images()[:4])
+    for got, expected in zip(ov.run_outputs(batch), ort.run_outputs(batch), strict=True):
+        assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-4)
+
+
+def test_engines_per_suffix(tiny_edge_models):
+    assert engines_for("m.onnx") == ["onnxruntime", "openvino"] and engines_for("m.tflite") == ["litert"]
+    assert engine_for("m.onnx") == "onnxruntime"  # the default engine of a suffix is unchanged
+
+
+@pytest.mark.parametrize("engine, which", [("openvino", "tflite"), ("litert", "onnx")])
+def test_an_engine_that_cannot_run_the_file_is_refused(tiny_edge_models, engine, which):
+    path = getattr(tiny_edge_models, which)
+    with pytest.raises(ModelLoadError, match=rf"the {engine} engine cannot run \.{which} files.*--engine auto"):
+        load_backend(path, engine)
+    with pytest.raises(ModelLoadError, match=f"cannot run .{which} files"):
+        Classifier.load(path, engine=engine)
+
+
+def test_a_missing_openvino_gives_its_install_hint_and_is_no_candidate(tiny_edge_models, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(BackendUnavailableError, match=r'pip install "steel-edge-inspect\[openvino\]"'):
+        load_backend(tiny_edge_models.onnx, "openvino")
+    monkeypatch.setattr(engine_select.importlib.util, "find_spec", lambda name: None if name == "openvino" else 1)
+    assert [c.engine for c in engine_select.file_candidates(tiny_edge_models.onnx)] == ["onnxruntime"]
+
+
+def test_auto_measures_both_onnx_engines_records_the_one_used_and_then_uses_the_cache(
+    tiny_edge_models, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv(engine_select.CACHE_ENV, str(tmp_path))
+    caplog.set_level(logging.INFO, logger="edge_runtime.engine_select")
+    first = Classifier.load(tiny_edge_models.onnx, engine="auto", threads=1)
+    entry = next(iter(json.loads(engine_select.cache_path().read_text())["entries"].values()))
+    assert sorted(m["engine"] for m in entry["measurements"]) == ["onnxruntime", "openvino"]
+    assert all(m["median_ms"] > 0 for m in entry["measurements"])
+    assert entry["choice"] == {"engine": first.backend.name, "file": "tiny.onnx"}
+    info = ModelInfo.of(first)
+    assert (info.engine, info.name) == (first.backend.name, "tiny.onnx")
+    again = Classifier.load(tiny_edge_models.onnx, engine="auto", threads=1)
+    assert again.backend.name == first.backend.name
+    assert any("cached choice" in r.getMessage() for r in caplog.records)
+
+
+def test_the_openvino_path_never_imports_tensorflow_or_onnx(tiny_edge_models):
+    code = (
+        "import sys\n"
+        "from edge_runtime import Classifier\n"
+        f"c = Classifier.load({str(tiny_edge_models.onnx)!r}, engine='openvino')\n"
+        "import numpy as np\n"
+        f"print(c.predict(np.zeros(({SIZE}, {SIZE}), np.uint8)).label)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'onnx', 'tf2onnx')]\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in LABELS
+
+
+def test_metadata_falls_back_to_onnxruntime_where_openvino_does_not_keep_it(tiny_edge_models):
+    from edge_runtime import backends
+
+    class OlderOpenVINOModel:  # an OpenVINO without metadata_props in rt_info
+        def has_rt_info(self, path) -> bool:
+            return False
+
+    props = backends._onnx_metadata_props(OlderOpenVINOModel(), tiny_edge_models.onnx)
+    assert props == load_backend(tiny_edge_models.onnx, "onnxruntime").custom_metadata and props
