@@ -17,6 +17,7 @@ from edge_runtime.ood import OodSpec, build_spec
 from edge_runtime.system import cpu_description
 from export import checks, convert
 from export.calibration import CalibrationSet, calibration_rows
+from export.crossplant_figures import write_crossplant_figures
 from export.formats import ExportFormat, parse_formats
 from export.report import write_report
 from train.data import sha256_of
@@ -195,6 +196,8 @@ def export_run(options: ExportOptions) -> dict:
     reference_scores_ood = ood.score(reference_embeddings)
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
     reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
+    figures = write_crossplant_figures(out, data, run.classes, reference, reference_scores_ood,
+                                       reference_unknown["threshold"])
     reference_set = checks.Reference(reference, reference_answers, reference_unknown)
     rows_out, all_passed = [], True
     rejected = out / "rejected"
@@ -249,6 +252,7 @@ def export_run(options: ExportOptions) -> dict:
                     "total_seconds": round(time.perf_counter() - started, 1)},
         "machine": cpu_description(),
         "notes": _notes(options, data),
+        "figures": [str(f) for f in figures],
         "created": utc_now(),
     }
     md, js = write_report(report, out)

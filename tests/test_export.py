@@ -239,6 +239,8 @@ def test_artifacts_carry_the_unknown_score_with_a_threshold_from_validation(expo
 
     data = report(exported)
     assert data["ood"]["threshold_from"] == "NEU validation split only"
+    assert {Path(f).name for f in data["figures"]} >= {"crossplant_called_as.png", "unknown_scores.png"}
+    assert all(Path(f).stat().st_size > 1000 for f in data["figures"])
     for fmt in ("tflite_fp32", "tflite_int8", "onnx_int8"):
         meta = read_metadata(exported / FORMATS[fmt].filename)
         ood = meta.extra["ood"]
