@@ -13,6 +13,7 @@ from edge_runtime.backends import Backend, ModelLoadError, load_backend
 from edge_runtime.engine_select import AUTO, load_auto, shipped_model_for
 from edge_runtime.metadata import MetadataError, ModelMetadata, metadata_from_labels, read_metadata
 from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
+from edge_runtime.tiles import TileSpec, combine, split
 from edge_runtime.preprocessing import prepare_pixels, preprocess, read_image
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Classifier:
         self.labels = list(metadata.labels)
         self._config = metadata.preprocess
         self.ood = ood_spec_of(metadata, backend.path)
+        self.tiles: TileSpec | None = None  # set to classify every image by windows (predict_tiled)
 
     @classmethod
     def load(
@@ -106,8 +108,20 @@ class Classifier:
         return preprocess(image, self._config)
 
     def predict(self, image: np.ndarray) -> Prediction:
-        """Classify one decoded image (gray, BGR, BGRA, 16-bit or float, any size)."""
+        """Classify one decoded image (gray, BGR, BGRA, 16-bit or float, any size); tiled if ``self.tiles``."""
+        if self.tiles is not None:
+            return self.predict_tiled(image, self.tiles)
         return self.predict_batch([image])[0]
+
+    def predict_tiled(self, image: np.ndarray, spec: TileSpec) -> Prediction:
+        """Classify a large frame by its windows (see edge_runtime.tiles): one answer from the known windows."""
+        windows = self.predict_batch(split(image, spec.boxes(*image.shape[:2])))
+        scores = [w.ood_score for w in windows]
+        combined = combine(np.stack([w.probabilities for w in windows]), spec.method,
+                           None if self.ood is None else np.array(scores, np.float32),
+                           None if self.ood is None else self.ood.threshold)
+        return self._prediction(combined.probabilities, sum(w.preprocess_ms for w in windows),
+                                sum(w.inference_ms for w in windows), combined.ood_score)
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Classify decoded images in one backend call."""

@@ -27,6 +27,7 @@ from edge_runtime.engine_select import AUTO
 from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
 from edge_runtime.sinks import AnnotatedFrameWriter, Display, SortInto, open_record_writer, read_done_files
 from edge_runtime.sources import CAPTURE_BACKENDS, SourceOptions, open_source
+from edge_runtime.tiles import TileSpec
 
 log = logging.getLogger("edge-classify")
 
@@ -122,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "measured once (a few seconds) and cached in ~/.cache/steel-edge-inspect/engine-choice.json; "
                      "records name the engine and model file used")
     mod.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
+    mod.add_argument("--tiles", metavar="SPEC",
+                     help="classify large frames by windows: 'auto' (squares of the short edge; 2048x1000 -> 3), "
+                     "ROWSxCOLS (e.g. 1x4) or a window size in pixels; the frame's answer combines the windows "
+                     "that are not unknown (see --tile-aggregate)")
+    mod.add_argument("--tile-aggregate", choices=("max", "mean"), default="max",
+                     help="--tiles: per class the highest probability of any window, or the mean")
     out = p.add_argument_group("results")
     out.add_argument("--output", metavar="FILE", help="write records to FILE (.jsonl or .csv) instead of stdout")
     out.add_argument("--overwrite", action="store_true", help="start --output afresh instead of appending/resuming")
@@ -161,6 +168,8 @@ def run(
     model: str | Path | None = None,
     engine: str | None = None,
     threads: int | None = None,
+    tiles: str | None = None,
+    tile_aggregate: str = "max",
     output: str | Path | None = None,
     overwrite: bool = False,
     min_confidence: float | None = None,
@@ -184,7 +193,9 @@ def run(
     _check_arguments(kind, watch, recursive, sort_into, min_confidence, frames, duration)
     stop = stop or StopFlag()
     with stop_on_signals(stop):
+        tile_spec = TileSpec.parse(tiles, tile_aggregate) if tiles else None
         classifier = Classifier.load(model, engine=engine, threads=threads)
+        classifier.tiles = tile_spec
         info = ModelInfo.of(classifier)
         log.info("model %s: %s, %d labels, sha256 %s", info.path, info.engine, len(classifier.labels), info.sha256)
         with ExitStack() as stack:
