@@ -236,6 +236,61 @@ class _Tally:
         return s
 
 
+PREFETCH_DEPTH = 2
+_DONE = object()
+
+
+def prefetched(frames: Iterator[Frame], depth: int = PREFETCH_DEPTH) -> Iterator[Frame]:
+    """The frames of an ordered source (a video file), read up to ``depth`` ahead on a thread of its own,
+    so that reading and decoding the next frame overlap the inference of this one. Nothing is skipped; an
+    exception of the source is raised here, in order; closing this generator stops and joins the reader."""
+    import queue
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for frame in frames:
+                if not put(frame):
+                    break
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="frame-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        reader.join()
+
+
 def run_pipeline(
     source: Source,
     classifier: Classifier,
@@ -255,7 +310,8 @@ def run_pipeline(
     next_status = clock() + status_interval_s
     reason, failed = "end of input", False
     try:
-        with closing(iter(source)) as frames:
+        frames_in = prefetched(iter(source)) if getattr(source, "prefetch", False) else iter(source)
+        with closing(frames_in) as frames:
             for frame in frames:
                 result = classify_frame(frame, classifier, min_confidence, clock)
                 result.record = make_record(result, model)

@@ -188,6 +188,8 @@ class Pacer:
 class Source:
     """Base of every source: context manager, iterable of Frames, ``stats``, ``name``."""
 
+    prefetch = False  # True for ordered sources that the pipeline may read ahead (see pipeline.prefetched)
+
     def __init__(self, name: str, options: SourceOptions, should_stop: StopCheck = _never,
                  sleep: Callable[[float], object] | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -227,7 +229,9 @@ def release_capture(capture) -> None:
 
 
 class VideoFileSource(Source):
-    """A video file, read frame by frame on the caller's thread; ends at the end of the file."""
+    """A video file, read frame by frame in order (the pipeline reads ahead on a thread: ``prefetch``); ends at the end of the file."""
+
+    prefetch = True
 
     def __init__(self, path: str | Path, options: SourceOptions | None = None, **kwargs) -> None:
         self.path = os.path.abspath(path)

@@ -1,0 +1,100 @@
+"""Where the time goes inside an ONNX artifact: ONNX Runtime's profiler, summed per operator type.
+
+    python -m benchmarks.profile runs/NAME/export/model_fp32.onnx runs/NAME/export/model_int8.onnx --threads 2
+
+Runs each model on the same fixed input (``--runs`` times after warm-up) with ``enable_profiling`` and prints,
+per model, the share of kernel time per operator type and the ten slowest nodes. Used to explain why int8 is
+"only" N× faster than fp32 on a given CPU (e.g. the stem convolution and the (de)quantisation steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.cli_support import setup_logging
+from edge_runtime.system import cpu_description
+
+log = logging.getLogger("edge-bench.profile")
+
+
+def profile_onnx(path: Path, threads: int, runs: int, warmup: int = 5) -> dict:
+    """Per operator type: total kernel microseconds per run and share; plus the slowest nodes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    meta = session.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) or d <= 0 else d for d in meta.shape]
+    x = np.random.default_rng(0).normal(0, 50, shape).astype(np.float32)
+    if meta.type == "tensor(uint8)":
+        x = np.clip(x + 128, 0, 255).astype(np.uint8)
+    for _ in range(warmup):
+        session.run(None, {meta.name: x})
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "ort")
+        profiled = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup):
+            profiled.run(None, {meta.name: x})
+        for _ in range(runs):
+            profiled.run(None, {meta.name: x})
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+    per_type: dict[str, float] = defaultdict(float)
+    per_node: dict[str, float] = defaultdict(float)
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            per_type[args.get("op_name", "?")] += event["dur"]
+            per_node[event["name"][: -len("_kernel_time")]] += event["dur"]
+    total = sum(per_type.values())
+    calls = runs + warmup
+    return {
+        "model": str(path), "threads": threads, "runs": calls,
+        "kernel_ms_per_run": total / calls / 1000,
+        "by_op_type": {k: {"ms": v / calls / 1000, "share": v / total} for k, v in
+                       sorted(per_type.items(), key=lambda kv: -kv[1])},
+        "slowest_nodes": [{"node": k, "ms": v / calls / 1000} for k, v in
+                          sorted(per_node.items(), key=lambda kv: -kv[1])[:10]],
+    }
+
+
+def format_profile(result: dict) -> str:
+    lines = [f"{Path(result['model']).name}, {result['threads']} thread(s): kernels {result['kernel_ms_per_run']:.2f} "
+             "ms per run"]
+    lines += [f"  {op:24s} {v['ms']:7.3f} ms  {100 * v['share']:5.1f} %" for op, v in result["by_op_type"].items()]
+    lines.append("  slowest nodes:")
+    lines += [f"    {n['ms']:7.3f} ms  {n['node']}" for n in result["slowest_nodes"][:5]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("models", nargs="+", help=".onnx artifacts")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--json", help="also write the profiles here")
+    args = p.parse_args(argv)
+    setup_logging(False)
+    print(f"machine: {cpu_description()}")
+    results = [profile_onnx(Path(m), args.threads, args.runs) for m in args.models]
+    for result in results:
+        print(format_profile(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
