@@ -83,3 +83,19 @@ def test_far_clusters_get_high_auroc():
     spec = build_spec(train, train[:20])
     outliers = rng.normal(0, 1, (50, 16)) - 10.0
     assert auroc(spec.score(test), spec.score(outliers)) > 0.95
+
+
+def test_export_threshold_reads_only_the_neu_validation_scores():
+    from pathlib import Path
+
+    from export.checks import EvalImage, unknown_threshold
+
+    items = ([EvalImage(Path(f"v{i}"), "neu", "a", split="val") for i in range(20)]
+             + [EvalImage(Path(f"t{i}"), "neu", "a", split="test") for i in range(5)]
+             + [EvalImage(Path(f"x{i}"), "xsdd_other", None) for i in range(5)])
+    scores = np.concatenate([np.linspace(0.0, 0.19, 20), np.full(5, 0.5), np.full(5, 0.9)])
+    threshold = unknown_threshold(items, scores, 0.95)
+    assert threshold == pytest.approx(threshold_from(scores[:20], 0.95))
+    moved = scores.copy()
+    moved[20:] = [-1.0] * 5 + [5.0] * 5  # test and other-plant scores changed: the threshold must not move
+    assert unknown_threshold(items, moved, 0.95) == threshold
