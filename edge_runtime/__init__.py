@@ -1,8 +1,12 @@
 """On-device part of the package: image preprocessing and inference, without TensorFlow.
 
-Everything here depends only on numpy and OpenCV, plus the inference engine a model needs (ai-edge-litert
-for .tflite, onnxruntime for .onnx), imported only when such a model is loaded, so that it runs on a small
-CPU box next to a line camera.
+Everything here depends only on numpy and OpenCV, plus the inference engine a model needs, imported only
+when such a model is loaded, so that it runs on a small CPU box next to a line camera. Three engines
+(:data:`edge_runtime.backends.ENGINES`): LiteRT (``litert``, ai-edge-litert) for .tflite, ONNX Runtime
+(``onnxruntime``) for .onnx, and optionally OpenVINO (``openvino``, ``pip install ".[openvino]"``) for .onnx.
+``--engine auto`` (edge-classify's default, ``Classifier.load(engine="auto")``) measures the engine/artifact
+pairs that passed their export accuracy gates and caches the fastest per machine
+(:mod:`edge_runtime.engine_select`); ``--engine litert|onnxruntime|openvino`` pins one.
 """
 
 from edge_runtime.backends import BackendUnavailableError, ModelLoadError, load_backend

@@ -118,10 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--model", metavar="PATH",
                      help=".tflite or .onnx file from edge-export (default: the model shipped in the package)")
     mod.add_argument("--engine", choices=[AUTO, *sorted(ENGINES)], default=AUTO,
-                     help="inference engine. auto: the fastest on this machine of every installed engine that can "
-                     "run --model (without --model: of every shipped model that passed its accuracy gates), "
-                     "measured once (a few seconds) and cached in ~/.cache/steel-edge-inspect/engine-choice.json; "
-                     "records name the engine and model file used")
+                     help="inference engine. auto: the fastest on this machine among the engine/model pairs that "
+                     "passed the export's accuracy gates (the shipped models, or the engines recorded as passing in "
+                     "--model's metadata), measured once (about a second) and cached per machine in "
+                     "~/.cache/steel-edge-inspect/engine-choice.json ($EDGE_RUNTIME_CACHE_DIR overrides); records "
+                     "name the engine and model file used")
     mod.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
     mod.add_argument("--tiles", metavar="SPEC",
                      help="classify large frames by windows: 'auto' (squares of the short edge; 2048x1000 -> 3), "

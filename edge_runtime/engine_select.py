@@ -2,7 +2,13 @@
 
 Candidates are (engine, model file) pairs:
 
-* an explicit model file: every installed engine that can run it (:func:`edge_runtime.backends.engines_for`);
+* an explicit model file: the installed engines its export gates passed on, as edge-export records them in the
+  file's metadata (``extra["validation"]["engines"]``: ``{engine: {"passed": bool, "failures": [...]}}``).
+  Engines listed as failed, or not listed (the file was not checked on them), are left out (logged at INFO).
+  When no installed engine passed, the only candidate is the file's default engine, with a warning: a file
+  the user chose still runs. A file without ``validation.engines`` (older exports, or files from elsewhere)
+  keeps every installed engine that can run it (:func:`edge_runtime.backends.engines_for`). The metadata is
+  read without loading the model (the appended zip of a .tflite, the ``metadata_props`` of an .onnx);
 * the shipped models: every artifact of ``models/manifest.json`` whose gate status for an installed engine
   that can run it is "pass" or "waived" (shipped with a documented waiver). "fail" and pairs the manifest does
   not list are never candidates: accuracy is never traded for speed silently. Without a manifest the only
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -37,6 +44,7 @@ import numpy as np
 from edge_runtime import backends
 from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, read_tflite_metadata
 from edge_runtime.system import cpu_info
 
 log = logging.getLogger(__name__)
@@ -146,7 +154,11 @@ def load_manifest(models_dir: Path) -> Manifest | None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model file and an engine to run it. ``gate``: its manifest gate status, or "user file"."""
+    """A model file and an engine to run it.
+
+    ``gate``: its gate status from the manifest, or from an explicit file's embedded metadata ("pass", or for
+    the default-engine fallback "fail"/"not gated"), or "user file" when the file records no per-engine gates.
+    """
 
     engine: str
     path: Path
@@ -184,16 +196,138 @@ def engine_versions() -> dict[str, str | None]:
 
 
 def file_candidates(path: str | Path) -> list[Candidate]:
-    """Every installed engine that can run the model file, its suffix's default first."""
+    """The installed engines that may run the model file, its suffix's default first.
+
+    With per-engine gate results in the file's metadata (:func:`embedded_engine_gates`): the installed engines
+    that passed, else the default engine alone (with a warning). Without them: every installed engine that can
+    run the file. Empty when no engine that may run it is installed.
+    """
     path = backends.check_model_file(path)
+    gates = embedded_engine_gates(path)
     candidates = []
     for engine in backends.engines_for(path):
         reason = engine_unavailable(engine)
         if reason:
             log.debug("engine auto: %s is not a candidate for %s (%s)", engine, path.name, reason)
-        else:
+        elif gates is None:
             candidates.append(Candidate(engine, path))
-    return candidates
+        elif engine not in gates:
+            log.info("engine auto: %s is not a candidate for %s: its export checks did not run it on %s",
+                     engine, path.name, engine)
+        elif not gates[engine]["passed"]:
+            failures = ", ".join(map(str, gates[engine]["failures"])) or "no reason recorded"
+            log.info("engine auto: %s is not a candidate for %s: it failed its export gates on %s (%s)",
+                     engine, path.name, engine, failures)
+        else:
+            candidates.append(Candidate(engine, path, gate="pass"))
+    if gates is None or candidates:
+        return candidates
+    default = backends.engine_for(path)
+    status = "not gated" if default not in gates else "pass" if gates[default]["passed"] else "fail"
+    log.warning("engine auto: %s passed its export gates on no installed engine (gated: %s); running it on its "
+                "default engine %s (gate status %s for it) without measuring", path.name,
+                ", ".join(f"{e} {'pass' if g['passed'] else 'fail'}" for e, g in gates.items()) or "none",
+                default, status)
+    return [] if engine_unavailable(default) else [Candidate(default, path, gate=status)]
+
+
+def embedded_engine_gates(path: Path) -> dict[str, dict[str, Any]] | None:
+    """The per-engine gate results edge-export embedded in the model file (``extra.validation.engines``).
+
+    ``{engine: {"passed": bool, "failures": [str]}}``; an entry whose "passed" is not ``true`` counts as failed.
+    None when the file has no readable metadata or it has no ``validation.engines`` (then every engine may
+    run it, as before gating was recorded). Reads the metadata without loading the model.
+    """
+    try:
+        meta = _embedded_metadata(path)
+    except (EdgeRuntimeError, OSError, ValueError) as exc:
+        log.debug("engine auto: no metadata read from %s (%s); every installed engine is a candidate", path, exc)
+        return None
+    if meta is None:
+        return None
+    validation = meta.extra.get("validation")
+    engines = validation.get("engines") if isinstance(validation, dict) else None
+    if not isinstance(engines, dict):
+        return None
+    gates = {}
+    for engine, result in engines.items():
+        result = result if isinstance(result, dict) else {}
+        failures = result.get("failures")
+        gates[str(engine)] = {"passed": result.get("passed") is True,
+                              "failures": list(failures) if isinstance(failures, list) else []}
+    return gates
+
+
+def _embedded_metadata(path: Path) -> ModelMetadata | None:
+    """The file's edge metadata: from ONNX ``metadata_props`` (parsed directly) or an appended zip."""
+    if path.suffix.lower() == ".onnx":
+        text = onnx_metadata_props(path).get(ONNX_METADATA_KEY)
+        return None if text is None else ModelMetadata.from_json(text, path)
+    return read_tflite_metadata(path)  # a .tflite's (and any other file's) appended zip; MetadataError if none
+
+
+def onnx_metadata_props(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` read straight from its protobuf, skipping the graph unread.
+
+    Needs neither onnx nor onnxruntime and loads nothing: only the ModelProto's top-level fields are walked
+    (field 14 is ``metadata_props``, a StringStringEntryProto of key 1 and value 2). ValueError if the file
+    is not a well-formed protobuf message.
+    """
+    props: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        while handle.tell() < size:
+            field_number, wire_type = divmod(_read_varint(handle), 8)
+            if wire_type == 0:
+                _read_varint(handle)
+            elif wire_type in (1, 5):
+                handle.seek(8 if wire_type == 1 else 4, os.SEEK_CUR)
+            elif wire_type == 2:
+                length = _read_varint(handle)
+                if field_number == 14:
+                    entry = handle.read(length)
+                    if len(entry) != length:
+                        raise ValueError("truncated metadata_props entry")
+                    key, value = _string_pair(entry)
+                    props[key] = value
+                else:
+                    handle.seek(length, os.SEEK_CUR)
+            else:
+                raise ValueError(f"unexpected protobuf wire type {wire_type}")
+            if handle.tell() > size:
+                raise ValueError("truncated protobuf message")
+    return props
+
+
+def _read_varint(source: Any) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = source.read(1)
+        if not byte:
+            raise ValueError("truncated protobuf varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("protobuf varint too long")
+
+
+def _string_pair(entry: bytes) -> tuple[str, str]:
+    """(key, value) of a serialized StringStringEntryProto."""
+    fields = {1: "", 2: ""}
+    source = io.BytesIO(entry)
+    while source.tell() < len(entry):
+        field_number, wire_type = divmod(_read_varint(source), 8)
+        if wire_type != 2:
+            raise ValueError(f"unexpected wire type {wire_type} in a metadata_props entry")
+        length = _read_varint(source)
+        data = source.read(length)
+        if len(data) != length:
+            raise ValueError("truncated metadata_props entry")
+        if field_number in fields:
+            fields[field_number] = data.decode("utf-8")
+    return fields[1], fields[2]
 
 
 def manifest_pairs(manifest: Manifest) -> list[tuple[Candidate, str | None]]:
@@ -528,7 +662,8 @@ def _cached(entry: dict | None, candidates: Sequence[Candidate]) -> Candidate | 
 
 def load_auto(path: str | Path | None, threads: int | None, models_dir: Path, default_model: Path,
               budget_s: float = DEFAULT_BUDGET_S) -> Backend:
-    """Load the fastest candidate: of ``path`` on every installed engine, or of the shipped models (path None)."""
+    """Load the fastest candidate: of ``path`` on the engines that may run it (see :func:`file_candidates`), or of
+    the shipped models (path None)."""
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -540,7 +675,7 @@ def load_auto(path: str | Path | None, threads: int | None, models_dir: Path, de
         candidates = shipped_candidates(models_dir, default_model)
     selection = select(candidates, threads, budget_s)
     default_engine = backends.engine_for(selection.chosen.path)
-    if path is not None and selection.chosen.engine != default_engine:
+    if path is not None and selection.chosen.engine != default_engine and selection.chosen.gate != "pass":
         log.info("engine auto: %s is not %s's default engine (%s), which edge-export checks accuracy with; "
                  "int8 results can differ slightly between engines: pass --engine %s to keep the default",
                  selection.chosen.engine, selection.chosen.path.name, default_engine, default_engine)

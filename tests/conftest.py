@@ -21,6 +21,14 @@ NEU_CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_s
 needs_neu = pytest.mark.skipif(not NEU.is_dir(), reason=f"NEU data not found at {NEU}")
 
 
+@pytest.fixture(autouse=True)
+def _engine_choice_cache(monkeypatch, tmp_path) -> Path:
+    """Every test gets its own engine-choice cache dir (--engine auto never writes to ~/.cache)."""
+    cache = tmp_path / "engine-choice-cache"
+    monkeypatch.setenv("EDGE_RUNTIME_CACHE_DIR", str(cache))
+    return cache
+
+
 def synthetic_image(class_index: int, i: int, size: int = 40) -> np.ndarray:
     """A grayscale texture whose brightness and stripe direction depend on the class."""
     rng = np.random.default_rng([class_index, i])

@@ -217,8 +217,8 @@ def test_the_summary_has_the_numbers_for_comparing_end_to_end_and_inference_time
     folder = tmp_path / "parts"
     write_images(folder, 4)
     summary_path = tmp_path / "summary.json"
-    assert main(["--folder", str(folder), "--model", str(tiny_edge_models.onnx), "--output",
-                 str(tmp_path / "r.csv"), "--summary", str(summary_path)]) == 0
+    assert main(["--folder", str(folder), "--model", str(tiny_edge_models.onnx), "--engine", "onnxruntime",
+                 "--output", str(tmp_path / "r.csv"), "--summary", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())
     assert SUMMARY_KEYS <= set(summary) and summary["frames"] == 4 and summary["errors"] == 0
     assert summary["latency_p99_ms"] >= summary["latency_p50_ms"] > 0 and summary["inference_ms_mean"] > 0

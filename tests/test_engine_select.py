@@ -18,6 +18,7 @@ from edge_runtime import classifier as classifier_module
 from edge_runtime import engine_select as es
 from edge_runtime.backends import Backend, BackendUnavailableError, ModelLoadError
 from edge_runtime.classifier import DEFAULT_MODEL, Classifier
+from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata, metadata_from_labels
 from edge_runtime.pipeline import ModelInfo
 
 THREADS = 2
@@ -163,6 +164,132 @@ def test_the_probe_input_is_fixed_and_in_the_dtype_the_model_takes(engines, tmp_
     assert first.dtype == np.uint8 and first.shape == (1, 8, 8, 3) and np.array_equal(first, second)
     backend.input_dtype = np.dtype(np.float32)
     assert es.probe_input(backend).dtype == np.float32
+
+
+# --- gates embedded in an explicit model file -----------------------------------------------------------------
+
+
+def gated_meta(engines: dict | None = ..., validation: bool = True) -> ModelMetadata:
+    """Metadata as edge-export writes it; ``engines`` ``{engine: passed}`` (``...``: no "engines" key)."""
+    meta = metadata_from_labels(LABELS3, [1, 8, 8, 3], "uint8")
+    if validation:
+        meta.extra["validation"] = {"passed": True, "failures": []}
+        if engines is not ...:
+            meta.extra["validation"]["engines"] = {
+                name: {"passed": passed, "failures": [] if passed else [f"agreement on {name} 0.91 < 0.98"]}
+                for name, passed in engines.items()}
+    return meta
+
+
+def gated_file(folder: Path, meta: ModelMetadata, name: str = "model.fake") -> Path:
+    """A fake model file with the metadata appended as a .tflite carries it."""
+    return model_file(folder, name, embed_tflite_metadata(b"\0\0\0\0TFL3weights", meta))
+
+
+def test_an_explicit_file_competes_only_on_the_engines_its_gates_passed_on(engines, tmp_path, caplog):
+    engines(default=8, fast=1, medium=4, unchecked=0)
+    caplog.set_level(logging.INFO, logger="edge_runtime.engine_select")
+    path = gated_file(tmp_path, gated_meta({"default": True, "fast": False, "medium": True}))
+    assert [(c.engine, c.gate) for c in es.file_candidates(path)] == [("default", "pass"), ("medium", "pass")]
+    assert LOADS == []  # the metadata is read without loading the model
+    assert auto(path).name == "medium"
+    assert sorted(LOADS) == [("default", "model.fake"), ("medium", "model.fake")]  # fast would win: never run
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("fast is not a candidate" in m and "failed its export gates" in m and "agreement on fast" in m
+               for m in info)
+    assert any("unchecked is not a candidate" in m and "did not run it on unchecked" in m for m in info)
+
+
+@pytest.mark.parametrize("gates", [{"default": False, "fast": False}, {"fast": False}, {}, {"gone": True}])
+def test_when_no_installed_engine_passed_the_file_runs_on_its_default_engine_with_a_warning(
+    engines, tmp_path, caplog, gates
+):
+    engines(default=8, fast=0)
+    engines(module="no_such_engine_package_xyz", gone=0)
+    path = gated_file(tmp_path, gated_meta(gates))
+    expected = "fail" if gates.get("default") is False else "not gated"
+    assert [(c.engine, c.gate) for c in es.file_candidates(path)] == [("default", expected)]
+    assert auto(path).name == "default" and LOADS == [("default", "model.fake")]  # one candidate: not measured
+    assert any("passed its export gates on no installed engine" in r.getMessage() and "running it on its default "
+               "engine default" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert not es.cache_path().exists()
+
+
+def test_a_gated_file_whose_default_engine_is_not_installed_says_what_to_install(engines, tmp_path):
+    engines(fast=0)
+    engines(module="no_such_engine_package_xyz", default=0)
+    path = gated_file(tmp_path, gated_meta({"default": True, "fast": False}))
+    assert es.file_candidates(path) == []
+    with pytest.raises(BackendUnavailableError, match="pip install steel-edge-fake-engine"):
+        auto(path)
+
+
+@pytest.mark.parametrize("meta", ["no metadata", "no validation", "no engines"])
+def test_without_per_engine_gates_every_installed_engine_competes_as_before(engines, tmp_path, meta):
+    engines(default=8, fast=1)
+    if meta == "no metadata":
+        path = model_file(tmp_path)
+    else:
+        path = gated_file(tmp_path, gated_meta(validation=meta == "no engines"))
+    assert es.embedded_engine_gates(path) is None
+    assert [(c.engine, c.gate) for c in es.file_candidates(path)] == [("default", "user file"), ("fast", "user file")]
+    assert auto(path).name == "fast"
+
+
+def test_a_malformed_engine_entry_counts_as_failed(engines, tmp_path):
+    engines(default=0, fast=0)
+    meta = gated_meta({"default": True})
+    meta.extra["validation"]["engines"]["fast"] = {"passed": "yes"}
+    path = gated_file(tmp_path, meta)
+    assert es.embedded_engine_gates(path)["fast"] == {"passed": False, "failures": []}
+    assert [c.engine for c in es.file_candidates(path)] == ["default"]
+
+
+def write_onnx_protobuf(path: Path, props: dict[str, str]) -> Path:
+    """A small ONNX model (a sizeable initializer before metadata_props, as exporters write them)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.arange(50_000, dtype=np.float32), "weights")
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.UINT8, [1, 8, 8, 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.UINT8, [1, 8, 8, 3])],
+                              initializer=[weights])
+    model = helper.make_model(graph, producer_name="test", doc_string="é" * 300)
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_metadata_is_read_from_the_protobuf_without_onnxruntime(engines, tmp_path, monkeypatch):
+    """Gate results of an .onnx file come from its metadata_props; no engine loads it to read them."""
+    import onnx
+
+    for name in ("onnxruntime", "openvino"):
+        cls = type(f"Fake_{name}", (FakeBackend,), {"name": name, "delay_ms": 0.0, "suffixes": (".onnx",)})
+        monkeypatch.setitem(backends.ENGINES, name, cls)
+    meta = gated_meta({"onnxruntime": True, "openvino": False})
+    props = {"edge_metadata": meta.to_json(), "other": "x" * 200}
+    path = write_onnx_protobuf(tmp_path / "model.onnx", props)
+    assert es.onnx_metadata_props(path) == props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert [c.engine for c in es.file_candidates(path)] == ["onnxruntime"] and LOADS == []
+    assert es.onnx_metadata_props(write_onnx_protobuf(tmp_path / "bare.onnx", {})) == {}
+    assert es.embedded_engine_gates(tmp_path / "bare.onnx") is None
+    truncated = model_file(tmp_path, "truncated.onnx", path.read_bytes()[:-50])
+    with pytest.raises(ValueError, match="truncated"):
+        es.onnx_metadata_props(truncated)
+    assert es.embedded_engine_gates(truncated) is None  # unreadable: as before, every engine competes
+    assert es.embedded_engine_gates(model_file(tmp_path, "junk.onnx", b"\xff" * 20)) is None
+
+
+def test_the_shipped_files_record_the_gates_the_manifest_lists():
+    manifest = es.read_manifest(DEFAULT_MODEL.parent / es.MANIFEST_NAME)
+    for artifact in manifest.artifacts:
+        embedded = es.embedded_engine_gates(manifest.directory / artifact.file)
+        assert embedded is not None, artifact.file
+        for engine, status in artifact.gates.items():
+            if status == "pass":
+                assert embedded[engine]["passed"], f"{artifact.file} on {engine}"
 
 
 # --- the shipped models ---------------------------------------------------------------------------------------
