@@ -24,29 +24,34 @@ def _plt():
 
 def called_as_figure(data: EvalData, labels: list[str], probabilities: np.ndarray, flagged: np.ndarray,
                      path: Path) -> Path | None:
-    """Stacked bars: for every source class of every cross-plant set, the share of each answer."""
-    table = called_as(data.items, labels, probabilities, flagged)
-    rows = [(f"{group}: {name}", counts) for group, classes in table.items() if group != "neu"
-            for name, counts in classes.items()]
-    if not rows:
+    """Stacked bars per source class of every cross-plant set: the share of each answer, closed set (top class
+    only) on the left, with the unknown answer on the right."""
+    panels = [("top class only (closed set)", called_as(data.items, labels, probabilities)),
+              ("with the unknown answer", called_as(data.items, labels, probabilities, flagged))]
+    keys = [(group, name) for group, classes in panels[1][1].items() if group != "neu" for name in classes]
+    if not keys:
         return None
     plt = _plt()
     answers = ["unknown", *labels]
     colours = ["#444444", *plt.get_cmap("tab10").colors[: len(labels)]]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
-    left = np.zeros(len(rows))
-    for answer, colour in zip(answers, colours):
-        shares = np.array([counts.get(answer, 0) / sum(counts.values()) for _, counts in rows])
-        ax.barh(range(len(rows)), shares, left=left, color=colour, label=answer)
-        left += shares
-    ax.set_yticks(range(len(rows)), [f"{name} (n={sum(c.values())})" for name, c in rows])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of images")
-    ax.set_title("What the NEU model answers on other plants (float model, unknown threshold applied)")
-    ax.legend(ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.06))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(keys) + 1.8), sharey=True)
+    for ax, (title, table) in zip(axes, panels):
+        rows = [table[group][name] for group, name in keys]
+        left = np.zeros(len(rows))
+        for answer, colour in zip(answers, colours):
+            shares = np.array([row.get(answer, 0) / sum(row.values()) for row in rows])
+            ax.barh(range(len(rows)), shares, left=left, color=colour, label=answer)
+            left += shares
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of images")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_yticks(range(len(keys)), [f"{g}: {n} (n={sum(panels[1][1][g][n].values())})" for g, n in keys],
+                       fontsize=8)
+    axes[0].invert_yaxis()
+    axes[1].legend(ncol=1, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("What the NEU-trained float model answers on other plants", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
