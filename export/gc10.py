@@ -101,8 +101,9 @@ def read_voc(path: Path) -> VocAnnotation:
         for obj in root.iter("object"):
             name = obj.findtext("name", "").strip()
             label = class_of(name)
-            if label is None:
-                raise VocError(f"{path}: unknown GC10 box label {name!r}")
+            if label is None:  # the release has one box named "d": skip it, keep the others
+                log.warning("%s: box label %r is no GC10 class; that box is skipped", path, name)
+                continue
             bb = obj.find("bndbox")
             coords = [int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")]
             boxes.append(Box(label, *coords))

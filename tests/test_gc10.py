@@ -42,6 +42,11 @@ def test_voc_boxes_are_read_with_english_labels(tmp_path: Path):
     assert voc.boxes == (Box("inclusion", 10, 20, 50, 60), Box("water_spot", 0, 0, 5, 5))
 
 
+def test_a_box_with_an_unknown_label_is_skipped_and_the_others_kept(tmp_path: Path):
+    voc = read_voc(write_voc(tmp_path / "a.xml", "a.jpg", "7", [("d", 1, 1, 5, 5), ("7_yiwu", 10, 20, 50, 60)]))
+    assert voc.boxes == (Box("inclusion", 10, 20, 50, 60),)
+
+
 def test_malformed_xml_names_the_file_and_the_scan_goes_on(tmp_path: Path):
     bad = tmp_path / "annotations" / "b.xml"
     bad.parent.mkdir(parents=True)
