@@ -202,32 +202,33 @@ def export_run(options: ExportOptions) -> dict:
     rows_out, all_passed = [], True
     rejected = out / "rejected"
     for item in built:
-        rows = [_check_on_engine(item, engine, data, run, reference_set, options)
+        engine_rows = [_check_on_engine(item, engine, data, run, reference_set, options)
                 for engine in installed_engines(item.path, item.fmt.engine)]
         # each engine that can run the file is judged on its own; the file is kept if any passes
-        verdicts = {r["engine"]: r["passed"] for r in rows}
+        verdicts = {r["engine"]: r["passed"] for r in engine_rows}
+        first = engine_rows[0]
         item.metadata.extra["validation"] = {
-            "passed": rows[0]["passed"], "failures": rows[0]["failures"], "comparison": rows[0]["comparison"],
+            "passed": first["passed"], "failures": first["failures"], "comparison": first["comparison"],
             "gates": asdict(options.gates), "engines": {r["engine"]: {"passed": r["passed"], "failures": r["failures"]}
-                                                        for r in rows},
+                                                        for r in engine_rows},
         }
         _write(item)
-        for row in rows:
+        for row in engine_rows:
             row.update(size_mb=item.path.stat().st_size / 1e6, sha256=sha256_of(item.path))
         if not any(verdicts.values()):
             all_passed = False
             rejected.mkdir(exist_ok=True)
             target = rejected / item.path.name
             shutil.move(str(item.path), target)
-            for row in rows:
+            for row in engine_rows:
                 row["file"] = str(target)
             log.error("%s FAILS the gates on every engine (%s); moved to %s", item.fmt.name,
-                      "; ".join(f"{r['engine']}: {', '.join(r['failures'])}" for r in rows), rejected)
+                      "; ".join(f"{r['engine']}: {', '.join(r['failures'])}" for r in engine_rows), rejected)
         elif not all(verdicts.values()):
             all_passed = False
             log.error("%s fails the gates on %s (kept for %s)", item.fmt.name,
                       [e for e, ok in verdicts.items() if not ok], [e for e, ok in verdicts.items() if ok])
-        rows_out += rows
+        rows_out += engine_rows
 
     reference_scores = checks.score(data.items, run.classes, reference)
     report = {
