@@ -37,7 +37,8 @@ import numpy as np
 
 AGGREGATIONS = ("max", "mean")
 MIN_TILE = 8
-TILE_FORMS = "'auto' (squares of the frame's short side), ROWSxCOLS (a grid, e.g. 1x3) or a window side in pixels (e.g. 512)"
+TILE_FORMS = ("'auto' (squares of the frame's short side), ROWSxCOLS (a grid, e.g. 1x3) "
+              "or a window side in pixels (e.g. 512)")
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive ends)
 
@@ -116,7 +117,8 @@ def aggregate(probabilities: np.ndarray, method: str = "max", valid: np.ndarray 
     """
     probabilities = np.asarray(probabilities, np.float32)
     if probabilities.ndim != 2 or probabilities.shape[0] == 0 or probabilities.shape[1] == 0:
-        raise ValueError(f"expected (tiles, classes) probabilities with at least one tile, got shape {probabilities.shape}")
+        raise ValueError("expected (tiles, classes) probabilities with at least one tile, "
+                         f"got shape {probabilities.shape}")
     if method not in AGGREGATIONS:
         raise ValueError(f"tile aggregation must be one of {AGGREGATIONS}, got {method!r}")
     tiles = probabilities.shape[0]

@@ -105,44 +105,35 @@ def standard_eval_images(run, neu_root: Path | None, gc10: Path | None, xsdd: Pa
 
 
 def gc10_eval_images(root: Path) -> list[EvalImage]:
-    """GC10-DET, three protocols (labels resolved from the VOC boxes, see export/gc10.py):
+    """GC10-DET, three protocols (frames, xml matching and labels resolved by train/crossplant.py):
 
     * ``gc10_inclusion``: the reference protocol, every image of the ``inclusion`` folder as a whole frame,
       expected inclusion (whatever its boxes say, as the reference counted it);
-    * ``gc10_crops``: every annotated box as a padded square crop; inclusion boxes expected inclusion, boxes of
-      classes without NEU counterpart expected unknown (rolled_pit boxes are left out: not scored either way);
-    * ``gc10_frames``: whole frames of the other folders whose label has no NEU counterpart (expected unknown).
+    * ``gc10_crops``: every annotated box as a padded square crop, labelled by the box: inclusion boxes expected
+      inclusion, boxes of classes without NEU counterpart expected unknown (rolled_pit: not scored, left out);
+    * ``gc10_frames``: whole frames outside the inclusion folder whose label has no NEU counterpart.
     """
-    from export.gc10 import GC10_NO_COUNTERPART, GC10_TO_NEU, scan_gc10, square_crop_box
+    from train.crossplant import GC10_TO_NEU, GC10_UNKNOWN, crop_window, gc10_frames
 
-    items = mapped_folder_images(root, GC10_MAP, "gc10_inclusion")
-    if not root.is_dir():
-        return items
-    scan = scan_gc10(root)
-    for frame in scan.frames:
-        size = _image_size(frame.path) if frame.boxes else None
+    frames = gc10_frames(root) if root.is_dir() else []
+    items = [EvalImage(f.path, "gc10_inclusion", "inclusion", source_class="inclusion")
+             for f in frames if f.folder_class == "inclusion"]
+    for frame in frames:
+        size = frame.size or (_image_size(frame.path) if frame.boxes else None)
         for box in frame.boxes if size else ():
-            if box.label in GC10_TO_NEU or box.label in GC10_NO_COUNTERPART:
-                items.append(EvalImage(frame.path, "gc10_crops", GC10_TO_NEU.get(box.label),
-                                       box=square_crop_box(box, *size), source_class=box.label))
-        if frame.folder_class != "inclusion" and frame.label in GC10_NO_COUNTERPART:
+            if box.label in GC10_TO_NEU or box.label in GC10_UNKNOWN:
+                x0, y0, x1, y1 = crop_window(box, *size)
+                window = (max(x0, 0), max(y0, 0), min(x1, size[0]), min(y1, size[1]))
+                items.append(EvalImage(frame.path, "gc10_crops", GC10_TO_NEU.get(box.label), box=window,
+                                       source_class=box.label))
+        if frame.folder_class != "inclusion" and frame.label in GC10_UNKNOWN:
             items.append(EvalImage(frame.path, "gc10_frames", None, source_class=frame.label))
-    conflicts = [f for f in scan.frames if f.note not in ("", "unlabeled")]
+    conflicts = [f for f in frames if f.conflict and not f.unlabeled]
     for frame in conflicts:
-        log.info("gc10: %s: %s", frame.path.name, frame.note)
-    log.info("gc10: %d frames (%d with folder/box conflicts or no xml), %d crops, %d unreadable xml",
-             len(scan.frames), len(conflicts), sum(i.group == "gc10_crops" for i in items), len(scan.bad_xml))
+        log.info("gc10: %s: %s", frame.path.name, frame.reason)
+    log.info("gc10: %d frames (%d with folder/box conflicts or no xml), %d crops", len(frames), len(conflicts),
+             sum(i.group == "gc10_crops" for i in items))
     return items
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of an image file, decoding it (GC10 frames are small enough); None if unreadable."""
-    try:
-        image = read_image(path)
-    except ImageReadError as exc:
-        log.warning("%s", exc)
-        return None
-    return image.shape[1], image.shape[0]
 
 
 def xsdd_eval_images(root: Path) -> list[EvalImage]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NEU_CLASSES, write_class_folders
+from conftest import NEU_CLASSES, SHARED, write_class_folders
 from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
 from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
@@ -295,3 +295,17 @@ def test_unknown_summary_counts_flagged_and_confidently_wrong_images():
     flipped = answers(candidate, np.full(6, 0.9), 0.5)  # ...but everything unknown
     result = compare(items, classes, probabilities, candidate, reference, flipped)
     assert result["agreement"] == 0.0 and result["answer_agreement"] == 1 / 6
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (SHARED / "datasets" / "gc10").is_dir(), reason="../shared/datasets/gc10 not present")
+def test_gc10_protocols_on_the_subset_here():
+    from export.checks import gc10_eval_images
+
+    items = gc10_eval_images(SHARED / "datasets" / "gc10")
+    crops = [i for i in items if i.group == "gc10_crops"]
+    # 16 boxes in the 10 labelled frames: 2 rolled_pit (not scored), none of them inclusion
+    assert len(crops) == 14 and not any(i.expected for i in crops)
+    assert all(i.box[2] > i.box[0] and i.box[3] > i.box[1] for i in crops)
+    assert [i.source_class for i in items if i.group == "gc10_inclusion"] == ["inclusion"]
+    assert sum(i.group == "gc10_frames" for i in items) == 8  # the other folders' frames, all without counterpart
