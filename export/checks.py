@@ -1,14 +1,19 @@
 """Accuracy checks of exported artifacts through the device code path (edge_runtime), against the float model.
 
-Evaluation sets:
+Evaluation sets (groups):
 
 * ``neu``: the run's validation + test images, from its split manifest (verified by sha256);
-* ``gc10_inclusion``: the reference protocol, every image of GC10-DET's ``inclusion`` folder, expected to be
-  called inclusion (only one such image exists in ../shared; a user's full copy has 216);
-* ``xsdd``: X-SDD, another hot-rolling plant: slag_inclusion -> inclusion, surface_scratch -> scratches.
+* ``gc10_inclusion``: the reference protocol, every image of GC10-DET's ``inclusion`` folder as a whole frame,
+  expected to be called inclusion (one such image exists in ../shared; a user's full copy has 216);
+* ``gc10_crops`` / ``gc10_frames``: annotated box crops and whole frames, labelled by their VOC boxes
+  (train/crossplant.py); classes without NEU counterpart are expected to be answered unknown;
+* ``xsdd``: X-SDD, another hot-rolling plant: slag_inclusion -> inclusion, surface_scratch -> scratches;
+  ``xsdd_other``: its five classes without NEU counterpart.
 
 Each artifact is compared with the float reference on every image: accuracy per set (share called the
-expected class), its drop in percentage points, top-1 agreement and the largest probability difference.
+expected class), its drop in percentage points, top-1 agreement, agreement of the answers (class or unknown),
+the unknown score's AUROC and share of confidently wrong cross-plant images, and the largest probability
+difference.
 """
 
 from __future__ import annotations
@@ -28,9 +33,6 @@ from train.split import rows_of
 
 log = logging.getLogger(__name__)
 
-GC10_MAP = {"inclusion": "inclusion"}
-XSDD_MAP = {"slag_inclusion": "inclusion", "surface_scratch": "scratches"}
-CROSS_PLANT_GROUPS = ("gc10_inclusion", "xsdd")
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,6 @@ class EvalData:
     @property
     def groups(self) -> list[str]:
         return list(dict.fromkeys(i.group for i in self.items))
-
-
-def mapped_folder_images(root: Path, mapping: dict[str, str], group: str) -> list[EvalImage]:
-    """Images of the class folders of ``root`` named in ``mapping`` (folder name -> expected NEU class)."""
-    images = []
-    for folder, expected in mapping.items():
-        directory = Path(root) / folder
-        if not directory.is_dir():
-            log.warning("%s: folder %s not found, skipped", group, directory)
-            continue
-        images += [EvalImage(p, group, expected, source_class=folder)
-                   for p in sorted(directory.iterdir()) if is_image_file(p)]
-    return images
 
 
 def labelled_folder_images(root: Path, classes: list[str], mapping: dict[str, str] | None = None) -> list[EvalImage]:
@@ -138,12 +127,10 @@ def gc10_eval_images(root: Path) -> list[EvalImage]:
 
 def xsdd_eval_images(root: Path) -> list[EvalImage]:
     """X-SDD: the mapped classes as group ``xsdd`` (scored), the others as ``xsdd_other`` (should be unknown)."""
-    items = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        expected = XSDD_MAP.get(folder.name)
-        group = "xsdd" if expected else "xsdd_other"
-        items += [EvalImage(p, group, expected, source_class=folder.name)
-                  for p in sorted(folder.iterdir()) if is_image_file(p)]
+    from train.crossplant import xsdd_images
+
+    items = [EvalImage(i.path, "xsdd" if i.neu_class else "xsdd_other", i.neu_class, source_class=i.xsdd_class)
+             for i in xsdd_images(root)]
     if not items:
         log.warning("xsdd: no class folders with images under %s", root)
     return items
