@@ -50,7 +50,6 @@ def sgemm_rate(threads: int, n: int = 2048, repeats: int = 5) -> dict:
 def int8_gemm_rate(threads: int, n: int = 2048, repeats: int = 5) -> dict:
     """ONNX Runtime ``MatMulInteger`` uint8 [n, n] × int8 [n, n] (constant) -> int32: best GOP/s."""
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as exc:

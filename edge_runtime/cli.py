@@ -11,7 +11,6 @@ typed entry point (the same call from Python). No TensorFlow is imported on this
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from edge_runtime.backends import ENGINES
 from edge_runtime.classifier import Classifier
+from edge_runtime.jsonfile import write_json_atomic
 from edge_runtime.cli_support import dispatch, setup_logging
 from edge_runtime.engine_select import AUTO
 from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
@@ -260,10 +260,7 @@ def _check_arguments(kind: str, watch: bool, recursive: bool, sort_into: object,
 def _write_summary(path: Path, summary: Summary, model: ModelInfo) -> None:
     data = {**summary.to_dict(), "model": model.name, "model_sha256": model.sha256, "engine": model.engine}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, data)
     except OSError as exc:
         log.error("cannot write --summary '%s': %s", path, exc.strerror or exc)
 

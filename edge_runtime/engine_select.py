@@ -44,6 +44,7 @@ import numpy as np
 from edge_runtime import backends
 from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.jsonfile import write_json_atomic
 from edge_runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, read_tflite_metadata
 from edge_runtime.system import cpu_info
 
@@ -374,7 +375,7 @@ def shipped_candidates(models_dir: Path, default_model: Path) -> list[Candidate]
             log.debug("engine auto: %s is not a candidate (%s)", candidate.label, reason)
     if not candidates:
         raise ModelLoadError(manifest.path, "no shipped model can run here (" + "; ".join(refused) + "); install "
-                             f'the engine it needs (pip install "steel-edge-inspect[edge]") or pass a model file '
+                             'the engine it needs (pip install "steel-edge-inspect[edge]") or pass a model file '
                              "(--model PATH)")
     return candidates
 
@@ -576,10 +577,7 @@ def write_cache(path: Path, entries: dict[str, dict]) -> None:
     newest = sorted(entries.items(), key=lambda kv: str(kv[1].get("measured_at", "")))[-MAX_CACHE_ENTRIES:]
     data = {"schema": CACHE_SCHEMA, "entries": dict(newest)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, data)
     except OSError as exc:
         log.warning("cannot write the engine-choice cache '%s' (%s); the next start measures again", path,
                     exc.strerror or exc)

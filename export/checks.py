@@ -125,6 +125,16 @@ def gc10_eval_images(root: Path) -> list[EvalImage]:
     return items
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file whose xml gives no size, by decoding it; None if unreadable."""
+    try:
+        image = read_image(path)
+    except ImageReadError as exc:
+        log.warning("%s", exc)
+        return None
+    return image.shape[1], image.shape[0]
+
+
 def xsdd_eval_images(root: Path) -> list[EvalImage]:
     """X-SDD: the mapped classes as group ``xsdd`` (scored), the others as ``xsdd_other`` (should be unknown)."""
     from train.crossplant import xsdd_images

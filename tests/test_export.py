@@ -309,3 +309,21 @@ def test_gc10_protocols_on_the_subset_here():
     assert all(i.box[2] > i.box[0] and i.box[3] > i.box[1] for i in crops)
     assert [i.source_class for i in items if i.group == "gc10_inclusion"] == ["inclusion"]
     assert sum(i.group == "gc10_frames" for i in items) == 8  # the other folders' frames, all without counterpart
+
+
+def test_gc10_crops_are_cut_even_when_the_xml_gives_no_frame_size(tmp_path: Path):
+    import cv2
+
+    from export.checks import gc10_eval_images
+
+    (tmp_path / "inclusion").mkdir()
+    cv2.imwrite(str(tmp_path / "inclusion" / "f.jpg"), np.full((100, 300), 90, np.uint8))
+    (tmp_path / "inclusion" / "f.xml").write_text(
+        "<annotation><folder>7</folder><filename>f.jpg</filename><object><name>7_yiwu</name><bndbox>"
+        "<xmin>10</xmin><ymin>10</ymin><xmax>40</xmax><ymax>30</ymax></bndbox></object></annotation>")
+    items = gc10_eval_images(tmp_path)
+    crops = [i for i in items if i.group == "gc10_crops"]
+    assert len(crops) == 1 and crops[0].expected == "inclusion"
+    x0, y0, x1, y1 = crops[0].box
+    assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 100
+    assert [i.group for i in items].count("gc10_inclusion") == 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge_runtime.jsonfile import write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig
 from train.split import MANIFEST_NAME, ManifestRow, read_manifest, verify_files
 
@@ -43,9 +44,7 @@ def utc_now() -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, data)
 
 
 @dataclass
