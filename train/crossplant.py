@@ -33,7 +33,6 @@ loosely NEU's rolled-in_scale, so they stay unmapped and are reported (:data:`XS
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import os
@@ -50,6 +49,7 @@ import numpy as np
 
 from edge_runtime.errors import ImageReadError
 from edge_runtime.preprocessing import is_image_file, read_image
+from train.data import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -431,12 +431,7 @@ def _check_file(path: Path, folder_class: str | None, by_name: dict[str, list[Ma
     return FileCheck(path, "changed" if expected else "not_in_release", expected)
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_file = sha256_of  # the one file hash of train/ (train/data.py)
 
 
 # --- annotated crops -----------------------------------------------------------------------------------------
