@@ -116,9 +116,9 @@ def build_ood_spec(run: TrainedRun, model, data_root: Path, rows, options: Expor
     return spec
 
 
-def build_artifacts(run: TrainedRun, formats: list[ExportFormat], out: Path, options: ExportOptions,
+def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Path, options: ExportOptions,
                     calibration: CalibrationSet | None, ood: OodSpec | None = None) -> list[Built]:
-    model = run.load_model()
+    """Convert the run's Keras ``model`` to every format in ``formats``, metadata embedded."""
     work = Path(tempfile.mkdtemp(prefix="edge-export-", dir=out))
     built: list[Built] = []
     try:
@@ -183,15 +183,16 @@ def export_run(options: ExportOptions) -> dict:
         chosen = calibration_rows(rows, options.calibration_count, options.seed)
         assert all(r.split == "train" for r in chosen)
         calibration = CalibrationSet(chosen, data_root, run.preprocess)
-    ood = build_ood_spec(run, run.load_model(), data_root, rows, options)
-    built = build_artifacts(run, formats, out, options, calibration, ood)
+    model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
+    ood = build_ood_spec(run, model, data_root, rows, options)
+    built = build_artifacts(run, model, formats, out, options, calibration, ood)
     convert_seconds = time.perf_counter() - started
 
     checked = time.perf_counter()
     items = checks.standard_eval_images(run, options.neu and Path(options.neu), _path(options.gc10),
                                         _path(options.xsdd))
     data = checks.load_eval_data(items, run.preprocess, options.progress)
-    reference, reference_embeddings = checks.keras_outputs(run.load_model(), data, run.preprocess,
+    reference, reference_embeddings = checks.keras_outputs(model, data, run.preprocess,
                                                            progress=options.progress)
     reference_scores_ood = ood.score(reference_embeddings)
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
