@@ -16,7 +16,7 @@ import logging
 import shlex
 import sys
 
-from edge_runtime.cli_support import dispatch, setup_logging
+from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from export.formats import FORMATS
 
 log = logging.getLogger("edge-bench")
@@ -41,15 +41,6 @@ outputs (in --out, default EXPORT_DIR/bench): bench.md (the table), bench.json (
 exit codes: 0 every row measured (--select: a pair was chosen); 1 at least one row has an error (see its error
   cell; --select: no eligible pair could be measured); 2 setup error.
 """
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except None and on/off switches (their help says what happens)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or isinstance(action.default, bool):
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def _int_at_least(low: int):
@@ -85,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "frame through edge-classify, and each format's time against the machine's fp32/int8 matrix-multiply "
         "limit; accuracy columns from the export report, so speed and accuracy sit in one row.",
         epilog=EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("export_dir", metavar="EXPORT_DIR", nargs="?",
                    help="folder written by edge-export (runs/NAME/export); optional with --select")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.cli_support import setup_logging
+from edge_runtime.cli_support import HelpFormatter, setup_logging
 from edge_runtime.system import cpu_description
 
 log = logging.getLogger("edge-bench.profile")
@@ -80,7 +80,7 @@ def format_profile(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("models", nargs="+", help=".onnx artifacts")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)

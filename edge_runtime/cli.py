@@ -22,7 +22,7 @@ from pathlib import Path
 from edge_runtime.backends import ENGINES
 from edge_runtime.classifier import Classifier
 from edge_runtime.jsonfile import write_json_atomic
-from edge_runtime.cli_support import dispatch, setup_logging
+from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.engine_select import AUTO
 from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
 from edge_runtime.sinks import AnnotatedFrameWriter, Display, SortInto, open_record_writer, read_done_files
@@ -47,10 +47,6 @@ exit codes: 0 finished, or stopped by SIGINT/SIGTERM, --frames, --duration; 1 a 
   or the output could not be written (the summary is still printed); 2 setup error (bad arguments, missing
   or corrupt model, metadata that does not match it, camera that does not open, missing folder).
 """
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def _positive_int(text: str) -> int:
@@ -89,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one record per frame/file. Runs unattended: bad files become error records, streams reconnect, "
         "SIGINT/SIGTERM stop cleanly.",
         epilog=EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns ('*.png')")
     src = p.add_argument_group("source (exactly one: IMAGE..., --camera, --video or --folder)")

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Callable
 
 from edge_runtime.errors import EdgeRuntimeError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except None, on/off switches and help that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "(default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from edge_runtime.cli_support import dispatch, setup_logging
+from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from export.formats import FORMATS
 
 log = logging.getLogger("edge-export")
@@ -40,7 +40,7 @@ def build_export_parser() -> argparse.ArgumentParser:
         "against the float model on NEU validation+test, GC10 inclusion and X-SDD. Failing artifacts are moved "
         "to rejected/ and the command exits 1. Subcommands: 'check' re-validates artifacts on your own images; "
         "'ship' installs one as the package's default model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run_dir", help="a finished edge-train run directory")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
@@ -64,7 +64,7 @@ def build_check_parser() -> argparse.ArgumentParser:
         description="Re-validate exported artifacts on labelled image folders (one sub-folder per class) and, "
         "with --reference, against a float model: this is how to validate quantized vs float accuracy on your "
         "own plant's images. Runs without TensorFlow when the reference is a float artifact.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("artifacts", nargs="+", help=".tflite / .onnx files from edge-export")
     p.add_argument("--data", required=True, help="folder with one sub-folder per class (or plain images)")
@@ -83,7 +83,7 @@ def build_ship_parser() -> argparse.ArgumentParser:
         prog="edge-export ship",
         description="Install a checked artifact as the package's default model (edge_runtime/models/) with a model "
         "card and the split manifest. Refuses artifacts that failed their gates unless --waive states why.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("export_dir", help="an edge-export output folder (with export_report.json)")
     p.add_argument("--format", "--formats", dest="formats", nargs="+", default=["tflite_int8"], choices=list(FORMATS),

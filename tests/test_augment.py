@@ -43,3 +43,20 @@ def test_shift_moves_content_by_at_most_ten_percent():
     for seed in range(20):
         ys, xs = np.nonzero(augment(image, np.random.default_rng(seed), spec) > 127)
         assert abs(ys.mean() - 49.5) <= 10.5 and abs(xs.mean() - 49.5) <= 10.5
+
+
+def test_polarity_inverts_about_half_the_copies_and_nothing_else():
+    image = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    spec = AugmentSpec(rotation_deg=0, shift_fraction=0, horizontal_flip=False, polarity=True)
+    outs = [augment(image, np.random.default_rng(s), spec) for s in range(40)]
+    inverted = sum(np.array_equal(o, 255 - image) for o in outs)
+    assert all(np.array_equal(o, image) or np.array_equal(o, 255 - image) for o in outs)
+    assert 10 <= inverted <= 30
+
+
+def test_polarity_off_leaves_earlier_augmentations_and_cache_keys_unchanged():
+    image = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    before = augment(image, np.random.default_rng(3), AugmentSpec())
+    assert np.array_equal(before, augment(image, np.random.default_rng(3), AugmentSpec(polarity=False)))
+    assert "polarity" not in AugmentSpec().identity()
+    assert AugmentSpec(polarity=True).identity()["polarity"] is True

@@ -1,5 +1,7 @@
 """The reference augmentation (rotation ±10°, shifts of 10 %, horizontal flip), on uint8 pixels with OpenCV,
-plus optional *camera* augmentation: what another line camera changes (contrast, gamma, focus, sensor noise).
+plus optional *camera* augmentation: what another line camera changes (contrast, gamma, focus, sensor noise),
+and optional *polarity* augmentation: inverted gray levels, because the same defect is bright under one
+plant's lighting and dark under another's (X-SDD's scratches are dark lines, NEU's are bright).
 
 Like Keras' ``ImageDataGenerator`` defaults, pixels moved in from outside are filled with the nearest edge
 pixel. Parameters are drawn from a seeded generator so an augmented copy can be recomputed exactly.
@@ -7,7 +9,7 @@ pixel. Parameters are drawn from a seeded generator so an augmented copy can be 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -23,6 +25,15 @@ class AugmentSpec:
     gamma_range: tuple[float, float] = (0.7, 1.4)
     blur_sigma_max: float = 1.2  # Gaussian blur sigma in pixels, uniform from 0; half the copies stay sharp
     noise_std_max: float = 3.0  # Gaussian sensor noise in gray levels, uniform from 0
+    polarity: bool = False  # invert the gray levels of half the augmented copies (see invert_polarity)
+
+    def identity(self) -> dict:
+        """The settings that change augmented pixels (for cache keys); options left off are not listed, so
+        caches made before an option existed keep their keys."""
+        values = asdict(self)
+        if not self.polarity:
+            values.pop("polarity")
+        return values
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = AugmentSpec()) -> np.ndarray:
@@ -38,7 +49,17 @@ def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = Aug
     if out.ndim == 2 and image.ndim == 3:
         out = out[:, :, None]
     out = out[:, ::-1].copy() if flip else out
-    return camera_augment(out, rng, spec) if spec.camera else out
+    out = camera_augment(out, rng, spec) if spec.camera else out
+    if spec.polarity and rng.random() < 0.5:
+        out = invert_polarity(out)
+    return out
+
+
+def invert_polarity(image: np.ndarray) -> np.ndarray:
+    """Bright becomes dark: a uint8 image's gray levels mirrored (255 - value)."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"invert_polarity expects uint8 pixels, got {image.dtype}")
+    return 255 - image
 
 
 def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from edge_runtime.cli_support import dispatch, setup_logging
+from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 
 log = logging.getLogger("edge-train")
 
@@ -24,7 +24,7 @@ def build_fit_parser() -> argparse.ArgumentParser:
         description="Fine-tune ImageNet ResNet-50 on a steel-defect dataset in two stages (head, then the top "
         "of the backbone). Writes model.keras, metadata, split manifest, history, metrics and figures into "
         "RUNS/NAME. Use 'edge-train evaluate -h' to test a run on another dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_argument_group("data and run")
     src.add_argument("--data", help="dataset root: class sub-folders, NEU's IMAGES/<class>_<n>.jpg, or Kaggle "
@@ -60,6 +60,9 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      "on the device (stored in the model metadata); helps on other cameras/plants")
     rec.add_argument("--camera-augment", action="store_true",
                      help="also augment contrast, gamma, blur and sensor noise (another camera's look)")
+    rec.add_argument("--polarity-augment", action="store_true",
+                     help="invert the gray levels of half the augmented copies: defects that are bright under this "
+                     "line's lighting may be dark under another's")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -70,7 +73,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         prog="edge-train evaluate",
         description="Run a trained model on every image of another dataset folder (no retraining) and report "
         "what it calls them, e.g. GC10-DET's inclusion folder: --data .../gc10/inclusion --expect inclusion.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run_dir", help="a finished edge-train run directory")
     p.add_argument("--data", required=True, help="folder of images (searched recursively)")
@@ -101,7 +104,8 @@ def _fit(argv: list[str]) -> int:
             batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
             aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
             folds=args.folds, seed=args.seed, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
-            contrast=args.contrast, camera_augment=args.camera_augment, progress=not args.no_progress,
+            contrast=args.contrast, camera_augment=args.camera_augment, polarity_augment=args.polarity_augment,
+            progress=not args.no_progress,
         )
     try:
         return _train(options)

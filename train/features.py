@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ class FeatureCache:
             "weights": weights_id,
             "split_layer": split_layer,
             "preprocess": preprocess.to_dict(),
-            "augment": asdict(augment_spec),
+            "augment": augment_spec.identity(),
             "seed": seed,
         }
         self.directory = Path(root) / f"{split_layer}-{cache_key(identity)}"

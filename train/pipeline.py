@@ -73,6 +73,7 @@ class TrainOptions:
     aug_copies: int = 3
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
     camera_augment: bool = False  # AugmentSpec.camera: contrast/gamma/blur/noise augmentation too
+    polarity_augment: bool = False  # AugmentSpec.polarity: half the augmented copies with inverted gray levels
     val_per_class: int = 12
     test_per_class: int = 12
     folds: int = 0
@@ -105,7 +106,7 @@ class TrainOptions:
 
     @property
     def augment_spec(self) -> AugmentSpec:
-        return AugmentSpec(camera=self.camera_augment)
+        return AugmentSpec(camera=self.camera_augment, polarity=self.polarity_augment)
 
 
 def load_options_for_resume(run_dir: str | Path, progress: bool = True) -> TrainOptions:
