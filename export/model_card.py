@@ -38,9 +38,24 @@ def _artifact_rows(report: dict) -> list[str]:
     return rows
 
 
+def augmentation_text(training: dict) -> str:
+    """The run's augmentation in words, from its ``config.json`` settings."""
+    parts = ["rotation ±10°, shifts 10 %, horizontal flip"]
+    if training.get("camera_augment"):
+        parts.append("camera look (contrast, gamma, blur, sensor noise)")
+    if training.get("polarity_augment"):
+        parts.append("inverted gray levels in half the augmented copies (`--polarity-augment`)")
+    text = ", ".join(parts)
+    if training.get("contrast", "none") != "none":
+        text += f"; per-image contrast `{training['contrast']}` in training and on the device"
+    return text
+
+
 def write_model_card(path: Path, artifacts: list[Path], report: dict, metadata: dict, metrics: dict,
-                     waiver: str | None = None, failures: list[str] | None = None) -> None:
-    """MODEL_CARD.md for the shipped ``artifacts`` (the first is the default model) from their export report."""
+                     waiver: str | None = None, failures: list[str] | None = None,
+                     training: dict | None = None) -> None:
+    """MODEL_CARD.md for the shipped ``artifacts`` (the first is the default model) from their export report;
+    ``training`` is the run's config.json (its augmentation goes into the recipe)."""
     default = artifacts[0]
     ref = report["float_reference"]
     groups, unknown = ref["groups"], ref.get("unknown") or {}
@@ -71,7 +86,7 @@ a split. Int8 calibration used {report["calibration"]["images"]} training-split 
 
 ## Recipe
 GAP → Dense 512 relu → Dropout 0.5 → Dense 6 softmax on ResNet-50 (include_top=False, ImageNet weights),
-224×224, augmentation rotation ±10°, shifts 10 %, horizontal flip. Stage 1: backbone frozen, Adam 1e-3.
+224×224, augmentation {augmentation_text(training or {})}. Stage 1: backbone frozen, Adam 1e-3.
 Stage 2: {metadata["unfreeze"]} unfrozen (BatchNorm frozen), Adam 1e-4. EarlyStopping / ModelCheckpoint /
 ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).
 

@@ -68,9 +68,11 @@ def ship(export_dir: str | Path, formats: str | list[str] = "tflite_int8", dest:
     shutil.copyfile(run_dir / "split_manifest.csv", dest / "split_manifest.csv")
     first_rows = chosen[0][1]
     waived = not any(r["passed"] for r in first_rows)
+    config_path = run_dir / "config.json"
+    training = json.loads(config_path.read_text()) if config_path.is_file() else {}
     write_model_card(dest / "MODEL_CARD.md", targets, report, json.loads((run_dir / "metadata.json").read_text()),
                      json.loads((run_dir / "metrics.json").read_text()), waiver=waive if waived else None,
-                     failures=first_rows[0]["failures"])
+                     failures=first_rows[0]["failures"], training=training)
     return targets[0]
 
 
