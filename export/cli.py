@@ -50,6 +50,9 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-input", choices=("pixels", "normalized"), default="pixels",
                    help="full-int8 TFLite input: raw uint8 BGR pixels with preprocessing in the graph, or "
                    "int8 normalised input with quantisation parameters in the model")
+    p.add_argument("--onnx-quantizer", choices=("nncf", "ort"), default="nncf",
+                   help="ONNX int8 by NNCF (bias-corrected; agrees better with float) or ONNX Runtime's "
+                   "quantize_static; both static QDQ, uint8 activations, int8 per-channel 7-bit weights")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
     p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
@@ -110,7 +113,7 @@ def _export(argv: list[str]) -> int:
     report = export_run(ExportOptions(
         run_dir=args.run_dir, out=args.out, formats=args.formats, calibration_count=args.calibration_count,
         neu=args.neu, gc10=args.gc10, xsdd=args.xsdd, gates=_gates_from(args), threads=args.threads,
-        int8_input=args.int8_input, progress=not args.no_progress,
+        int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, progress=not args.no_progress,
     ))
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:

@@ -25,9 +25,7 @@ FORMATS: dict[str, ExportFormat] = {
                      "TFLite full-int8: int8 weights and activations"),
         ExportFormat("onnx_fp32", "model_fp32.onnx", "onnxruntime", False, "ONNX float32 (tf2onnx)"),
         ExportFormat("onnx_int8", "model_int8.onnx", "onnxruntime", True,
-                     "ONNX static QDQ: uint8 activations, int8 per-channel weights"),
-        ExportFormat("onnx_int8_nncf", "model_int8_nncf.onnx", "openvino", True,
-                     "ONNX QDQ int8 by NNCF (bias correction), for OpenVINO"),
+                     "ONNX static QDQ: uint8 activations, int8 per-channel weights (NNCF, bias-corrected)"),
     )
 }
 

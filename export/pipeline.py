@@ -41,6 +41,7 @@ class ExportOptions:
     gates: checks.Gates = field(default_factory=checks.Gates)
     threads: int | None = None
     int8_input: str = "pixels"
+    onnx_quantizer: str = "nncf"  # convert.ONNX_QUANTIZERS
     ood_k: int = 5
     ood_quantile: float = 0.95
     seed: int = 0
@@ -148,12 +149,11 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                     dtype = "int8"
             elif fmt.name == "onnx_fp32":
                 convert.onnx_fp32(float_dir, path)
-            elif fmt.name in ("onnx_int8", "onnx_int8_nncf"):
+            elif fmt.name == "onnx_int8":
                 fp32 = out / "model_fp32.onnx"
                 if not fp32.is_file():
                     fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
-                quantize = convert.onnx_int8 if fmt.name == "onnx_int8" else convert.onnx_int8_nncf
-                quantize(fp32, path, calibration.as_float)
+                convert.onnx_int8(fp32, path, calibration.as_float, options.onnx_quantizer)
             extra = calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}
             if ood is not None:
                 extra = {**extra, "ood": ood.to_dict()}
@@ -238,7 +238,8 @@ def export_run(options: ExportOptions) -> dict:
         "split_manifest_sha256": run.metadata["split_manifest_sha256"],
         "calibration": {"images": len(calibration.rows) if calibration else 0,
                         "per_class": len(calibration.rows) // len(run.classes) if calibration else 0,
-                        "split": "train", "int8_input": options.int8_input},
+                        "split": "train", "int8_input": options.int8_input,
+                        "onnx_quantizer": options.onnx_quantizer},
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
                             "groups": reference_scores, "unknown": reference_unknown},

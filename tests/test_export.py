@@ -110,7 +110,7 @@ def test_report_has_a_row_per_artifact_with_the_promised_columns(exported: Path)
     for fmt in FORMATS.values():
         assert [e for f, e in engines if f == fmt.name][0] == fmt.engine
     if importlib.util.find_spec("openvino"):
-        assert ("onnx_int8", "openvino") in engines and ("onnx_int8_nncf", "onnxruntime") in engines
+        assert ("onnx_int8", "openvino") in engines and ("onnx_fp32", "openvino") in engines
     md = (exported / "export_report.md").read_text()
     for column in ("size", "load", "NEU val+test", "GC10 inclusion", "agreement", "max Δp", "gates"):
         assert column in md
@@ -327,3 +327,43 @@ def test_gc10_crops_are_cut_even_when_the_xml_gives_no_frame_size(tmp_path: Path
     x0, y0, x1, y1 = crops[0].box
     assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 100
     assert [i.group for i in items].count("gc10_inclusion") == 1
+
+
+def test_onnx_int8_stores_activations_as_uint8_and_weights_as_int8(exported: Path):
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(exported / "model_int8.onnx"))
+    initializers = {i.name: i for i in model.graph.initializer}
+    kinds = set()
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) > 2 and node.input[2] in initializers:
+            kinds.add((node.input[0] in initializers, initializers[node.input[2]].data_type))
+    assert (False, TensorProto.UINT8) in kinds and (True, TensorProto.INT8) in kinds
+    assert (False, TensorProto.INT8) not in kinds
+
+
+def test_int8_activations_retyped_to_uint8_give_identical_outputs():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.convert import activations_to_uint8
+
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(-7, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.linspace(-8, 8, 64, dtype=np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    retyped = activations_to_uint8(onnx.load_from_string(model.SerializeToString()))
+    zero_point = {i.name: i for i in retyped.graph.initializer}["z"]
+    assert zero_point.data_type == TensorProto.UINT8 and int(numpy_helper.to_array(zero_point)) == 121
+    np.testing.assert_array_equal(run(retyped), before)
