@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "edge_runtime" / "models"
 
 
+MODEL_SUFFIXES = (".tflite", ".onnx")
+
+
 def shipped_name(fmt: str, suffix: str, first: bool) -> str:
     """``default.<ext>`` for the default model, ``<format>.<ext>`` for the others (e.g. onnx_int8.onnx)."""
     return f"default{suffix}" if first else f"{fmt}{suffix}"
@@ -64,6 +67,10 @@ def ship(export_dir: str | Path, formats: str | list[str] = "tflite_int8", dest:
     manifest = {"schema": MANIFEST_SCHEMA, "default": targets[0].name, "artifacts": entries,
                 "source_model_sha256": report["source_model_sha256"], "export_report_created": report["created"]}
     (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    for stale in sorted(dest.iterdir()):  # the folder holds exactly what the manifest lists
+        if stale.suffix in MODEL_SUFFIXES and stale not in targets:
+            log.info("removing %s: not in the new manifest", stale)
+            stale.unlink()
     run_dir = Path(report["run_dir"])
     shutil.copyfile(run_dir / "split_manifest.csv", dest / "split_manifest.csv")
     first_rows = chosen[0][1]

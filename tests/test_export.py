@@ -210,6 +210,15 @@ def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path,
     assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")
 
 
+def test_shipping_again_leaves_only_the_models_of_the_new_manifest(exported: Path, tmp_path: Path):
+    dest = tmp_path / "models"
+    assert main(["ship", str(exported), "--dest", str(dest), "--formats", "tflite_int8", "onnx_int8"]) == 0
+    assert (dest / "onnx_int8.onnx").is_file()
+    assert main(["ship", str(exported), "--dest", str(dest), "--formats", "tflite_int8"]) == 0
+    assert sorted(p.name for p in dest.iterdir() if p.suffix in (".tflite", ".onnx")) == ["default.tflite"]
+    assert [a["file"] for a in json.loads((dest / "manifest.json").read_text())["artifacts"]] == ["default.tflite"]
+
+
 def failed_copy(exported: Path, tmp_path: Path, failure: str) -> Path:
     """A copy of the export whose full-int8 artifact is recorded as having failed ``failure``."""
     failing = tmp_path / "failed_export"
