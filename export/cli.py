@@ -12,6 +12,7 @@ import logging
 import sys
 
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
+from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
 
 log = logging.getLogger("edge-export")
@@ -50,7 +51,7 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-input", choices=("pixels", "normalized"), default="pixels",
                    help="full-int8 TFLite input: raw uint8 BGR pixels with preprocessing in the graph, or "
                    "int8 normalised input with quantisation parameters in the model")
-    p.add_argument("--onnx-quantizer", choices=("nncf", "ort"), default="nncf",
+    p.add_argument("--onnx-quantizer", choices=ONNX_QUANTIZERS, default=ONNX_QUANTIZERS[0],
                    help="ONNX int8 by NNCF (bias-corrected; agrees better with float) or ONNX Runtime's "
                    "quantize_static; both static QDQ, uint8 activations, int8 per-channel 7-bit weights")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")

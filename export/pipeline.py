@@ -41,7 +41,7 @@ class ExportOptions:
     gates: checks.Gates = field(default_factory=checks.Gates)
     threads: int | None = None
     int8_input: str = "pixels"
-    onnx_quantizer: str = "nncf"  # convert.ONNX_QUANTIZERS
+    onnx_quantizer: str = "nncf"  # one of convert.ONNX_QUANTIZERS
     ood_k: int = 5
     ood_quantile: float = 0.95
     seed: int = 0
@@ -172,6 +172,8 @@ def export_run(options: ExportOptions) -> dict:
     started = time.perf_counter()
     if options.int8_input not in INT8_INPUTS:
         raise ValueError(f"--int8-input must be one of {INT8_INPUTS}")
+    if options.onnx_quantizer not in convert.ONNX_QUANTIZERS:
+        raise ValueError(f"--onnx-quantizer must be one of {convert.ONNX_QUANTIZERS}")
     run = TrainedRun.open(options.run_dir)
     out = Path(options.out or run.directory / "export")
     out.mkdir(parents=True, exist_ok=True)
