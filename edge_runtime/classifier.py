@@ -13,8 +13,9 @@ from edge_runtime.backends import Backend, ModelLoadError, load_backend
 from edge_runtime.engine_select import AUTO, load_auto, shipped_model_for
 from edge_runtime.metadata import MetadataError, ModelMetadata, metadata_from_labels, read_metadata
 from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
+from edge_runtime.polarity import AS_IS, AUTO as POLARITY_AUTO, check_mode, choose_inverted, invert_polarity, pick
+from edge_runtime.preprocessing import normalize, prepare_pixels, read_image
 from edge_runtime.tiles import TileSpec, combine, split
-from edge_runtime.preprocessing import prepare_pixels, preprocess, read_image
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class Prediction:
     ``label`` is ``"unknown"`` when the model's out-of-distribution score is above its threshold (the image
     is unlike anything it was trained on; see edge_runtime.ood); ``predicted`` is always the best class,
     ``confidence`` its probability. ``ood_score`` is None for models exported without the embedding output.
+    ``inverted`` is True when, with test-time polarity ``auto``, the inverted reading was kept (see
+    edge_runtime.polarity).
     Timings are per image; in a batch, ``inference_ms`` is the batch's inference time divided by its size.
     """
 
@@ -47,6 +50,7 @@ class Prediction:
     ood_score: float | None = field(default=None, compare=False)
     unknown: bool = False
     predicted: str = ""
+    inverted: bool = False
 
     def __post_init__(self) -> None:
         if not self.predicted:
@@ -65,6 +69,8 @@ class Classifier:
         self._config = metadata.preprocess
         self.ood = ood_spec_of(metadata, backend.path)
         self.tiles: TileSpec | None = None  # set to classify every image by windows (predict_tiled)
+        self._polarity = AS_IS
+        self.polarity = str(metadata.extra.get("polarity", AS_IS))  # the export's choice, if it made one
 
     @classmethod
     def load(
@@ -101,11 +107,25 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier('{self.path}', engine={self.backend.name}, labels={self.labels})"
 
+    @property
+    def polarity(self) -> str:
+        """Test-time polarity (edge_runtime.polarity): ``"as-is"``, or ``"auto"`` (both readings of every
+        image, the one closer to the training images kept); needs the unknown score."""
+        return self._polarity
+
+    @polarity.setter
+    def polarity(self, mode: str) -> None:
+        if check_mode(mode) == POLARITY_AUTO and self.ood is None:
+            raise MetadataError(self.path, "test-time polarity 'auto' needs a model with the unknown score "
+                                "(embedding output and 'ood' metadata): re-export it with edge-export")
+        self._polarity = mode
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Decoded image -> this model's input (uint8 pixels if the graph normalises, else float32)."""
-        if self.metadata.preprocessing_in_graph:
-            return prepare_pixels(image, self._config)
-        return preprocess(image, self._config)
+        return self._model_input(prepare_pixels(image, self._config))
+
+    def _model_input(self, pixels: np.ndarray) -> np.ndarray:
+        return pixels if self.metadata.preprocessing_in_graph else normalize(pixels, self._config)
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Classify one decoded image (gray, BGR, BGRA, 16-bit or float, any size); tiled if ``self.tiles``."""
@@ -124,30 +144,40 @@ class Classifier:
                                 sum(w.inference_ms for w in windows), combined.ood_score)
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
-        """Classify decoded images in one backend call."""
+        """Classify decoded images in one backend call (with polarity ``auto``: both readings of each)."""
         if len(images) == 0:
             return []
+        both = self.polarity == POLARITY_AUTO
         inputs, prep_ms = [], []
         for image in images:
             start = time.perf_counter()
-            inputs.append(self.prepare(image))
+            pixels = prepare_pixels(image, self._config)
+            inputs.append(self._model_input(pixels))
+            if both:
+                inputs.append(self._model_input(invert_polarity(pixels)))
             prep_ms.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
         outputs = self.backend.run_outputs(np.stack(inputs))
         probabilities = _output_of_width(outputs, len(self.labels), self.path, "class probabilities")
-        scores = [None] * len(images)
+        scores = np.full(len(inputs), np.nan, np.float32)
         if self.ood is not None:
             embedding = _output_of_width(outputs, self.ood.width, self.path, "embedding", exclude=probabilities)
-            scores = [float(s) for s in self.ood.score(embedding)]
+            scores = self.ood.score(embedding)
+        inverted = np.zeros(len(images), bool)
+        if both:  # inputs alternate: as captured, inverted
+            inverted = choose_inverted(scores[0::2], scores[1::2])
+            probabilities = pick(probabilities[0::2], probabilities[1::2], inverted)
+            scores = pick(scores[0::2], scores[1::2], inverted)
         infer_ms = (time.perf_counter() - start) * 1000 / len(images)
-        return [self._prediction(p, ms, infer_ms, score) for p, ms, score in zip(probabilities, prep_ms, scores)]
+        return [self._prediction(p, ms, infer_ms, None if self.ood is None else float(score), bool(inv))
+                for p, ms, score, inv in zip(probabilities, prep_ms, scores, inverted)]
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Read and classify an image file; an unreadable file raises ImageReadError naming it."""
         return self.predict(read_image(path))
 
     def _prediction(self, probabilities: np.ndarray, preprocess_ms: float, inference_ms: float,
-                    ood_score: float | None = None) -> Prediction:
+                    ood_score: float | None = None, inverted: bool = False) -> Prediction:
         order = np.argsort(-probabilities, kind="stable")
         best = int(order[0])
         unknown = ood_score is not None and not ood_score <= self.ood.threshold  # NaN counts as unknown
@@ -162,6 +192,7 @@ class Classifier:
             probabilities=probabilities,
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
+            inverted=inverted,
         )
 
 

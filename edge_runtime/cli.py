@@ -27,6 +27,7 @@ from edge_runtime.engine_select import AUTO
 from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
 from edge_runtime.sinks import AnnotatedFrameWriter, Display, SortInto, open_record_writer, read_done_files
 from edge_runtime.sources import CAPTURE_BACKENDS, SourceOptions, open_source
+from edge_runtime.polarity import POLARITY_MODES
 from edge_runtime.tiles import TileSpec
 
 log = logging.getLogger("edge-classify")
@@ -35,7 +36,8 @@ EPILOG = """\
 records (one per frame or file, JSON Lines on stdout or --output .jsonl/.csv):
   time, source, frame, file, file_size, file_mtime_ns, label, confidence, uncertain (confidence below
   --min-confidence; the label is kept), unknown (the image is unlike every training image: label "unknown",
-  the threshold is stored in the model), ood_score, predicted (best class, also when unknown), top3, error (set instead of a label when the frame or file could
+  the threshold is stored in the model), ood_score, predicted (best class, also when unknown), inverted
+  (--polarity auto kept the inverted reading), top3, error (set instead of a label when the frame or file could
   not be classified), read_ms, preprocess_ms, inference_ms, latency_ms (capture/read -> result), engine,
   model, model_sha256. Logs and the final summary go to stderr.
 
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "that are not unknown (see --tile-aggregate)")
     mod.add_argument("--tile-aggregate", choices=("max", "mean"), default="max",
                      help="--tiles: per class the highest probability of any window, or the mean")
+    mod.add_argument("--polarity", choices=POLARITY_MODES,
+                     help="test-time polarity. auto: classify every image as captured and with inverted gray levels "
+                     "and keep the reading closer to the training images (for a plant whose lighting makes "
+                     "defects dark where the training plant's were bright; twice the inference time; needs a "
+                     "model with the unknown score). Default: the model's own setting (edge-export --polarity), "
+                     "as-is if it has none")
     out = p.add_argument_group("results")
     out.add_argument("--output", metavar="FILE", help="write records to FILE (.jsonl or .csv) instead of stdout")
     out.add_argument("--overwrite", action="store_true", help="start --output afresh instead of appending/resuming")
@@ -167,6 +175,7 @@ def run(
     threads: int | None = None,
     tiles: str | None = None,
     tile_aggregate: str = "max",
+    polarity: str | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
     min_confidence: float | None = None,
@@ -193,6 +202,8 @@ def run(
         tile_spec = TileSpec.parse(tiles, tile_aggregate) if tiles else None
         classifier = Classifier.load(model, engine=engine, threads=threads)
         classifier.tiles = tile_spec
+        if polarity:
+            classifier.polarity = polarity
         info = ModelInfo.of(classifier)
         log.info("model %s: %s, %d labels, sha256 %s", info.path, info.engine, len(classifier.labels), info.sha256)
         with ExitStack() as stack:

@@ -46,7 +46,7 @@ RECORD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 # CSV columns, in order; JSON Lines records have the same keys (top3 as a list of {label, confidence}).
 CSV_FIELDS = [
     "time", "source", "frame", "file", "file_size", "file_mtime_ns", "label", "confidence", "uncertain",
-    "unknown", "ood_score", "predicted", "top3", "error", "read_ms", "preprocess_ms", "inference_ms", "latency_ms", "engine", "model", "model_sha256",
+    "unknown", "ood_score", "predicted", "inverted", "top3", "error", "read_ms", "preprocess_ms", "inference_ms", "latency_ms", "engine", "model", "model_sha256",
 ]
 FSYNC_INTERVAL_S = 1.0
 UNCERTAIN_DIR = "_uncertain"
@@ -62,7 +62,8 @@ def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:
 
     ``uncertain`` is true when the confidence is below --min-confidence (the label is kept); ``unknown`` when
     the image is unlike the training images (label "unknown", ``predicted`` keeps the best class, ``ood_score``
-    the score; see edge_runtime.ood); all None for errors.
+    the score; see edge_runtime.ood); ``inverted`` when test-time polarity kept the inverted reading
+    (edge_runtime.polarity); all None for errors.
     """
     frame, prediction = result.frame, result.prediction
     record: dict[str, Any] = {
@@ -78,6 +79,7 @@ def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:
         "unknown": None,
         "ood_score": None,
         "predicted": None,
+        "inverted": None,
         "top3": None,
         "error": " ".join(result.error.split()) if result.error else None,  # one line (OpenCV's span several)
         "read_ms": _number(frame.read_ms, 3),
@@ -96,6 +98,7 @@ def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:
             unknown=bool(prediction.unknown),
             ood_score=_number(prediction.ood_score, 6),
             predicted=prediction.predicted,
+            inverted=bool(prediction.inverted),
             top3=[{"label": label, "confidence": _number(p, 6)} for label, p in prediction.top_k],
             preprocess_ms=_number(prediction.preprocess_ms, 3),
             inference_ms=_number(prediction.inference_ms, 3),

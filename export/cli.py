@@ -12,6 +12,7 @@ import logging
 import sys
 
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
+from edge_runtime.polarity import AS_IS, POLARITY_MODES
 from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
 
@@ -54,6 +55,10 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-quantizer", choices=ONNX_QUANTIZERS, default=ONNX_QUANTIZERS[0],
                    help="ONNX int8 by NNCF (bias-corrected; agrees better with float) or ONNX Runtime's "
                    "quantize_static; both static QDQ, uint8 activations, int8 per-channel 7-bit weights")
+    p.add_argument("--polarity", choices=POLARITY_MODES, default=AS_IS,
+                   help="test-time polarity stored in every artifact (edge-classify's default for it) and used "
+                   "by the checks, float reference included. auto: classify each image as captured and inverted, "
+                   "keep the reading closer to the training images (2 inferences per image)")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
     p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
@@ -114,7 +119,8 @@ def _export(argv: list[str]) -> int:
     report = export_run(ExportOptions(
         run_dir=args.run_dir, out=args.out, formats=args.formats, calibration_count=args.calibration_count,
         neu=args.neu, gc10=args.gc10, xsdd=args.xsdd, gates=_gates_from(args), threads=args.threads,
-        int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, progress=not args.no_progress,
+        int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, polarity=args.polarity,
+        progress=not args.no_progress,
     ))
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:

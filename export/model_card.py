@@ -18,6 +18,17 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def _polarity_text(polarity: str) -> str:
+    """The card's paragraph on test-time polarity (edge_runtime.polarity), for the export's setting."""
+    rule = ("reads every image as captured and with inverted gray levels and keeps the reading whose embedding "
+            "lies closer to the training images (twice the inference time; no labels or threshold involved)")
+    if polarity == "auto":
+        return (f"**Test-time polarity: auto.** These artifacts are set to it: `edge-classify` {rule}, and every "
+                "figure below was measured that way (`--polarity as-is` turns it off).")
+    return (f"**Test-time polarity.** Off in these artifacts; `edge-classify --polarity auto` {rule}: for a line "
+            "whose lighting makes defects dark where NEU's were bright (records say which reading was kept).")
+
+
 def _auroc(unknown: dict | None) -> str:
     value = (unknown or {}).get("auroc_all_no_counterpart")
     return "–" if value is None else f"{value:.3f}"
@@ -93,9 +104,12 @@ ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).
 **Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier. The runtime
 compares it with the embeddings of all {report.get("ood", {}).get("bank", "the")} training images (cosine similarity
 to the {report.get("ood", {}).get("k", 5)}-th nearest) and answers `unknown` above a threshold chosen on the NEU
-**validation** split only ({100 * report.get("ood", {}).get("quantile", 0.95):.0f} % of validation images stay
-below it; NEU test images flagged by the float model: {_share(neu_flagged)}). Records keep the best class in
-`predicted` and the score in `ood_score`.
+**validation** split only ({100 * report.get("ood", {}).get("quantile", 0.95):.0f} % of the float model's validation images
+stay below it; each artifact moves it by its median score shift from the float model on the same images; NEU test
+images flagged by the float model: {_share(neu_flagged)}). Records keep the best class in `predicted` and the score
+in `ood_score`.
+
+{_polarity_text(report.get("polarity", "as-is"))}
 
 ## Accuracy
 Keras float model: NEU validation {100 * val["accuracy"]:.1f} % ({val["correct"]}/{val["total"]}), test

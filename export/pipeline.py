@@ -14,6 +14,7 @@ import numpy as np
 from edge_runtime.backends import ENGINES, engines_for
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
 from edge_runtime.ood import OodSpec, build_spec
+from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.system import cpu_description
 from export import checks, convert
 from export.calibration import CalibrationSet, calibration_rows
@@ -42,6 +43,7 @@ class ExportOptions:
     threads: int | None = None
     int8_input: str = "pixels"
     onnx_quantizer: str = "nncf"  # one of convert.ONNX_QUANTIZERS
+    polarity: str = AS_IS  # test-time polarity written into every artifact (edge_runtime.polarity)
     ood_k: int = 5
     ood_quantile: float = 0.95
     seed: int = 0
@@ -157,6 +159,8 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
             extra = calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}
             if ood is not None:
                 extra = {**extra, "ood": ood.to_dict()}
+            if options.polarity != AS_IS:
+                extra = {**extra, "polarity": options.polarity}
             item = Built(fmt, path, _metadata(run, fmt, in_graph, dtype, extra), payload,
                          time.perf_counter() - started)
             _write(item)
@@ -174,6 +178,7 @@ def export_run(options: ExportOptions) -> dict:
         raise ValueError(f"--int8-input must be one of {INT8_INPUTS}")
     if options.onnx_quantizer not in convert.ONNX_QUANTIZERS:
         raise ValueError(f"--onnx-quantizer must be one of {convert.ONNX_QUANTIZERS}")
+    check_mode(options.polarity)
     run = TrainedRun.open(options.run_dir)
     out = Path(options.out or run.directory / "export")
     out.mkdir(parents=True, exist_ok=True)
@@ -194,14 +199,13 @@ def export_run(options: ExportOptions) -> dict:
     items = checks.standard_eval_images(run, options.neu and Path(options.neu), _path(options.gc10),
                                         _path(options.xsdd))
     data = checks.load_eval_data(items, run.preprocess, options.progress)
-    reference, reference_embeddings = checks.keras_outputs(model, data, run.preprocess,
+    reference, reference_scores_ood = checks.float_outputs(model, data, run.preprocess, ood, options.polarity,
                                                            progress=options.progress)
-    reference_scores_ood = ood.score(reference_embeddings)
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
     reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
     figures = write_crossplant_figures(out, data, run.classes, reference, reference_scores_ood,
                                        reference_unknown["threshold"])
-    reference_set = checks.Reference(reference, reference_answers, reference_unknown)
+    reference_set = checks.Reference(reference, reference_answers, reference_unknown, reference_scores_ood)
     rows_out, all_passed = [], True
     rejected = out / "rejected"
     for item in built:
@@ -242,11 +246,14 @@ def export_run(options: ExportOptions) -> dict:
                         "per_class": len(calibration.rows) // len(run.classes) if calibration else 0,
                         "split": "train", "int8_input": options.int8_input,
                         "onnx_quantizer": options.onnx_quantizer},
+        "polarity": options.polarity,
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
                             "groups": reference_scores, "unknown": reference_unknown},
         "ood": {"kind": ood.kind, "feature": ood.feature, "k": ood.k, "bank": len(ood.bank),
-                "quantile": ood.quantile, "threshold_from": "NEU validation split only"},
+                "quantile": ood.quantile,
+                "threshold_from": "NEU validation split only (float: its quantile; artifacts: the float threshold "
+                                  "plus their median score shift on the same images)"},
         "artifacts": rows_out,
         "images": len(data.items),
         "image_groups": {g: sum(i.group == g for i in data.items) for g in data.groups},
@@ -277,8 +284,9 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
                      reference: checks.Reference, options: ExportOptions) -> dict:
     """One report row: ``item`` run by ``engine`` through edge_runtime, compared with the float model.
 
-    The first engine checked (the format's own) sets the artifact's unknown threshold in its metadata;
-    other engines are judged with that same threshold, as the device would run them.
+    The first engine checked (the format's own) sets the artifact's unknown threshold in its metadata (the
+    float model's, matched on NEU validation: checks.matched_threshold); other engines are judged with that
+    same threshold, as the device would run them.
     """
     row = {"format": item.fmt.name, "file": str(item.path), "engine": engine,
            "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
@@ -290,10 +298,12 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
         if outputs.ood_scores is not None:
             ood = item.metadata.extra["ood"]
             own_threshold = ood.get("checked_on") is None
-            unknown = _unknown(data.items, run.classes, probabilities, outputs.ood_scores, options,
-                               None if own_threshold else ood["threshold"])
+            threshold = ood["threshold"]
             if own_threshold:
-                ood.update(threshold=unknown["threshold"], checked_on=engine)
+                threshold = checks.matched_threshold(data.items, reference.scores, outputs.ood_scores,
+                                                     reference.unknown["threshold"])
+                ood.update(threshold=threshold, checked_on=engine, threshold_rule="float + median validation shift")
+            unknown = _unknown(data.items, run.classes, probabilities, outputs.ood_scores, options, threshold)
             candidate_answers = checks.answers(probabilities, outputs.ood_scores, unknown["threshold"])
         comparison = checks.compare(data.items, run.classes, reference.probabilities, probabilities,
                                     reference.answers if unknown else None, candidate_answers)

@@ -55,7 +55,8 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         "the same images.",
         "",
         "Answer = what the device reports: the class, or `unknown` above the artifact's unknown threshold (the "
-        "0.95 quantile of its NEU *validation* scores). Unknown AUROC: NEU test against every cross-plant image "
+        "float model's 0.95 quantile of NEU *validation* scores, moved by the artifact's median score shift on "
+        "the same images). Unknown AUROC: NEU test against every cross-plant image "
         "without NEU counterpart. Confidently wrong: cross-plant images given a wrong class and not flagged.",
         "",
         "| artifact | size | load | NEU val+test | GC10 inclusion | GC10 crops | X-SDD mapped | answer agreement "

@@ -523,3 +523,12 @@ def test_stop_flag_is_set_by_deadline_and_requests():
     assert flag() and flag.reason == "--duration reached"
     flag.request("later")
     assert flag.reason == "--duration reached"
+
+
+def test_polarity_auto_with_a_model_without_the_unknown_score_is_a_clear_error(tiny_edge_models, tmp_path,
+                                                                               camera_spy, caplog):
+    out = tmp_path / "r.jsonl"
+    assert main(["--camera", "0", "--model", str(tiny_edge_models.tflite), "--polarity", "auto",
+                 "--output", str(out)]) == 2
+    assert any("polarity 'auto' needs a model with the unknown score" in m for m in caplog.messages), caplog.messages
+    assert camera_spy == [] and not out.exists()

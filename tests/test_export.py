@@ -247,7 +247,7 @@ def test_artifacts_carry_the_unknown_score_with_a_threshold_from_validation(expo
     from edge_runtime.classifier import Classifier
 
     data = report(exported)
-    assert data["ood"]["threshold_from"] == "NEU validation split only"
+    assert data["ood"]["threshold_from"].startswith("NEU validation split only")
     assert {Path(f).name for f in data["figures"]} >= {"crossplant_called_as.png", "unknown_scores.png"}
     assert all(Path(f).stat().st_size > 1000 for f in data["figures"])
     for fmt in ("tflite_fp32", "tflite_int8", "onnx_int8"):
@@ -256,6 +256,7 @@ def test_artifacts_carry_the_unknown_score_with_a_threshold_from_validation(expo
         assert ood["kind"] == "knn_cosine" and ood["checked_on"] == FORMATS[fmt].engine
         row = next(a for a in data["artifacts"] if a["format"] == fmt)
         assert ood["threshold"] == row["comparison"]["unknown"]["threshold"]
+        assert ood["threshold_rule"] == "float + median validation shift"
         classifier = Classifier.load(exported / FORMATS[fmt].filename)
         prediction = classifier.predict(np.full((40, 40), 128, np.uint8))
         assert prediction.ood_score is not None and prediction.predicted in NEU_CLASSES
@@ -376,3 +377,26 @@ def test_int8_activations_retyped_to_uint8_give_identical_outputs():
     zero_point = {i.name: i for i in retyped.graph.initializer}["z"]
     assert zero_point.data_type == TensorProto.UINT8 and int(numpy_helper.to_array(zero_point)) == 121
     np.testing.assert_array_equal(run(retyped), before)
+
+
+def test_export_with_polarity_auto_stores_it_and_checks_the_float_model_the_same_way(tiny_run: Path, tmp_path: Path):
+    from edge_runtime.cli import main as classify
+
+    out = tmp_path / "polarity"
+    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_fp32", "--polarity", "auto",
+                 "--max-drop-neu", "100", "--max-drop-cross", "100", "--min-agreement", "0", "--no-progress"]) == 0
+    model = out / FORMATS["tflite_fp32"].filename
+    assert read_metadata(model).extra["polarity"] == "auto"
+    data = report(out)
+    assert data["polarity"] == "auto"
+    comparison = data["artifacts"][0]["comparison"]
+    assert comparison["max_abs_dprob"] < 1e-4 and comparison["answer_agreement"] == 1.0  # same rule on both sides
+    folder = write_class_folders(tmp_path / "images", per_class=1)
+    for flag, expect_any_inverted in (([], None), (["--polarity", "as-is"], False)):
+        records_file = tmp_path / f"records{len(flag)}.jsonl"
+        assert classify(["--folder", str(folder), "--recursive", "--model", str(model), "--output",
+                         str(records_file), *flag]) == 0
+        records = [json.loads(line) for line in records_file.read_text().splitlines()]
+        assert len(records) == 6 and all(isinstance(r["inverted"], bool) for r in records)
+        if expect_any_inverted is False:
+            assert not any(r["inverted"] for r in records)

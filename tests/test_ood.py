@@ -99,3 +99,23 @@ def test_export_threshold_reads_only_the_neu_validation_scores():
     moved = scores.copy()
     moved[20:] = [-1.0] * 5 + [5.0] * 5  # test and other-plant scores changed: the threshold must not move
     assert unknown_threshold(items, moved, 0.95) == threshold
+
+
+def test_artifact_threshold_is_the_float_threshold_moved_by_the_median_validation_shift():
+    """Only NEU validation images are read; one far-off validation score cannot drag the threshold."""
+    from pathlib import Path
+
+    from export.checks import EvalImage, matched_threshold
+
+    items = ([EvalImage(Path(f"v{i}"), "neu", "a", split="val") for i in range(9)]
+             + [EvalImage(Path(f"t{i}"), "neu", "a", split="test") for i in range(3)]
+             + [EvalImage(Path(f"x{i}"), "xsdd", "a") for i in range(3)])
+    reference = np.linspace(0.01, 0.09, 15)
+    artifact = reference + 0.002
+    artifact[8] += 0.5  # the highest validation score jumps: a quantile would move, the median shift does not
+    assert matched_threshold(items, reference, artifact, 0.08) == pytest.approx(0.082)
+    moved = artifact.copy()
+    moved[9:] = [-1.0, 3.0, 9.0, -5.0, 0.0, 7.0]  # test and other-plant scores are never read
+    assert matched_threshold(items, reference, moved, 0.08) == pytest.approx(0.082)
+    with pytest.raises(ValueError, match="validation"):
+        matched_threshold(items[9:], reference[9:], artifact[9:], 0.08)

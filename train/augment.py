@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from edge_runtime.polarity import invert_polarity
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -53,13 +55,6 @@ def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = Aug
     if spec.polarity and rng.random() < 0.5:
         out = invert_polarity(out)
     return out
-
-
-def invert_polarity(image: np.ndarray) -> np.ndarray:
-    """Bright becomes dark: a uint8 image's gray levels mirrored (255 - value)."""
-    if image.dtype != np.uint8:
-        raise TypeError(f"invert_polarity expects uint8 pixels, got {image.dtype}")
-    return 255 - image
 
 
 def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
