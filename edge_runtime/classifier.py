@@ -35,8 +35,8 @@ class Prediction:
     ``label`` is ``"unknown"`` when the model's out-of-distribution score is above its threshold (the image
     is unlike anything it was trained on; see edge_runtime.ood); ``predicted`` is always the best class,
     ``confidence`` its probability. ``ood_score`` is None for models exported without the embedding output.
-    ``inverted`` is True when, with test-time polarity ``auto``, the inverted reading was kept (see
-    edge_runtime.polarity).
+    ``inverted`` is True when, with test-time polarity ``auto``, the inverted reading was kept (tiled: for
+    at least one window; see edge_runtime.polarity).
     Timings are per image; in a batch, ``inference_ms`` is the batch's inference time divided by its size.
     """
 
@@ -141,7 +141,8 @@ class Classifier:
                            None if self.ood is None else np.array(scores, np.float32),
                            None if self.ood is None else self.ood.threshold)
         return self._prediction(combined.probabilities, sum(w.preprocess_ms for w in windows),
-                                sum(w.inference_ms for w in windows), combined.ood_score)
+                                sum(w.inference_ms for w in windows), combined.ood_score,
+                                any(w.inverted for w in windows))
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Classify decoded images in one backend call (with polarity ``auto``: both readings of each)."""

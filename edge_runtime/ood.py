@@ -91,13 +91,20 @@ def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int) -> np.nda
 
 
 def threshold_from(validation_scores: np.ndarray, quantile: float) -> float:
-    """The ``quantile`` of in-distribution scores: that share of validation images stays below it."""
+    """The ``quantile`` of in-distribution scores: that share of validation images stays below it.
+
+    The cut lies halfway between the validation score at the quantile and the next higher one, so that no
+    validation image sits on the threshold: otherwise a converted model whose scores differ from float's by
+    rounding alone (1e-6) flips that image between known and unknown (seen with fp32 TFLite).
+    """
     scores = np.asarray(validation_scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("no validation scores to choose the OOD threshold from")
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    return float(np.quantile(scores, quantile, method="higher"))
+    at = float(np.quantile(scores, quantile, method="higher"))
+    above = scores[scores > at]
+    return (at + float(above.min())) / 2.0 if above.size else at
 
 
 def build_spec(train_embeddings: np.ndarray, validation_embeddings: np.ndarray, k: int = 5,

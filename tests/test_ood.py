@@ -35,8 +35,10 @@ def test_kth_neighbour_is_used():
 
 def test_threshold_is_the_validation_quantile_and_uses_nothing_else():
     validation_scores = np.linspace(0.0, 1.0, 101)
-    assert threshold_from(validation_scores, 0.95) == pytest.approx(0.95)
+    assert threshold_from(validation_scores, 0.95) == pytest.approx(0.955)  # between 0.95 and the next, 0.96
     assert threshold_from(validation_scores, 1.0) == pytest.approx(1.0)
+    assert np.mean(validation_scores <= threshold_from(validation_scores, 0.95)) == pytest.approx(96 / 101)
+    assert threshold_from(np.array([0.2, 0.2, 0.2]), 0.5) == pytest.approx(0.2)  # nothing above: the score itself
     rng = np.random.default_rng(1)
     train, _ = clusters(rng, 80)
     validation, _ = clusters(rng, 20)

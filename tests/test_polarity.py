@@ -130,3 +130,16 @@ def test_float_reference_of_the_export_checks_chooses_like_the_device(monkeypatc
     np.testing.assert_allclose(scores, [p.ood_score for p in expected], atol=1e-6)
     _, as_is_scores = checks.float_outputs(None, data, PreprocessConfig(input_size=(SIZE, SIZE)), device.ood)
     assert scores[0] < as_is_scores[0] and scores[1] == pytest.approx(as_is_scores[1])
+
+
+def test_tiled_frames_choose_the_reading_per_window():
+    """A frame half dark, half bright: the dark window is read inverted, and the frame says so."""
+    from edge_runtime.tiles import TileSpec
+
+    model = classifier("auto")
+    frame = np.concatenate([gray(DARK), gray(BRIGHT)], axis=1)  # 24 x 48 -> two 24 x 24 windows
+    model.tiles = TileSpec.parse("1x2")
+    tiled = model.predict(frame)
+    assert tiled.inverted and tiled.label == "crazing" and not tiled.unknown
+    model.polarity = "as-is"
+    assert not model.predict(frame).inverted
