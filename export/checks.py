@@ -222,9 +222,9 @@ class ArtifactOutputs:
 
 def artifact_outputs(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
                      progress: bool = True, labels: list[str] | None = None,
-                     engine: str | None = None) -> ArtifactOutputs:
+                     engine: str | None = None, polarity: str | None = None) -> ArtifactOutputs:
     """Probabilities and unknown scores from an artifact through ``edge_runtime.Classifier`` (on ``engine``,
-    default: the file's usual engine)."""
+    default: the file's usual engine; test-time ``polarity``, default: the artifact's own setting)."""
     from tqdm.auto import tqdm
 
     from edge_runtime.classifier import Classifier
@@ -232,6 +232,8 @@ def artifact_outputs(path: Path, data: EvalData, threads: int | None = None, bat
     started = time.perf_counter()
     classifier = Classifier.load(path, engine=engine or engine_for(path), threads=threads, labels=labels)
     load_seconds = time.perf_counter() - started
+    if polarity:
+        classifier.polarity = polarity
     predictions = []
     for start in tqdm(range(0, len(data.pixels), batch), desc=Path(path).name, unit="batch", disable=not progress):
         predictions += classifier.predict_batch(list(data.pixels[start : start + batch]))
@@ -244,9 +246,10 @@ def artifact_outputs(path: Path, data: EvalData, threads: int | None = None, bat
 
 
 def artifact_probabilities(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
-                           progress: bool = True, labels: list[str] | None = None) -> tuple[np.ndarray, float, list[str]]:
+                           progress: bool = True, labels: list[str] | None = None,
+                           polarity: str | None = None) -> tuple[np.ndarray, float, list[str]]:
     """Probabilities from an artifact through ``edge_runtime.Classifier``; also its load time and labels."""
-    out = artifact_outputs(path, data, threads, batch, progress, labels)
+    out = artifact_outputs(path, data, threads, batch, progress, labels, polarity=polarity)
     return out.probabilities, out.load_seconds, out.labels
 
 

@@ -82,6 +82,9 @@ def build_check_parser() -> argparse.ArgumentParser:
                    help="expected model class for folders whose names differ, e.g. slag_inclusion=inclusion")
     p.add_argument("--labels", nargs="+", help="labels for artifacts without metadata (in output order)")
     p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--polarity", choices=POLARITY_MODES,
+                   help="test-time polarity for every artifact and the reference (default: each artifact's own "
+                   "setting); compare as-is with auto on your own line's images")
     _gates(p)
     _common(p)
     return p
@@ -138,7 +141,7 @@ def _check(argv: list[str]) -> int:
     mapping = dict(item.split("=", 1) for item in args.map)
     result = check_artifacts(args.artifacts, args.data, reference=args.reference, mapping=mapping,
                              labels=args.labels, gates=_gates_from(args), threads=args.threads,
-                             json_path=args.json, progress=not args.no_progress)
+                             json_path=args.json, progress=not args.no_progress, polarity=args.polarity)
     print(result["table"])
     return 0 if result["passed"] else 1
 

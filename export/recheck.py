@@ -8,22 +8,42 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.classifier import ood_spec_of
 from edge_runtime.metadata import MetadataError, read_metadata
+from edge_runtime.polarity import AS_IS
 from edge_runtime.preprocessing import PreprocessConfig
 from export import checks
 
 log = logging.getLogger(__name__)
 
 
-def _reference_probabilities(reference: str, data: checks.EvalData, preprocess: PreprocessConfig, threads, progress):
+def _reference_probabilities(reference: str, data: checks.EvalData, preprocess: PreprocessConfig, threads, progress,
+                             polarity: str | None = None, first_artifact: str | None = None):
+    """The float reference's probabilities, read with the same test-time polarity as the artifacts."""
     path = Path(reference)
     if path.is_dir():  # a training run: Keras float model (workstation only)
         from train.run_dir import TrainedRun
 
         run = TrainedRun.open(path)
+        polarity = polarity or _own_polarity(first_artifact)
+        if polarity != AS_IS:  # the unknown score's bank comes with the artifacts, not with the run
+            ood = ood_spec_of(read_metadata(first_artifact), first_artifact) if first_artifact else None
+            if ood is None:
+                raise ValueError(f"--polarity {polarity} with a run directory as --reference needs an artifact "
+                                 "with the unknown score to take its training embeddings from")
+            probabilities, _ = checks.float_outputs(run.load_model(), data, run.preprocess, ood, polarity, progress)
+            return probabilities, run.classes
         return checks.keras_probabilities(run.load_model(), data, run.preprocess, progress=progress), run.classes
-    probabilities, _, labels = checks.artifact_probabilities(path, data, threads, progress=progress)
+    probabilities, _, labels = checks.artifact_probabilities(path, data, threads, progress=progress, polarity=polarity)
     return probabilities, labels
+
+
+def _own_polarity(artifact: str | None) -> str:
+    """The test-time polarity stored in an artifact's metadata ("as-is" when none or unreadable)."""
+    try:
+        return str(read_metadata(artifact).extra.get("polarity", AS_IS)) if artifact else AS_IS
+    except MetadataError:
+        return AS_IS
 
 
 def _expected_contract(first_artifact: str, reference: str | None, labels: list[str] | None):
@@ -53,8 +73,13 @@ def check_artifacts(
     threads: int | None = None,
     json_path: str | None = None,
     progress: bool = True,
+    polarity: str | None = None,
 ) -> dict:
-    """Accuracy per folder for every artifact; with a reference also drop, agreement and gates."""
+    """Accuracy per folder for every artifact; with a reference also drop, agreement and gates.
+
+    ``polarity`` ("as-is"/"auto", edge_runtime.polarity) overrides the artifacts' own test-time polarity, and
+    the reference is read the same way: run it once with each to see what ``--polarity auto`` does on your
+    images."""
     if not Path(data_dir).is_dir():
         raise FileNotFoundError(f"--data folder '{data_dir}' does not exist")
     classes, preprocess = _expected_contract(artifacts[0], reference, labels)
@@ -64,11 +89,11 @@ def check_artifacts(
     data = checks.load_eval_data(items, preprocess, progress)
     ref = None
     if reference:
-        ref, _ = _reference_probabilities(reference, data, preprocess, threads, progress)
+        ref, _ = _reference_probabilities(reference, data, preprocess, threads, progress, polarity, artifacts[0])
     results, passed = [], True
     for artifact in artifacts:
         probabilities, load_seconds, art_labels = checks.artifact_probabilities(
-            Path(artifact), data, threads, progress=progress, labels=labels)
+            Path(artifact), data, threads, progress=progress, labels=labels, polarity=polarity)
         row = {"artifact": artifact, "load_seconds": round(load_seconds, 3),
                "scores": checks.score(data.items, classes, probabilities)}
         failures = [] if art_labels == classes else [f"label order {art_labels} differs from {classes}"]
@@ -81,8 +106,8 @@ def check_artifacts(
         row["failures"], row["passed"] = failures, not failures
         passed &= row["passed"]
         results.append(row)
-    result = {"data": str(data_dir), "reference": reference, "results": results, "passed": passed,
-              "unreadable": data.errors, "table": _table(results, data.groups, ref is not None)}
+    result = {"data": str(data_dir), "reference": reference, "polarity": polarity, "results": results,
+              "passed": passed, "unreadable": data.errors, "table": _table(results, data.groups, ref is not None)}
     if json_path:
         Path(json_path).write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2,
                                               default=_plain))

@@ -400,3 +400,26 @@ def test_export_with_polarity_auto_stores_it_and_checks_the_float_model_the_same
         assert len(records) == 6 and all(isinstance(r["inverted"], bool) for r in records)
         if expect_any_inverted is False:
             assert not any(r["inverted"] for r in records)
+
+
+def test_check_reads_the_artifacts_and_the_float_reference_with_the_same_polarity(tiny_run: Path, exported: Path,
+                                                                                   tmp_path: Path):
+    """On inverted copies of the training images (a plant with the opposite lighting), auto reads them back."""
+    import cv2
+
+    from edge_runtime.classifier import Classifier
+    from export.recheck import check_artifacts
+
+    data = tmp_path / "inverted"
+    for source in sorted(Path(TrainedRun.open(tiny_run).metadata["data_root"]).rglob("*_1.jpg")):
+        (data / source.parent.name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / source.parent.name / source.name), 255 - cv2.imread(str(source)))
+    artifact = exported / "model_fp32.tflite"
+    model = Classifier.load(artifact)
+    model.polarity = "auto"
+    assert any(model.predict_file(p).inverted for p in data.rglob("*.jpg"))  # the readings differ here
+    for reference in (str(tiny_run), str(exported / "model_fp32.onnx")):
+        result = check_artifacts([str(artifact)], str(data), reference=reference, polarity="auto", progress=False)
+        assert result["polarity"] == "auto" and result["results"][0]["overall"]["max_abs_dprob"] < 1e-4
+        as_is = check_artifacts([str(artifact)], str(data), reference=reference, progress=False)
+        assert as_is["results"][0]["overall"]["max_abs_dprob"] < 1e-4  # both as-is (their own setting)
