@@ -27,8 +27,9 @@ import numpy as np
 
 from edge_runtime.backends import engine_for
 from edge_runtime.errors import ImageReadError
-from edge_runtime.polarity import AS_IS, AUTO, check_mode, choose_inverted, invert_polarity, pick
-from edge_runtime.preprocessing import PreprocessConfig, is_image_file, normalize, prepare_pixels, read_image
+from edge_runtime.polarity import AS_IS
+from edge_runtime.preprocessing import PreprocessConfig, is_image_file, prepare_pixels, read_image
+from train import embeddings
 from train.data import normalize_label
 from train.split import rows_of
 
@@ -173,36 +174,14 @@ def load_eval_data(items: list[EvalImage], preprocess: PreprocessConfig, progres
 def keras_outputs(model, data: EvalData, preprocess: PreprocessConfig, batch: int = 16,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The float reference: probabilities and embeddings of the Keras model on the same pixels."""
-    from tqdm.auto import tqdm
-
-    from export.convert import with_embedding
-
-    both = with_embedding(model)
-    probabilities, embeddings = [], []
-    for start in tqdm(range(0, len(data.pixels), batch), desc="keras float reference", unit="batch",
-                      disable=not progress):
-        p, e = both(normalize(data.pixels[start : start + batch], preprocess), training=False)
-        probabilities.append(np.asarray(p))
-        embeddings.append(np.asarray(e))
-    if not probabilities:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(probabilities), np.concatenate(embeddings)
+    return embeddings.keras_outputs(model, data.pixels, preprocess, batch, progress, desc="keras float reference")
 
 
 def float_outputs(model, data: EvalData, preprocess: PreprocessConfig, ood, polarity: str = AS_IS,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The float reference as the device would answer: probabilities and unknown scores (``ood``: an OodSpec),
     with test-time ``polarity`` "auto" the reading (as captured or inverted) closer to the training images."""
-    probabilities, embeddings = keras_outputs(model, data, preprocess, progress=progress)
-    scores = ood.score(embeddings)
-    if check_mode(polarity) == AUTO:
-        inverted = EvalData(data.items, invert_polarity(data.pixels))
-        inv_probabilities, inv_embeddings = keras_outputs(model, inverted, preprocess, progress=progress)
-        inv_scores = ood.score(inv_embeddings)
-        use = choose_inverted(scores, inv_scores)
-        probabilities, scores = pick(probabilities, inv_probabilities, use), pick(scores, inv_scores, use)
-        log.info("test-time polarity: float model kept the inverted reading for %d of %d images",
-                 int(use.sum()), len(use))
+    probabilities, scores, _ = embeddings.polarity_outputs(model, data.pixels, preprocess, ood, polarity, progress)
     return probabilities, scores
 
 

@@ -17,22 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
+from train.embeddings import with_embedding
 
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
-
-
-def with_embedding(model):
-    """The classifier with a second output, ``embedding``: the input of its last layer (for the reference
-    model the 512-wide Dense layer, Dropout being the identity at inference), used by the unknown score.
-
-    Output 0 stays the class probabilities; the runtime tells the two apart by width (see edge_runtime.ood).
-    """
-    import keras
-
-    embedding = model.layers[-1].input
-    return keras.Model(model.input, [model.output, embedding], name=f"{model.name}_with_embedding")
 
 
 def export_saved_model(model, directory: Path) -> Path:

@@ -9,11 +9,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edge_runtime.backends import ENGINES, engines_for
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
-from edge_runtime.ood import OodSpec, build_spec
+from edge_runtime.ood import OodSpec
 from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.system import cpu_description
 from export import checks, convert
@@ -22,8 +20,8 @@ from export.crossplant_figures import write_crossplant_figures
 from export.formats import ExportFormat, parse_formats
 from export.report import write_report
 from train.data import sha256_of
+from train.embeddings import training_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
-from train.split import rows_of
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +103,6 @@ def _write(built: Built) -> None:
         write_onnx_metadata(built.path, built.metadata)
 
 
-def build_ood_spec(run: TrainedRun, model, data_root: Path, rows, options: ExportOptions) -> OodSpec:
-    """The unknown score's bank: float-model embeddings of every (clean) training image; provisional
-    threshold from the float model's validation images (each artifact gets its own after its checks)."""
-    train_items = [checks.EvalImage(data_root / r.path, "train", r.label) for r in rows_of(rows, "train")]
-    val_items = [checks.EvalImage(data_root / r.path, "val", r.label) for r in rows_of(rows, "val")]
-    data = checks.load_eval_data(train_items + val_items, run.preprocess, options.progress)
-    _, embeddings = checks.keras_outputs(model, data, run.preprocess, progress=options.progress)
-    is_val = np.array([i.group == "val" for i in data.items])
-    spec = build_spec(embeddings[~is_val], embeddings[is_val], k=options.ood_k, quantile=options.ood_quantile)
-    log.info("unknown score: %d training embeddings of width %d, k=%d, float threshold %.4f (val quantile %.2f)",
-             len(spec.bank), spec.width, spec.k, spec.threshold, spec.quantile)
-    return spec
-
-
 def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Path, options: ExportOptions,
                     calibration: CalibrationSet | None, ood: OodSpec | None = None) -> list[Built]:
     """Convert the run's Keras ``model`` to every format in ``formats``, metadata embedded."""
@@ -191,7 +175,8 @@ def export_run(options: ExportOptions) -> dict:
         assert all(r.split == "train" for r in chosen)
         calibration = CalibrationSet(chosen, data_root, run.preprocess)
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
-    ood = build_ood_spec(run, model, data_root, rows, options)
+    ood = training_ood_spec(model, data_root, rows, run.preprocess, options.ood_k, options.ood_quantile,
+                            options.progress)
     built = build_artifacts(run, model, formats, out, options, calibration, ood)
     convert_seconds = time.perf_counter() - started
 

@@ -111,14 +111,15 @@ def test_inversion_mirrors_uint8_gray_levels_only():
 
 def test_float_reference_of_the_export_checks_chooses_like_the_device(monkeypatch):
     """export.checks.float_outputs applies the same rule to the Keras model's outputs as the runtime does."""
-    from export import checks
     from edge_runtime.preprocessing import PreprocessConfig
+    from export import checks
+    from train import embeddings
 
-    def fake_keras(model, data, preprocess, progress=True):
-        mean_gray = data.pixels.reshape(len(data.pixels), -1).mean(1).astype(np.float64)
+    def fake_keras(model, pixels, preprocess, batch=16, progress=True, desc=""):
+        mean_gray = pixels.reshape(len(pixels), -1).mean(1).astype(np.float64)
         return brightness_probabilities(mean_gray), brightness_embedding(mean_gray)
 
-    monkeypatch.setattr(checks, "keras_outputs", fake_keras)
+    monkeypatch.setattr(embeddings, "keras_outputs", fake_keras)
     device = classifier("auto")
     images = [gray(DARK), gray(BRIGHT), gray(120), gray(140)]
     pixels = np.stack([np.repeat(gray(v)[:SIZE, :SIZE, None], 3, 2) for v in (DARK, BRIGHT, 120, 140)])

@@ -197,3 +197,53 @@ def test_real_resnet50_on_a_neu_subset_learns_and_evaluates_gc10(tmp_path: Path)
                      "--no-progress"]) == 0
         report = json.loads((tmp_path / "runs" / "real" / "gc10_inclusion.json").read_text())
         assert report["classified"] == len(list(gc10.glob("*.jpg")))
+
+
+def test_evaluate_with_polarity_auto_reports_the_readings_kept(trained_run: Path, tmp_path: Path, capsys):
+    """The option end to end on a tiny run (which reading wins is the model's business: see the next test);
+    unreadable files are still reported, not fatal."""
+    import cv2
+
+    from train.run_dir import TrainedRun
+
+    folder = tmp_path / "other_plant"
+    folder.mkdir()
+    data_root, rows = TrainedRun.open(trained_run).manifest(None)
+    for row in [r for r in rows if r.split == "train"][:6]:
+        cv2.imwrite(str(folder / Path(row.path).name), 255 - cv2.imread(str(Path(data_root) / row.path)))
+    (folder / "broken.jpg").write_bytes(b"")
+    args = ["evaluate", str(trained_run), "--data", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--polarity", "auto", "--name", "auto"]) == 0
+    auto = json.loads((tmp_path / "out" / "auto.json").read_text())
+    assert auto["polarity"] == "auto" and auto["classified"] == 6 and 0 <= auto["inverted"] <= 6
+    assert [Path(e["file"]).name for e in auto["errors"]] == ["broken.jpg"]
+    assert "inverted reading kept for" in capsys.readouterr().out
+    assert main([*args, "--name", "as_is"]) == 0
+    as_is = json.loads((tmp_path / "out" / "as_is.json").read_text())
+    assert as_is["polarity"] == "as-is" and as_is["inverted"] is None
+
+
+def test_keras_files_with_polarity_auto_keep_the_reading_closer_to_the_training_images(tmp_path: Path, monkeypatch):
+    """With a stand-in model whose embedding encodes brightness and a bank of bright training images, dark files
+    are read inverted and bright ones as captured."""
+    import cv2
+
+    from edge_runtime.ood import OodSpec, l2_normalize
+    from edge_runtime.preprocessing import PreprocessConfig
+    from test_polarity import brightness_embedding, brightness_probabilities
+    from train import embeddings
+    from train.predict import predict_files_with_polarity
+
+    def fake_keras(model, pixels, preprocess, batch=16, progress=True, desc=""):
+        mean_gray = pixels.reshape(len(pixels), -1).mean(1).astype(np.float64)
+        return brightness_probabilities(mean_gray), brightness_embedding(mean_gray)
+
+    monkeypatch.setattr(embeddings, "keras_outputs", fake_keras)
+    bank = OodSpec(l2_normalize(brightness_embedding(np.array([190.0, 200.0, 210.0, 220.0]))), k=2)
+    paths = []
+    for name, level in (("dark", 40), ("bright", 200)):
+        paths.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(paths[-1]), np.full((20, 20), level, np.uint8))
+    result = predict_files_with_polarity(None, paths, PreprocessConfig(input_size=(16, 16)), bank, "auto", False)
+    assert result.inverted.tolist() == [True, False]
+    assert result.probabilities.argmax(1).tolist() == [0, 0]  # both read bright: the first class

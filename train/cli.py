@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
+from edge_runtime.polarity import AS_IS, POLARITY_MODES
 
 log = logging.getLogger("edge-train")
 
@@ -81,6 +82,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="report name (default: <parent>_<folder>, e.g. gc10_inclusion)")
     p.add_argument("--out", help="output folder (default: RUN_DIR)")
     p.add_argument("--grid", type=int, default=16, help="max thumbnails in the prediction grid")
+    p.add_argument("--polarity", choices=POLARITY_MODES, default=AS_IS,
+                   help="test-time polarity, as edge-classify --polarity: auto reads each image as captured and "
+                   "inverted and keeps the reading closer to the training images (first embeds the run's "
+                   "training split once)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -144,7 +149,7 @@ def _evaluate(argv: list[str]) -> int:
 
     result = evaluate_folder(
         args.run_dir, args.data, expect=args.expect, name=args.name, out_dir=args.out,
-        grid_size=args.grid, progress=not args.no_progress,
+        grid_size=args.grid, progress=not args.no_progress, polarity=args.polarity,
     )
     counts = ", ".join(f"{k} {v}" for k, v in result["predicted_histogram"].items() if v)
     print(f"{result['name']}: {result['classified']} images classified, {len(result['errors'])} unreadable")
@@ -152,6 +157,8 @@ def _evaluate(argv: list[str]) -> int:
         print(f"called {args.expect}: {result['expected_count']}/{result['classified']} "
               f"= {100 * result['expected_share']:.1f} %")
     print(f"predicted classes: {counts}")
+    if result["inverted"] is not None:
+        print(f"--polarity {args.polarity}: inverted reading kept for {result['inverted']}/{result['classified']}")
     print(f"report: {result['report_json']}")
     return 0
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.preprocessing import is_image_file, prepare_pixels, read_image
 from train import figures
 from train.data import normalize_label
-from train.predict import predict_files
+from train.embeddings import training_ood_spec
+from train.predict import predict_files, predict_files_with_polarity
 from train.run_dir import TrainedRun, write_json
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,15 @@ def evaluate_folder(
     out_dir: str | Path | None = None,
     grid_size: int = 16,
     progress: bool = True,
+    polarity: str = AS_IS,
 ) -> dict:
-    """Classify every image under ``data``; write ``<name>.json`` and ``<name>_predictions.png``."""
+    """Classify every image under ``data``; write ``<name>.json`` and ``<name>_predictions.png``.
+
+    ``polarity="auto"`` reads every image as captured and inverted and keeps the reading closer to the
+    training images (edge_runtime.polarity), as ``edge-classify --polarity auto`` does; the training images'
+    embeddings it compares with are computed from the run's manifest first (one pass over the train split).
+    """
+    check_mode(polarity)
     run = TrainedRun.open(run_dir)
     data = Path(data)
     if not data.is_dir():
@@ -53,7 +62,13 @@ def evaluate_folder(
     if not paths:
         raise FileNotFoundError(f"no images found under '{data}'")
 
-    result = predict_files(run.load_model(), paths, run.preprocess, progress=progress, desc=name)
+    model = run.load_model()
+    if polarity == AS_IS:
+        result = predict_files(model, paths, run.preprocess, progress=progress, desc=name)
+    else:
+        data_root, rows = run.manifest(None)
+        ood = training_ood_spec(model, data_root, rows, run.preprocess, progress=progress)
+        result = predict_files_with_polarity(model, paths, run.preprocess, ood, polarity, progress)
     classes = run.classes
     predicted = result.probabilities.argmax(axis=1) if len(result.paths) else np.zeros(0, int)
     confidence = result.probabilities.max(axis=1) if len(result.paths) else np.zeros(0)
@@ -67,6 +82,8 @@ def evaluate_folder(
         "run_dir": str(run.directory),
         "data": str(data.resolve()),
         "expect": expect,
+        "polarity": polarity,
+        "inverted": None if result.inverted is None else int(result.inverted.sum()),
         "classified": len(result.paths),
         "errors": [{"file": str(p), "error": e} for p, e in result.errors],
         "predicted_histogram": histogram,

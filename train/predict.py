@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import ImageReadError
-from edge_runtime.preprocessing import PreprocessConfig, load_image
+from edge_runtime.ood import OodSpec
+from edge_runtime.preprocessing import PreprocessConfig, load_image, prepare_pixels, read_image
 
 
 @dataclass
@@ -16,6 +17,7 @@ class FilePredictions:
     paths: list[Path]  # files that were classified, in order
     probabilities: np.ndarray  # (len(paths), classes)
     errors: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files, with the reason
+    inverted: np.ndarray | None = None  # test-time polarity "auto": per file, the inverted reading was kept
 
 
 def predict_files(
@@ -47,3 +49,21 @@ def predict_files(
             bar.update(len(paths[start : start + batch_size]))
     probabilities = np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
     return FilePredictions(done, probabilities, errors)
+
+
+def predict_files_with_polarity(model, paths: list[Path], preprocess: PreprocessConfig, ood: OodSpec,
+                                polarity: str, progress: bool = True) -> FilePredictions:
+    """Like :func:`predict_files`, read with test-time ``polarity`` (train.embeddings.polarity_outputs)."""
+    from train.embeddings import polarity_outputs
+
+    done, pixels, errors = [], [], []
+    for path in paths:
+        try:
+            pixels.append(prepare_pixels(read_image(path), preprocess))
+            done.append(Path(path))
+        except (ImageReadError, ValueError) as exc:
+            errors.append((Path(path), str(exc)))
+    if not pixels:
+        return FilePredictions([], np.zeros((0, model.output_shape[-1]), np.float32), errors, np.zeros(0, bool))
+    probabilities, _, inverted = polarity_outputs(model, np.stack(pixels), preprocess, ood, polarity, progress)
+    return FilePredictions(done, probabilities, errors, inverted)
