@@ -70,7 +70,11 @@ class Classifier:
         self.ood = ood_spec_of(metadata, backend.path)
         self.tiles: TileSpec | None = None  # set to classify every image by windows (predict_tiled)
         self._polarity = AS_IS
-        self.polarity = str(metadata.extra.get("polarity", AS_IS))  # the export's choice, if it made one
+        try:
+            self.polarity = str(metadata.extra.get("polarity", AS_IS))  # the export's choice, if it made one
+        except ValueError as exc:
+            raise MetadataError(backend.path, f"invalid 'polarity' metadata ({exc}); re-export the model "
+                                "with edge-export") from exc
 
     @classmethod
     def load(

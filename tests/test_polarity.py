@@ -93,6 +93,8 @@ def test_auto_needs_a_model_with_the_unknown_score_and_modes_are_checked():
         classifier().polarity = "inverted"
     with pytest.raises(MetadataError):
         classifier("auto", with_ood=False)
+    with pytest.raises(MetadataError, match="invalid 'polarity' metadata"):
+        classifier("upside-down")
 
 
 def test_choice_prefers_the_captured_reading_on_ties_and_never_picks_a_nan_score():
