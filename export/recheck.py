@@ -25,9 +25,12 @@ def _reference_probabilities(reference: str, data: checks.EvalData, preprocess: 
         from train.run_dir import TrainedRun
 
         run = TrainedRun.open(path)
-        polarity = polarity or _own_polarity(first_artifact)
+        metadata = _metadata_or_none(first_artifact)
+        polarity = polarity or (metadata.extra.get("polarity", AS_IS) if metadata else AS_IS)
         if polarity != AS_IS:  # the unknown score's bank comes with the artifacts, not with the run
-            ood = ood_spec_of(read_metadata(first_artifact), first_artifact) if first_artifact else None
+            if first_artifact and metadata is None:
+                metadata = read_metadata(first_artifact)  # raises the MetadataError that says what is wrong
+            ood = ood_spec_of(metadata, first_artifact) if metadata else None
             if ood is None:
                 raise ValueError(f"--polarity {polarity} with a run directory as --reference needs an artifact "
                                  "with the unknown score to take its training embeddings from")
@@ -38,12 +41,12 @@ def _reference_probabilities(reference: str, data: checks.EvalData, preprocess: 
     return probabilities, labels
 
 
-def _own_polarity(artifact: str | None) -> str:
-    """The test-time polarity stored in an artifact's metadata ("as-is" when none or unreadable)."""
+def _metadata_or_none(artifact: str | None):
+    """An artifact's metadata, or None when there is no artifact or its metadata is unreadable."""
     try:
-        return str(read_metadata(artifact).extra.get("polarity", AS_IS)) if artifact else AS_IS
+        return read_metadata(artifact) if artifact else None
     except MetadataError:
-        return AS_IS
+        return None
 
 
 def _expected_contract(first_artifact: str, reference: str | None, labels: list[str] | None):

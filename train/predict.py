@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_runtime.errors import ImageReadError
 from edge_runtime.ood import OodSpec
-from edge_runtime.preprocessing import PreprocessConfig, load_image, prepare_pixels, read_image
+from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels, read_image
 
 
 @dataclass
@@ -18,6 +18,19 @@ class FilePredictions:
     probabilities: np.ndarray  # (len(paths), classes)
     errors: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files, with the reason
     inverted: np.ndarray | None = None  # test-time polarity "auto": per file, the inverted reading was kept
+
+
+def read_pixels(paths: list[Path], preprocess: PreprocessConfig,
+                errors: list[tuple[Path, str]]) -> tuple[list[Path], list[np.ndarray]]:
+    """The readable files and their uint8 pixels at the model size; unreadable ones go to ``errors``."""
+    done, pixels = [], []
+    for path in paths:
+        try:
+            pixels.append(prepare_pixels(read_image(path), preprocess))
+            done.append(Path(path))
+        except (ImageReadError, ValueError) as exc:
+            errors.append((Path(path), str(exc)))
+    return done, pixels
 
 
 def predict_files(
@@ -36,15 +49,9 @@ def predict_files(
     errors: list[tuple[Path, str]] = []
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
-            batch, inputs = [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    inputs.append(load_image(path, preprocess))
-                    batch.append(Path(path))
-                except (ImageReadError, ValueError) as exc:
-                    errors.append((Path(path), str(exc)))
-            if inputs:
-                outputs.append(np.asarray(model(np.stack(inputs), training=False)))
+            batch, pixels = read_pixels(paths[start : start + batch_size], preprocess, errors)
+            if pixels:
+                outputs.append(np.asarray(model(normalize(np.stack(pixels), preprocess), training=False)))
                 done.extend(batch)
             bar.update(len(paths[start : start + batch_size]))
     probabilities = np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
@@ -56,13 +63,8 @@ def predict_files_with_polarity(model, paths: list[Path], preprocess: Preprocess
     """Like :func:`predict_files`, read with test-time ``polarity`` (train.embeddings.polarity_outputs)."""
     from train.embeddings import polarity_outputs
 
-    done, pixels, errors = [], [], []
-    for path in paths:
-        try:
-            pixels.append(prepare_pixels(read_image(path), preprocess))
-            done.append(Path(path))
-        except (ImageReadError, ValueError) as exc:
-            errors.append((Path(path), str(exc)))
+    errors: list[tuple[Path, str]] = []
+    done, pixels = read_pixels(paths, preprocess, errors)
     if not pixels:
         return FilePredictions([], np.zeros((0, model.output_shape[-1]), np.float32), errors, np.zeros(0, bool))
     probabilities, _, inverted = polarity_outputs(model, np.stack(pixels), preprocess, ood, polarity, progress)
