@@ -172,23 +172,26 @@ def load_eval_data(items: list[EvalImage], preprocess: PreprocessConfig, progres
 
 
 def keras_outputs(model, data: EvalData, preprocess: PreprocessConfig, batch: int = 16,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The float reference: probabilities and embeddings of the Keras model on the same pixels."""
-    return embeddings.keras_outputs(model, data.pixels, preprocess, batch, progress, desc="keras float reference")
+                  progress: bool = True, cache=None) -> tuple[np.ndarray, np.ndarray]:
+    """The float reference: probabilities and embeddings of the Keras model on the same pixels (``cache``: a
+    train.output_cache.KerasOutputCache, or None)."""
+    return embeddings.keras_outputs(model, data.pixels, preprocess, batch, progress, desc="keras float reference",
+                                    cache=cache)
 
 
 def float_outputs(model, data: EvalData, preprocess: PreprocessConfig, ood, polarity: str = AS_IS,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = True, cache=None) -> tuple[np.ndarray, np.ndarray]:
     """The float reference as the device would answer: probabilities and unknown scores (``ood``: an OodSpec),
     with test-time ``polarity`` "auto" the reading (as captured or inverted) closer to the training images."""
-    probabilities, scores, _ = embeddings.polarity_outputs(model, data.pixels, preprocess, ood, polarity, progress)
+    probabilities, scores, _ = embeddings.polarity_outputs(model, data.pixels, preprocess, ood, polarity, progress,
+                                                           cache)
     return probabilities, scores
 
 
 def keras_probabilities(model, data: EvalData, preprocess: PreprocessConfig, batch: int = 16,
-                        progress: bool = True) -> np.ndarray:
+                        progress: bool = True, cache=None) -> np.ndarray:
     """The float reference's probabilities (see :func:`keras_outputs`)."""
-    return keras_outputs(model, data, preprocess, batch, progress)[0]
+    return keras_outputs(model, data, preprocess, batch, progress, cache)[0]
 
 
 @dataclass

@@ -46,6 +46,7 @@ class ExportOptions:
     ood_quantile: float = 0.95
     seed: int = 0
     progress: bool = True
+    cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
 
 
 @dataclass
@@ -175,8 +176,10 @@ def export_run(options: ExportOptions) -> dict:
         assert all(r.split == "train" for r in chosen)
         calibration = CalibrationSet(chosen, data_root, run.preprocess)
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
+    cache = run.output_cache() if options.cache else None
     ood = training_ood_spec(model, data_root, rows, run.preprocess, options.ood_k, options.ood_quantile,
-                            options.progress)
+                            options.progress, cache)
+    bank_seconds = time.perf_counter() - started
     built = build_artifacts(run, model, formats, out, options, calibration, ood)
     convert_seconds = time.perf_counter() - started
 
@@ -185,7 +188,8 @@ def export_run(options: ExportOptions) -> dict:
                                         _path(options.xsdd))
     data = checks.load_eval_data(items, run.preprocess, options.progress)
     reference, reference_scores_ood = checks.float_outputs(model, data, run.preprocess, ood, options.polarity,
-                                                           progress=options.progress)
+                                                           options.progress, cache)
+    reference_seconds = time.perf_counter() - checked
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
     reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
     figures = write_crossplant_figures(out, data, run.classes, reference, reference_scores_ood,
@@ -245,6 +249,8 @@ def export_run(options: ExportOptions) -> dict:
         "unreadable": data.errors,
         "passed": all_passed,
         "timings": {"convert_seconds": round(convert_seconds, 1),
+                    "unknown_score_bank_seconds": round(bank_seconds, 1),
+                    "float_reference_seconds": round(reference_seconds, 1),
                     "check_seconds": round(time.perf_counter() - checked, 1),
                     "total_seconds": round(time.perf_counter() - started, 1)},
         "machine": cpu_description(),
@@ -275,6 +281,7 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
     """
     row = {"format": item.fmt.name, "file": str(item.path), "engine": engine,
            "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
+    started = time.perf_counter()
     load_seconds = 0.0
     try:
         outputs = checks.artifact_outputs(item.path, data, options.threads, progress=options.progress, engine=engine)
@@ -300,7 +307,8 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
     except Exception as exc:  # a broken artifact is reported in its row; the others go on
         log.error("%s on %s: %s", item.path.name, engine, exc)
         comparison, failures = None, [f"could not be evaluated: {exc}"]
-    row.update(load_seconds=round(load_seconds, 3), comparison=comparison, failures=failures, passed=not failures)
+    row.update(load_seconds=round(load_seconds, 3), check_seconds=round(time.perf_counter() - started, 1),
+               comparison=comparison, failures=failures, passed=not failures)
     if comparison is None:
         row["error"] = failures[0]
     log.info("%-16s %-12s %s", item.fmt.name, engine, "PASS" if not failures else "FAIL: " + "; ".join(failures))

@@ -34,9 +34,11 @@ def _reference_probabilities(reference: str, data: checks.EvalData, preprocess: 
             if ood is None:
                 raise ValueError(f"--polarity {polarity} with a run directory as --reference needs an artifact "
                                  "with the unknown score to take its training embeddings from")
-            probabilities, _ = checks.float_outputs(run.load_model(), data, run.preprocess, ood, polarity, progress)
+            probabilities, _ = checks.float_outputs(run.load_model(), data, run.preprocess, ood, polarity, progress,
+                                                    run.output_cache())
             return probabilities, run.classes
-        return checks.keras_probabilities(run.load_model(), data, run.preprocess, progress=progress), run.classes
+        return (checks.keras_probabilities(run.load_model(), data, run.preprocess, progress=progress,
+                                           cache=run.output_cache()), run.classes)
     probabilities, _, labels = checks.artifact_probabilities(path, data, threads, progress=progress, polarity=polarity)
     return probabilities, labels
 

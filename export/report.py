@@ -84,10 +84,23 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         lines += ["", "What the float model answers, per source class (with the unknown threshold):", ""]
         lines += called_as_table(ref["unknown"]["called_as"])
     lines += ["", f"Images evaluated: {report['images']}; unreadable: {len(report['unreadable'])}. "
-              f"Wall time: conversion {report['timings']['convert_seconds']:.0f} s, checks "
-              f"{report['timings']['check_seconds']:.0f} s, total {report['timings']['total_seconds']:.0f} s "
-              f"on {report['machine']}."]
+              f"Wall time on {report['machine']}: {_timings(report)}."]
     if report.get("notes"):
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     md_path.write_text("\n".join(lines) + "\n")
     return md_path, json_path
+
+
+def _timings(report: dict) -> str:
+    """Where the export's time went: conversion, checks, and the Keras float work inside each."""
+    t = report["timings"]
+    bank = reference = ""
+    if "unknown_score_bank_seconds" in t:
+        bank = f" (Keras unknown-score bank {t['unknown_score_bank_seconds']:.0f} s)"
+    if "float_reference_seconds" in t:
+        reference = f"Keras float reference {t['float_reference_seconds']:.0f} s"
+    per_row = ", ".join(f"{r['format']} on {r['engine']} {r['check_seconds']:.0f} s"
+                        for r in report["artifacts"] if "check_seconds" in r)
+    inside = "; ".join(x for x in (reference, per_row) if x)
+    return (f"conversion {t['convert_seconds']:.0f} s{bank}, checks {t['check_seconds']:.0f} s"
+            f"{f' ({inside})' if inside else ''}, total {t['total_seconds']:.0f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,35 @@ def test_report_has_a_row_per_artifact_with_the_promised_columns(exported: Path)
     for column in ("size", "load", "NEU val+test", "GC10 inclusion", "agreement", "max Δp", "gates"):
         assert column in md
     assert data["calibration"]["images"] == 24
+
+
+def test_the_report_says_where_the_time_went(exported: Path):
+    data = report(exported)
+    timings = data["timings"]
+    assert 0 < timings["unknown_score_bank_seconds"] <= timings["convert_seconds"] <= timings["total_seconds"]
+    assert 0 < timings["float_reference_seconds"] <= timings["check_seconds"]
+    assert all(a["check_seconds"] >= 0 for a in data["artifacts"]) and sum(a["check_seconds"] for a in data["artifacts"]) > 0
+    assert "Keras float reference" in (exported / "export_report.md").read_text()
+
+
+def test_a_second_export_reuses_the_float_models_outputs_unless_told_not_to(tiny_run: Path, exported: Path,
+                                                                          tmp_path: Path, caplog):
+    assert list((tiny_run / "cache").glob("keras-outputs-*.npz"))  # written by the first export
+    args = [str(tiny_run), "--formats", "tflite_fp32", "--gc10", TrainedRun.open(tiny_run).metadata["data_root"],
+            "--max-drop-neu", "100", "--max-drop-cross", "100", "--min-agreement", "0", "--no-progress"]
+    with caplog.at_level(logging.INFO, logger="train.embeddings"):
+        assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert caplog.text.count("read from the Keras output cache") == 2  # the bank and the float reference
+    first, again = report(exported), report(tmp_path / "again")
+    assert again["float_reference"]["unknown"]["threshold"] == first["float_reference"]["unknown"]["threshold"]
+    assert again["artifacts"][0]["comparison"] == next(a for a in first["artifacts"]
+                                                       if a["format"] == "tflite_fp32")["comparison"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train.embeddings"):
+        assert main([*args, "--out", str(tmp_path / "fresh"), "--no-cache"]) == 0
+    assert "read from the Keras output cache" not in caplog.text
+    assert report(tmp_path / "fresh")["float_reference"]["unknown"]["threshold"] == pytest.approx(
+        first["float_reference"]["unknown"]["threshold"], abs=1e-6)
 
 
 def test_calibration_uses_only_training_images(tiny_run: Path):

@@ -234,7 +234,7 @@ def test_keras_files_with_polarity_auto_keep_the_reading_closer_to_the_training_
     from train import embeddings
     from train.predict import predict_files_with_polarity
 
-    def fake_keras(model, pixels, preprocess, batch=16, progress=True, desc=""):
+    def fake_keras(model, pixels, preprocess, batch=16, progress=True, desc="", cache=None):
         mean_gray = pixels.reshape(len(pixels), -1).mean(1).astype(np.float64)
         return brightness_probabilities(mean_gray), brightness_embedding(mean_gray)
 

@@ -67,7 +67,7 @@ def evaluate_folder(
         result = predict_files(model, paths, run.preprocess, progress=progress, desc=name)
     else:
         data_root, rows = run.manifest(None)
-        ood = training_ood_spec(model, data_root, rows, run.preprocess, progress=progress)
+        ood = training_ood_spec(model, data_root, rows, run.preprocess, progress=progress, cache=run.output_cache())
         result = predict_files_with_polarity(model, paths, run.preprocess, ood, polarity, progress)
     classes = run.classes
     predicted = result.probabilities.argmax(axis=1) if len(result.paths) else np.zeros(0, int)

@@ -73,6 +73,13 @@ class TrainedRun:
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.metadata["preprocessing"])
 
+    def output_cache(self):
+        """The on-disk cache of this run's Keras outputs (train.output_cache), keyed by the model file's hash."""
+        from train.data import sha256_of
+        from train.output_cache import CACHE_DIR, KerasOutputCache
+
+        return KerasOutputCache(self.directory / CACHE_DIR, sha256_of(self.directory / MODEL_FILE))
+
     def load_model(self):
         import keras
 
