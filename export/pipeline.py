@@ -15,6 +15,7 @@ from edge_runtime.ood import OodSpec
 from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.system import cpu_description
 from export import checks, convert
+from export.bias_correction import correct_int8_biases
 from export.calibration import CalibrationSet, calibration_rows
 from export.crossplant_figures import write_crossplant_figures
 from export.formats import ExportFormat, parse_formats
@@ -47,6 +48,7 @@ class ExportOptions:
     seed: int = 0
     progress: bool = True
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
+    bias_correction: bool = True  # full-int8 TFLite: correct each layer's bias for weight rounding
 
 
 @dataclass
@@ -119,7 +121,7 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
             log.info("exporting %s", fmt.name)
             started = time.perf_counter()
             path = out / fmt.filename
-            in_graph, dtype, payload = False, "float32", None
+            in_graph, dtype, payload, notes = False, "float32", None, {}
             if fmt.name == "tflite_fp32":
                 payload = convert.tflite_fp32(float_dir)
             elif fmt.name == "tflite_fp16":
@@ -128,12 +130,14 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                 payload = convert.tflite_dynamic(float_dir)
             elif fmt.name == "tflite_int8":
                 if options.int8_input == "pixels":
-                    pixel_dir = convert.export_pixel_saved_model(model, work / "pixels", run.preprocess)
-                    payload = convert.tflite_int8(pixel_dir, calibration.as_pixels, "uint8")
-                    in_graph, dtype = True, "uint8"
+                    source = convert.export_pixel_saved_model(model, work / "pixels", run.preprocess)
+                    inputs, in_graph, dtype = calibration.as_pixels, True, "uint8"
                 else:
-                    payload = convert.tflite_int8(float_dir, calibration.as_float, "int8")
-                    dtype = "int8"
+                    source, inputs, dtype = float_dir, calibration.as_float, "int8"
+                payload = convert.tflite_int8(source, inputs, dtype)
+                if options.bias_correction:
+                    payload, corrected = correct_int8_biases(payload, convert.tflite_fp32(source), inputs())
+                    notes["bias_correction"] = corrected.to_dict()
             elif fmt.name == "onnx_fp32":
                 convert.onnx_fp32(float_dir, path)
             elif fmt.name == "onnx_int8":
@@ -141,7 +145,7 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                 if not fp32.is_file():
                     fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
                 convert.onnx_int8(fp32, path, calibration.as_float, options.onnx_quantizer)
-            extra = calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}
+            extra = {**(calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}), **notes}
             if ood is not None:
                 extra = {**extra, "ood": ood.to_dict()}
             if options.polarity != AS_IS:

@@ -91,6 +91,8 @@ def test_every_format_is_written_with_readable_metadata(tiny_run: Path, exported
         assert meta.extra["validation"]["passed"] is True
     int8 = read_metadata(exported / FORMATS["tflite_int8"].filename)
     assert int8.input_dtype == "uint8" and int8.preprocessing_in_graph
+    assert int8.extra["bias_correction"]["layers"] == 3 and int8.extra["bias_correction"]["images"] > 0
+    assert "bias_correction" not in read_metadata(exported / FORMATS["onnx_int8"].filename).extra  # NNCF's own
 
 
 def test_float_artifacts_match_keras(exported: Path):
