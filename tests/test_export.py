@@ -239,6 +239,7 @@ def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path,
     assert read_metadata(dest / "default.tflite").format == "tflite_int8"
     card = (dest / "MODEL_CARD.md").read_text()
     assert sha256_of(dest / "default.tflite") in card and "Known limits" in card
+    assert "biases were then corrected for the weights' rounding" in card
     assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")
 
 
