@@ -83,7 +83,8 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
     """The int8 model with every conv/dense bias corrected for its weights' rounding, and a summary.
 
     ``fp32_flatbuffer``: the same SavedModel converted without quantisation; ``inputs``: calibration inputs
-    (one image each, in the int8 model's input dtype, e.g. uint8 pixels) from the training split only, of
+    (one image each: in the int8 model's input dtype, e.g. uint8 pixels, or float, then quantised with the
+    input's scale and zero point) from the training split only, of
     which ``max_images`` evenly spread ones are used (calibration sets come ordered by class).
     Raises ValueError when the two models' layers do not correspond.
     """
@@ -127,7 +128,7 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
     sums = [0.0] * len(layers)
     images = 0
     for image in _spread(list(inputs), max_images):
-        interpreter.set_tensor(entry["index"], np.asarray(image)[None].astype(entry["dtype"]))
+        interpreter.set_tensor(entry["index"], _model_input(np.asarray(image), entry))
         interpreter.invoke()
         for i, (op, delta_w, _) in enumerate(layers):
             x_tensor = tensors[op.inputs[0]]
@@ -150,6 +151,16 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
     log.info("bias correction: %d conv/dense layers from %d calibration images (mean |shift| %.2g)%s",
              summary.layers, images, summary.mean_abs_shift, f"; skipped {skipped}" if skipped else "")
     return bytes(flatbuffer_utils.convert_object_to_bytearray(int8)), summary
+
+
+def _model_input(image: np.ndarray, entry: dict) -> np.ndarray:
+    """One image as the int8 model's input batch: float images are quantised with the input's scale."""
+    dtype = np.dtype(entry["dtype"])
+    if np.issubdtype(image.dtype, np.floating) and np.issubdtype(dtype, np.integer):
+        scale, zero_point = entry["quantization"]
+        info = np.iinfo(dtype)
+        image = np.clip(np.round(image / scale) + zero_point, info.min, info.max)
+    return image[None].astype(dtype)
 
 
 def _spread(items: list, count: int) -> list:

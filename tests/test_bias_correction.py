@@ -81,6 +81,13 @@ def test_correction_removes_most_of_the_mean_error_against_float(linear):
     assert np.abs(after.mean(0)).mean() < 0.5 * np.abs(before.mean(0)).mean()
 
 
+def test_float_inputs_are_quantised_like_the_device_does(linear):
+    _, images, int8, fp32, _ = linear
+    from_float, _ = correct_int8_biases(int8, fp32, images)
+    from_int8, _ = correct_int8_biases(int8, fp32, _quantized_inputs(int8, images))
+    assert from_float == from_int8
+
+
 def test_only_the_bias_buffers_change(linear):
     from tensorflow.lite.tools import flatbuffer_utils
 
