@@ -157,7 +157,7 @@ class Backend:
             outputs = [np.concatenate(parts) for parts in zip(*per_image)]
         else:
             raise ValueError(f"model '{self.path}' takes batches of exactly {fixed} images, got {len(batch)}")
-        return [self._dequantize(o, q) for o, q in zip(outputs, self.output_quantizations)]
+        return [dequantize(o, q) for o, q in zip(outputs, self.output_quantizations)]
 
     def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
         """Every output, raw (possibly quantised), in output order."""
@@ -177,23 +177,30 @@ class Backend:
             return np.ascontiguousarray(batch)
         if target == np.float32:
             return batch.astype(np.float32)
-        scale, zero_point = self.input_quantization
+        scale, _ = self.input_quantization
         if np.issubdtype(batch.dtype, np.floating) and scale > 0:
-            info = np.iinfo(target)
-            quantised = np.round(batch.astype(np.float32) / scale + zero_point)
-            return np.clip(quantised, info.min, info.max).astype(target)
+            return quantize(batch, target, self.input_quantization)
         raise ValueError(
             f"model '{self.path}' takes {target} input"
             + (" (raw pixels: pass prepare_pixels output)" if scale <= 0 else "")
             + f", got a {batch.dtype} batch"
         )
 
-    @staticmethod
-    def _dequantize(outputs: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
-        scale, zero_point = quantization
-        if np.issubdtype(outputs.dtype, np.integer) and scale > 0:
-            return ((outputs.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return outputs.astype(np.float32, copy=False)
+
+def quantize(values: np.ndarray, dtype: Any, quantization: tuple[float, int]) -> np.ndarray:
+    """Float ``values`` as a quantised tensor of integer ``dtype`` with its (scale, zero point), clipped to the
+    type's range: how the device feeds a float input to an integer model."""
+    scale, zero_point = quantization
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values.astype(np.float32) / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+    """An integer tensor's real values (float32) from its (scale, zero point); float tensors pass unchanged."""
+    scale, zero_point = quantization
+    if np.issubdtype(values.dtype, np.integer) and scale > 0:
+        return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return values.astype(np.float32, copy=False)
 
 
 class LiteRTBackend(Backend):

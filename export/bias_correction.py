@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edge_runtime.backends import dequantize, quantize
+
 log = logging.getLogger(__name__)
 
 
@@ -110,13 +112,12 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
             users[bias.buffer] -= 1
             int8.buffers.append(copy.deepcopy(int8.buffers[bias.buffer]))
             bias.buffer = len(int8.buffers) - 1
-        scales = np.asarray(weights.quantization.scale, np.float32)
-        dequantized = _array(int8, weights, np.int8).astype(np.float32)
-        dequantized *= scales.reshape(-1, *([1] * (dequantized.ndim - 1)))
+        quantized = _array(int8, weights, np.int8)
+        step = np.asarray(weights.quantization.scale, np.float32).reshape(-1, *([1] * (quantized.ndim - 1)))
+        dequantized = quantized.astype(np.float32) * step  # per output channel, zero point 0
         float_weights = _array(fp32, fp32_tensors[ref.inputs[1]], np.float32)
         if float_weights.shape != dequantized.shape:
             raise ValueError(f"layer {k} ({name}): int8 weights {dequantized.shape} but fp32 {float_weights.shape}")
-        step = scales.reshape(-1, *([1] * (dequantized.ndim - 1)))
         if np.any(np.abs(float_weights - dequantized) > 0.51 * step + 1e-7):
             raise ValueError(f"layer {k} ({name}): the fp32 weights are not the int8 weights before rounding")
         layers.append((op, float_weights - dequantized, bias))
@@ -131,9 +132,8 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
         interpreter.set_tensor(entry["index"], _model_input(np.asarray(image), entry))
         interpreter.invoke()
         for i, (op, delta_w, _) in enumerate(layers):
-            x_tensor = tensors[op.inputs[0]]
-            scale, zero_point = x_tensor.quantization.scale[0], x_tensor.quantization.zeroPoint[0]
-            x = (interpreter.get_tensor(op.inputs[0]).astype(np.float32) - zero_point) * scale
+            quantization = tensors[op.inputs[0]].quantization
+            x = dequantize(interpreter.get_tensor(op.inputs[0]), (quantization.scale[0], quantization.zeroPoint[0]))
             sums[i] = sums[i] + _mean_shift(op, x, delta_w)
         images += 1
     if images == 0:
@@ -157,9 +157,7 @@ def _model_input(image: np.ndarray, entry: dict) -> np.ndarray:
     """One image as the int8 model's input batch: float images are quantised with the input's scale."""
     dtype = np.dtype(entry["dtype"])
     if np.issubdtype(image.dtype, np.floating) and np.issubdtype(dtype, np.integer):
-        scale, zero_point = entry["quantization"]
-        info = np.iinfo(dtype)
-        image = np.clip(np.round(image / scale) + zero_point, info.min, info.max)
+        return quantize(image[None], dtype, entry["quantization"])
     return image[None].astype(dtype)
 
 

@@ -136,7 +136,8 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                     source, inputs, dtype = float_dir, calibration.as_float, "int8"
                 payload = convert.tflite_int8(source, inputs, dtype)
                 if options.bias_correction:
-                    payload, corrected = correct_int8_biases(payload, convert.tflite_fp32(source), inputs())
+                    fp32 = next((b.payload for b in built if b.fmt.name == "tflite_fp32" and source == float_dir), None)
+                    payload, corrected = correct_int8_biases(payload, fp32 or convert.tflite_fp32(source), inputs())
                     notes["bias_correction"] = corrected.to_dict()
             elif fmt.name == "onnx_fp32":
                 convert.onnx_fp32(float_dir, path)
