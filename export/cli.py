@@ -65,6 +65,9 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bias-correction", action="store_true",
                    help="full-int8 TFLite without correcting each layer's bias for its weights' rounding (on by "
                    "default: it raised top-1 agreement with float from 89.4 to 92.1 %% on the reference model)")
+    p.add_argument("--onnx-int8-first-conv", action="store_true",
+                   help="quantise ONNX int8's first convolution too (by default it stays float: it cut the unknown "
+                   "score's error against float by 27 %% on the reference model, at no measurable latency)")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the Keras model's outputs (unknown-score bank, float reference) instead of "
                    "reusing them from RUN_DIR/cache/, where they are keyed by the model file's and the input "
@@ -131,6 +134,7 @@ def _export(argv: list[str]) -> int:
         neu=args.neu, gc10=args.gc10, xsdd=args.xsdd, gates=_gates_from(args), threads=args.threads,
         int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, polarity=args.polarity,
         progress=not args.no_progress, cache=not args.no_cache, bias_correction=not args.no_bias_correction,
+        onnx_float_first_conv=not args.onnx_int8_first_conv,
     ))
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:

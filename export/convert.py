@@ -100,7 +100,7 @@ ONNX_QUANTIZERS = ("nncf", "ort")
 
 
 def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable[np.ndarray]],
-              quantizer: str = "nncf") -> Path:
+              quantizer: str = "nncf", float_first_conv: bool = True) -> list[str]:
     """Static QDQ int8 of an fp32 ONNX model, calibrated on the given float inputs: uint8 activations, int8
     per-channel weights reduced to 7 bits (x86 CPUs without VNNI sum u8*s8 pairs in saturating 16 bits; with
     full 8-bit weights NEU accuracy fell from 100 % to 96.5 % on such a CPU, measured on an AVX2 EPYC).
@@ -109,6 +109,12 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
     the quantisation error; its signed activations are then stored as uint8 (:func:`activations_to_uint8`,
     exact) because ONNX Runtime's fast kernels are u8*s8. Measured on NEU + X-SDD: top-1 agreement with float
     95.6 % against 92.8 % for ``"ort"`` (ONNX Runtime's ``quantize_static``), NEU equal.
+
+    ``float_first_conv`` (default) keeps the first convolution in float: quantising it rounds the normalised
+    input to a grid that is not the pixels' own and the 7×7×3 filters to 7 bits. On the AVX2-trained reference
+    model that layer alone made 27 % of the unknown-score error (median |Δscore| against float 0.0049 → 0.0035);
+    answer agreement 98.69 → 99.15 % on ONNX Runtime, latency unchanged within noise. Returns the names of the
+    nodes left in float.
     """
     import onnxruntime as ort
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -120,16 +126,29 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
     input_name = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     samples = [x[None].astype(np.float32) for x in calibration()]
     try:
+        float_nodes = [first_conv_name(prepared)] if float_first_conv else []
         if quantizer == "nncf":
-            _nncf_int8(prepared, output, input_name, samples)
+            _nncf_int8(prepared, output, input_name, samples, float_nodes)
         else:
-            _ort_int8(prepared, output, input_name, samples)
+            _ort_int8(prepared, output, input_name, samples, float_nodes)
     finally:
         prepared.unlink(missing_ok=True)
-    return output
+    return float_nodes
 
 
-def _ort_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray]) -> None:
+def first_conv_name(model_path: Path) -> str:
+    """Name of the first Conv node (ONNX graphs are stored in topological order): the one fed by the input."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            return node.name
+    raise ValueError(f"{model_path}: no Conv node to keep in float (use float_first_conv=False)")
+
+
+def _ort_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray],
+              float_nodes: list[str]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -142,10 +161,11 @@ def _ort_int8(prepared: Path, output: Path, input_name: str, samples: list[np.nd
 
     quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    reduce_range=True)
+                    reduce_range=True, nodes_to_exclude=float_nodes)
 
 
-def _nncf_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray]) -> None:
+def _nncf_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray],
+               float_nodes: list[str]) -> None:
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
@@ -154,6 +174,7 @@ def _nncf_int8(prepared: Path, output: Path, input_name: str, samples: list[np.n
         onnx.load(str(prepared)), nncf.Dataset(samples, lambda x: {input_name: x}),
         preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples),
         advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),  # 7-bit weights
+        ignored_scope=nncf.IgnoredScope(names=float_nodes) if float_nodes else None,
     )
     onnx.save(activations_to_uint8(quantized), str(output))
 

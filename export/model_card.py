@@ -29,11 +29,14 @@ def _polarity_text(polarity: str) -> str:
             "whose lighting makes defects dark where NEU's were bright (records say which reading was kept).")
 
 
-def _bias_text(report: dict) -> str:
-    if not report["calibration"].get("tflite_bias_correction"):
-        return ""
-    return ("; full-int8 TFLite biases were then corrected for the weights' rounding (export/bias_correction.py), "
-            "as NNCF does for ONNX int8")
+def _int8_recipe_text(report: dict) -> str:
+    text = ""
+    if report["calibration"].get("tflite_bias_correction"):
+        text += ("; full-int8 TFLite biases were then corrected for the weights' rounding "
+                 "(export/bias_correction.py), as NNCF does for ONNX int8")
+    if report["calibration"].get("onnx_float_first_conv"):
+        text += "; ONNX int8 keeps its first convolution in float (export/convert.py)"
+    return text
 
 
 def _auroc(unknown: dict | None) -> str:
@@ -100,7 +103,7 @@ file (`edge_runtime` reads them).
 ## Data and split
 NEU-DET (K. Song, Y. Yan, Northeastern University; 300 images per class, 200×200, one hot-rolled strip line).
 Seeded stratified split 276 train / 12 validation / 12 test per class (seed {metadata["seed"]}); byte-identical files share
-a split. Int8 calibration used {report["calibration"]["images"]} training-split images only{_bias_text(report)}.
+a split. Int8 calibration used {report["calibration"]["images"]} training-split images only{_int8_recipe_text(report)}.
 
 ## Recipe
 GAP → Dense 512 relu → Dropout 0.5 → Dense 6 softmax on ResNet-50 (include_top=False, ImageNet weights),

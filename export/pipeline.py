@@ -49,6 +49,7 @@ class ExportOptions:
     progress: bool = True
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
     bias_correction: bool = True  # full-int8 TFLite: correct each layer's bias for weight rounding
+    onnx_float_first_conv: bool = True  # ONNX int8: keep the first convolution in float (convert.onnx_int8)
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _metadata(run: TrainedRun, fmt: ExportFormat, in_graph: bool, dtype: str, ex
         preprocessing=run.preprocess.to_dict(),
         preprocessing_in_graph=in_graph,
         format=fmt.name,
-        source_model_sha256=sha256_of(run.directory / MODEL_FILE),
+        source_model_sha256=run.model_sha256,
         split_manifest_sha256=run.metadata["split_manifest_sha256"],
         versions=_export_versions(),
         created=utc_now(),
@@ -145,7 +146,8 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                 fp32 = out / "model_fp32.onnx"
                 if not fp32.is_file():
                     fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
-                convert.onnx_int8(fp32, path, calibration.as_float, options.onnx_quantizer)
+                notes["float_nodes"] = convert.onnx_int8(fp32, path, calibration.as_float, options.onnx_quantizer,
+                                                         options.onnx_float_first_conv)
             extra = {**(calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}), **notes}
             if ood is not None:
                 extra = {**extra, "ood": ood.to_dict()}
@@ -234,13 +236,14 @@ def export_run(options: ExportOptions) -> dict:
     reference_scores = checks.score(data.items, run.classes, reference)
     report = {
         "run_dir": str(run.directory),
-        "source_model_sha256": sha256_of(run.directory / MODEL_FILE),
+        "source_model_sha256": run.model_sha256,
         "split_manifest_sha256": run.metadata["split_manifest_sha256"],
         "calibration": {"images": len(calibration.rows) if calibration else 0,
                         "per_class": len(calibration.rows) // len(run.classes) if calibration else 0,
                         "split": "train", "int8_input": options.int8_input,
                         "onnx_quantizer": options.onnx_quantizer,
-                        "tflite_bias_correction": options.bias_correction},
+                        "tflite_bias_correction": options.bias_correction,
+                        "onnx_float_first_conv": options.onnx_float_first_conv},
         "polarity": options.polarity,
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,

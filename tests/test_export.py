@@ -251,6 +251,7 @@ def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path,
     card = (dest / "MODEL_CARD.md").read_text()
     assert sha256_of(dest / "default.tflite") in card and "Known limits" in card
     assert "biases were then corrected for the weights' rounding" in card
+    assert "ONNX int8 keeps its first convolution in float" in card
     assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")
 
 
@@ -395,6 +396,38 @@ def test_onnx_int8_stores_activations_as_uint8_and_weights_as_int8(exported: Pat
             kinds.add((node.input[0] in initializers, initializers[node.input[2]].data_type))
     assert (False, TensorProto.UINT8) in kinds and (True, TensorProto.INT8) in kinds
     assert (False, TensorProto.INT8) not in kinds
+
+
+def _conv_weights_quantised(path: Path) -> list[bool]:
+    """Per Conv node, in graph order: is its weight fed through a DequantizeLinear (int8) or a float tensor."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dequantised = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.input[1] in dequantised for n in model.graph.node if n.op_type == "Conv"]
+
+
+def test_onnx_int8_keeps_only_the_first_convolution_in_float_and_says_so(exported: Path):
+    import onnx
+
+    assert _conv_weights_quantised(exported / "model_int8.onnx") == [False, True]
+    first_conv = next(n.name for n in onnx.load(str(exported / "model_int8.onnx")).graph.node if n.op_type == "Conv")
+    assert read_metadata(exported / "model_int8.onnx").extra["float_nodes"] == [first_conv]
+    assert report(exported)["calibration"]["onnx_float_first_conv"] is True
+
+
+@pytest.mark.parametrize("quantizer", ["nncf", "ort"])
+@pytest.mark.parametrize("float_first_conv", [True, False])
+def test_onnx_int8_first_convolution_is_float_only_when_asked(exported: Path, tmp_path: Path, quantizer: str,
+                                                              float_first_conv: bool):
+    from export.convert import onnx_int8
+
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform(-120, 150, (SIZE, SIZE, 3)).astype(np.float32) for _ in range(8)]
+    output = tmp_path / "int8.onnx"
+    float_nodes = onnx_int8(exported / "model_fp32.onnx", output, lambda: iter(samples), quantizer, float_first_conv)
+    assert _conv_weights_quantised(output) == [not float_first_conv, True]
+    assert len(float_nodes) == int(float_first_conv)
 
 
 def test_int8_activations_retyped_to_uint8_give_identical_outputs():

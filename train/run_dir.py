@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,12 +74,18 @@ class TrainedRun:
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.metadata["preprocessing"])
 
+    @cached_property
+    def model_sha256(self) -> str:
+        """sha256 of the Keras model file, read once per run object (the file is about 100 MB)."""
+        from train.data import sha256_of
+
+        return sha256_of(self.directory / MODEL_FILE)
+
     def output_cache(self):
         """The on-disk cache of this run's Keras outputs (train.output_cache), keyed by the model file's hash."""
-        from train.data import sha256_of
         from train.output_cache import CACHE_DIR, KerasOutputCache
 
-        return KerasOutputCache(self.directory / CACHE_DIR, sha256_of(self.directory / MODEL_FILE))
+        return KerasOutputCache(self.directory / CACHE_DIR, self.model_sha256)
 
     def load_model(self):
         import keras
