@@ -137,14 +137,21 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
 
 
 def first_conv_name(model_path: Path) -> str:
-    """Name of the first Conv node (ONNX graphs are stored in topological order): the one fed by the input."""
+    """Name of the first Conv node (ONNX graphs are stored in topological order: the one fed by the input).
+
+    A nameless one (ONNX allows it) is named ``first_conv`` in the file, so quantisers can be told to skip it.
+    """
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            return node.name
-    raise ValueError(f"{model_path}: no Conv node to keep in float (use float_first_conv=False)")
+    model = onnx.load(str(model_path))
+    node = next((n for n in model.graph.node if n.op_type == "Conv"), None)
+    if node is None:
+        raise ValueError(f"{model_path}: no Conv node to keep in float (use float_first_conv=False)")
+    if not node.name:
+        taken = {n.name for n in model.graph.node}
+        node.name = next(f"first_conv{i or ''}" for i in range(len(taken) + 1) if f"first_conv{i or ''}" not in taken)
+        onnx.save(model, str(model_path))
+    return node.name
 
 
 def _ort_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray],
