@@ -67,7 +67,7 @@ def build_export_parser() -> argparse.ArgumentParser:
                    "default: it raised top-1 agreement with float from 89.4 to 92.1 %% on the reference model)")
     p.add_argument("--onnx-int8-first-conv", action="store_true",
                    help="quantise ONNX int8's first convolution too (by default it stays float: it cut the unknown "
-                   "score's error against float by 27 %% on the reference model, at no measurable latency)")
+                   "score's error against float by about a quarter on the reference model, at no measurable latency)")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the Keras model's outputs (unknown-score bank, float reference) instead of "
                    "reusing them from RUN_DIR/cache/, where they are keyed by the model file's and the input "
