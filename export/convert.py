@@ -116,46 +116,42 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
     0.0049 → 0.0035); answer agreement 98.69 → 99.15 % on ONNX Runtime, latency unchanged within noise.
     Returns the names of the nodes left in float.
     """
-    import onnxruntime as ort
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if quantizer not in ONNX_QUANTIZERS:
         raise ValueError(f"quantizer must be one of {ONNX_QUANTIZERS}, got {quantizer!r}")
     prepared = output.with_name(output.stem + ".pre.onnx")
-    quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=False)
-    input_name = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    samples = [x[None].astype(np.float32) for x in calibration()]
     try:
-        float_nodes = [first_conv_name(prepared)] if float_first_conv else []
-        if quantizer == "nncf":
-            _nncf_int8(prepared, output, input_name, samples, float_nodes)
-        else:
-            _ort_int8(prepared, output, input_name, samples, float_nodes)
+        quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=False)
+        model = onnx.load(str(prepared))  # loaded once; both quantisers take the in-memory model
     finally:
         prepared.unlink(missing_ok=True)
+    constants = {t.name for t in model.graph.initializer}
+    input_name = next(i.name for i in model.graph.input if i.name not in constants)
+    samples = [x[None].astype(np.float32) for x in calibration()]
+    float_nodes = [first_conv_name(model)] if float_first_conv else []
+    if quantizer == "nncf":
+        _nncf_int8(model, output, input_name, samples, float_nodes)
+    else:
+        _ort_int8(model, output, input_name, samples, float_nodes)
     return float_nodes
 
 
-def first_conv_name(model_path: Path) -> str:
-    """Name of the first Conv node (ONNX graphs are stored in topological order: the one fed by the input).
-
-    A nameless one (ONNX allows it) is named ``first_conv`` in the file, so quantisers can be told to skip it.
-    """
-    import onnx
-
-    model = onnx.load(str(model_path))
+def first_conv_name(model) -> str:
+    """Name of the first Conv node of an ONNX ``ModelProto`` (graphs are stored in topological order: the one
+    fed by the input). A nameless one (ONNX allows it) is named ``first_conv`` in ``model``, so quantisers can
+    be told to skip it."""
     node = next((n for n in model.graph.node if n.op_type == "Conv"), None)
     if node is None:
-        raise ValueError(f"{model_path}: no Conv node to keep in float (use float_first_conv=False)")
+        raise ValueError("the model has no Conv node to keep in float (use float_first_conv=False)")
     if not node.name:
         taken = {n.name for n in model.graph.node}
         node.name = next(f"first_conv{i or ''}" for i in range(len(taken) + 1) if f"first_conv{i or ''}" not in taken)
-        onnx.save(model, str(model_path))
     return node.name
 
 
-def _ort_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray],
-              float_nodes: list[str]) -> None:
+def _ort_int8(model, output: Path, input_name: str, samples: list[np.ndarray], float_nodes: list[str]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -166,19 +162,18 @@ def _ort_int8(prepared: Path, output: Path, input_name: str, samples: list[np.nd
             x = next(self._it, None)
             return None if x is None else {input_name: x}
 
-    quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(model, str(output), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     reduce_range=True, nodes_to_exclude=float_nodes)
 
 
-def _nncf_int8(prepared: Path, output: Path, input_name: str, samples: list[np.ndarray],
-               float_nodes: list[str]) -> None:
+def _nncf_int8(model, output: Path, input_name: str, samples: list[np.ndarray], float_nodes: list[str]) -> None:
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     quantized = nncf.quantize(
-        onnx.load(str(prepared)), nncf.Dataset(samples, lambda x: {input_name: x}),
+        model, nncf.Dataset(samples, lambda x: {input_name: x}),
         preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples),
         advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),  # 7-bit weights
         ignored_scope=nncf.IgnoredScope(names=float_nodes) if float_nodes else None,

@@ -430,8 +430,7 @@ def test_onnx_int8_first_convolution_is_float_only_when_asked(exported: Path, tm
     assert len(float_nodes) == int(float_first_conv)
 
 
-def test_a_nameless_first_convolution_is_named_so_it_can_be_kept_in_float(tmp_path: Path):
-    import onnx
+def test_a_nameless_first_convolution_is_named_so_it_can_be_kept_in_float():
     from onnx import TensorProto, helper, numpy_helper
 
     from export.convert import first_conv_name
@@ -440,10 +439,9 @@ def test_a_nameless_first_convolution_is_named_so_it_can_be_kept_in_float(tmp_pa
     nodes = [helper.make_node("Conv", ["x", "w0"], ["a"]), helper.make_node("Conv", ["a", "w1"], ["y"], name="c2")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    assert first_conv_name(path) == "first_conv"
-    assert [n.name for n in onnx.load(str(path)).graph.node] == ["first_conv", "c2"]
+    model = helper.make_model(graph)
+    assert first_conv_name(model) == "first_conv"
+    assert [n.name for n in model.graph.node] == ["first_conv", "c2"]
 
 
 def test_int8_activations_retyped_to_uint8_give_identical_outputs():
