@@ -9,12 +9,19 @@ pairs that passed their export accuracy gates and caches the fastest per machine
 (:mod:`edge_runtime.engine_select`); ``--engine litert|onnxruntime|openvino`` pins one.
 """
 
-from edge_runtime.backends import BackendUnavailableError, ModelLoadError, load_backend
+from edge_runtime.backends import load_backend
 from edge_runtime.classifier import Classifier, Prediction, default_model_path
-from edge_runtime.errors import EdgeRuntimeError, ImageReadError
-from edge_runtime.metadata import MetadataError, ModelMetadata, read_metadata
+from edge_runtime.errors import (
+    BackendUnavailableError,
+    EdgeRuntimeError,
+    ImageReadError,
+    MetadataError,
+    ModelLoadError,
+    SourceError,
+)
+from edge_runtime.metadata import ModelMetadata, read_metadata
 from edge_runtime.preprocessing import PreprocessConfig, load_image, preprocess, to_bgr8
-from edge_runtime.sources import Frame, SourceError, SourceOptions, open_source
+from edge_runtime.sources import Frame, SourceOptions, open_source
 
 __all__ = [
     "BackendUnavailableError",

@@ -19,36 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import BackendUnavailableError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "steel-edge-inspect[edge]"'
 SUFFIX_ENGINES = {".tflite": "litert", ".onnx": "onnxruntime"}
 _TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite file
 _ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
-
-
-class ModelLoadError(EdgeRuntimeError):
-    """A model file is missing, of an unsupported kind, or not loadable by its engine."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot load model '{self.path}': {reason}")
-
-
-class BackendUnavailableError(EdgeRuntimeError):
-    """The engine package a model needs is not installed."""
-
-    def __init__(self, engine: str, package: str, extra: str = "edge") -> None:
-        self.engine = engine
-        self.package = package
-        hint = INSTALL_HINT if extra == "edge" else f'pip install "steel-edge-inspect[{extra}]"'
-        super().__init__(
-            f"the {engine} engine needs the '{package}' package, which is not installed; "
-            f"install it with {hint} (or just: pip install {package})"
-        )
 
 
 def default_threads() -> int:

@@ -43,7 +43,7 @@ import numpy as np
 
 from edge_runtime import backends
 from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, ManifestError
 from edge_runtime.jsonfile import write_json_atomic
 from edge_runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, read_tflite_metadata
 from edge_runtime.system import cpu_info
@@ -64,15 +64,6 @@ WARMUP_RUNS = 2
 TIMED_RUNS = 10
 PROBE_SEED = 0
 NOT_MEASURED = "not measured: the time budget ran out"
-
-
-class ManifestError(EdgeRuntimeError):
-    """The shipped-models manifest cannot be read or is invalid."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"shipped-models manifest '{self.path}': {reason}; reinstall the package")
 
 
 # --- the shipped-models manifest -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backends import Backend, check_model_file, engine_for, load_backend
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import MetadataError
 from edge_runtime.preprocessing import PreprocessConfig
 
 METADATA_SCHEMA = "steel-edge-inspect/model-metadata/1"
@@ -27,15 +27,6 @@ LABELS_ENTRY = "labels.txt"
 ONNX_METADATA_KEY = "edge_metadata"
 INPUT_DTYPES = ("float32", "uint8", "int8")
 FIX_HINT = "re-export the model with edge-export, or pass the class names explicitly (labels=[...] / --labels)"
-
-
-class MetadataError(EdgeRuntimeError):
-    """A model's embedded metadata is missing, invalid, or does not match the model."""
-
-    def __init__(self, source: str | Path, reason: str) -> None:
-        self.path = str(source)
-        self.reason = reason
-        super().__init__(f"model '{self.path}': {reason}")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import cv2
 import numpy as np
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import SinkError
 from edge_runtime.preprocessing import to_bgr8
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ CSV_FIELDS = [
 FSYNC_INTERVAL_S = 1.0
 UNCERTAIN_DIR = "_uncertain"
 ERRORS_DIR = "_errors"
-
-
-class SinkError(EdgeRuntimeError):
-    """An output cannot be opened or written."""
 
 
 def make_record(result: "Result", model: "ModelInfo") -> dict[str, Any]:

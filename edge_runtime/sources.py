@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import SourceError, SourceLost
 from edge_runtime.preprocessing import is_image_file
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ CAPTURE_BACKENDS = ("any", "v4l2", "ffmpeg", "gstreamer", "dshow", "msmf", "avfo
 WAIT_SLICE_S = 0.1  # longest uninterrupted wait: how quickly a stop request is noticed
 STALL_WARNING_S = 10.0
 JOIN_TIMEOUT_S = 5.0
-
-
-class SourceError(EdgeRuntimeError):
-    """A source cannot be opened (missing file or folder, camera that does not open, bad options)."""
-
-
-class SourceLost(SourceError):
-    """A live source stopped delivering frames and did not come back within the reconnect attempts."""
 
 
 @dataclass

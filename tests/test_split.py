@@ -9,7 +9,7 @@ import pytest
 
 from train.data import Dataset, LabelledImage, check_images, discover
 from train.split import (
-    ManifestError,
+    SplitManifestError,
     kfold_splits,
     read_manifest,
     rows_of,
@@ -61,7 +61,7 @@ def test_identical_files_never_straddle_splits():
 
 
 def test_too_small_classes_are_refused():
-    with pytest.raises(ManifestError, match="class 'a' has 20 images"):
+    with pytest.raises(SplitManifestError, match="class 'a' has 20 images"):
         stratified_split(*fake_dataset(per_class=20))
 
 
@@ -87,7 +87,7 @@ def test_changed_or_missing_files_are_refused_by_name(tiny_dataset: Path):
     test_file = tiny_dataset / rows_of(rows, "test")[0].path
     test_file.write_bytes(test_file.read_bytes() + b"\0")
     (tiny_dataset / rows_of(rows, "val")[0].path).unlink()
-    with pytest.raises(ManifestError) as info:
+    with pytest.raises(SplitManifestError) as info:
         verify_files(rows, tiny_dataset)
     message = str(info.value)
     assert "2 file(s)" in message and test_file.name in message and "missing" in message
@@ -95,5 +95,5 @@ def test_changed_or_missing_files_are_refused_by_name(tiny_dataset: Path):
 
 def test_non_manifest_csv_is_refused(tmp_path: Path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(ManifestError, match="not a split manifest"):
+    with pytest.raises(SplitManifestError, match="not a split manifest"):
         read_manifest(tmp_path / "x.csv")

@@ -21,7 +21,7 @@ SPLITS = ("train", "val", "test")
 _FIELDS = ("path", "class", "split", "sha256")
 
 
-class ManifestError(ValueError):
+class SplitManifestError(ValueError):
     """The split manifest is missing, malformed, or no longer matches the files on disk."""
 
 
@@ -63,7 +63,7 @@ def stratified_split(
     rows = []
     for label, paths in _permuted(dataset, seed).items():
         if len(paths) < val_per_class + test_per_class + 1:
-            raise ManifestError(
+            raise SplitManifestError(
                 f"class '{label}' has {len(paths)} images; need more than {val_per_class + test_per_class} "
                 "for the validation and test splits (lower --val-per-class/--test-per-class)"
             )
@@ -93,7 +93,7 @@ def kfold_splits(
             test = set(chunks[k].tolist())
             rest = [i for i in range(len(paths)) if i not in test]
             if len(rest) <= val_per_class:
-                raise ManifestError(f"class '{label}' has too few images for {folds} folds")
+                raise SplitManifestError(f"class '{label}' has too few images for {folds} folds")
             val = set(rest[:val_per_class])
             rows += _assign(dataset, hashes, label, paths, lambda i: "test" if i in test else "val" if i in val else "train")
         result.append(rows)
@@ -123,15 +123,15 @@ def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
 def read_manifest(path: Path) -> list[ManifestRow]:
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"split manifest '{path}' not found; it is written by 'edge-train' into the run folder")
+        raise SplitManifestError(f"split manifest '{path}' not found; it is written by 'edge-train' into the run folder")
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != _FIELDS:
-            raise ManifestError(f"'{path}' is not a split manifest (columns {reader.fieldnames}, expected {_FIELDS})")
+            raise SplitManifestError(f"'{path}' is not a split manifest (columns {reader.fieldnames}, expected {_FIELDS})")
         rows = [ManifestRow(r["path"], r["class"], r["split"], r["sha256"]) for r in reader]
     bad = sorted({r.split for r in rows} - set(SPLITS))
     if bad:
-        raise ManifestError(f"'{path}' has unknown split names {bad}")
+        raise SplitManifestError(f"'{path}' has unknown split names {bad}")
     return rows
 
 
@@ -140,7 +140,7 @@ def manifest_sha256(path: Path) -> str:
 
 
 def verify_files(rows: list[ManifestRow], data_root: Path, splits: tuple[str, ...] = SPLITS) -> None:
-    """Raise :class:`ManifestError` if any listed file (of ``splits``) is missing or its bytes changed."""
+    """Raise :class:`SplitManifestError` if any listed file (of ``splits``) is missing or its bytes changed."""
     problems = []
     for row in rows:
         if row.split not in splits:
@@ -152,7 +152,7 @@ def verify_files(rows: list[ManifestRow], data_root: Path, splits: tuple[str, ..
             problems.append(f"{file}: contents changed (sha256 differs from the manifest)")
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ManifestError(
+        raise SplitManifestError(
             f"{len(problems)} file(s) listed in the split manifest do not match the data under '{data_root}':\n  "
             f"{shown}\nRestore the original files, or train a new run on the changed data."
         )
