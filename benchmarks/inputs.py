@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.pipeline import file_sha256
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import read_image, to_bgr8
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edge_runtime.backends import ENGINES
 from edge_runtime.classifier import Classifier
-from edge_runtime.jsonfile import write_json_atomic
+from edge_runtime.fileio import write_json_atomic
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.engine_select import AUTO
 from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals

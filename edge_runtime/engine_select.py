@@ -44,7 +44,7 @@ import numpy as np
 from edge_runtime import backends
 from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
 from edge_runtime.errors import EdgeRuntimeError, ManifestError
-from edge_runtime.jsonfile import write_json_atomic
+from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, read_tflite_metadata
 from edge_runtime.system import cpu_info
 
@@ -528,14 +528,6 @@ def cache_key(candidates: Sequence[Candidate], threads: int) -> dict[str, Any]:
         pairs.append([c.engine, c.path.name, digests[c.path]])
     return {"cpu": cpu["model"], "machine": cpu["machine"], "isa": list(cpu["isa"]), "threads": int(threads),
             "engines": engine_versions(), "candidates": pairs}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _key_id(key: dict[str, Any]) -> str:

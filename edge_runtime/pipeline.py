@@ -10,7 +10,6 @@ caller's ``with`` blocks, never by ``sys.exit`` inside the loop.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import signal
@@ -28,6 +27,7 @@ import numpy as np
 
 from edge_runtime.classifier import Classifier, Prediction
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.fileio import file_sha256
 from edge_runtime.sinks import SinkError, make_record
 from edge_runtime.sources import Frame, Source, SourceError
 
@@ -99,14 +99,6 @@ class ModelInfo:
     def of(cls, classifier: Classifier) -> "ModelInfo":
         path = Path(classifier.path)
         return cls(classifier.backend.name, path.name, str(path), file_sha256(path))
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

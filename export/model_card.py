@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_runtime.fileio import file_sha256 as sha256_of
 from export.report import called_as_table
-from train.data import sha256_of
 
 
 def _pct(group: dict | None) -> str:

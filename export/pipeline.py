@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_runtime.backends import ENGINES, engines_for
+from edge_runtime.fileio import file_sha256 as sha256_of
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
 from edge_runtime.ood import OodSpec
 from edge_runtime.polarity import AS_IS, check_mode
@@ -20,7 +21,6 @@ from export.calibration import CalibrationSet, calibration_rows
 from export.crossplant_figures import write_crossplant_figures
 from export.formats import ExportFormat, parse_formats
 from export.report import write_report
-from train.data import sha256_of
 from train.embeddings import training_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 

@@ -225,7 +225,7 @@ def test_fixed_inputs_come_from_the_manifest_test_split_class_by_class(tmp_path)
     import cv2
 
     from benchmarks.inputs import fixed_inputs, synthetic_images
-    from edge_runtime.pipeline import file_sha256
+    from edge_runtime.fileio import file_sha256
 
     data, run_dir = tmp_path / "data", tmp_path / "run"
     run_dir.mkdir()

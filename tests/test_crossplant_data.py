@@ -14,8 +14,9 @@ from conftest import SHARED
 from train.crossplant import (
     GC10_CLASSES, GC10_REPORT_ONLY, GC10_TO_NEU, GC10_UNKNOWN, XSDD_TO_NEU, VocBox, VocError, crop_pixels,
     crop_window, gc10_class, gc10_crops, gc10_frames, gc10_release_frames, gc10_role, gc10_summary, image_format,
-    iter_crop_pixels, read_voc, resolve_label, sha256_file, verify_gc10, xsdd_images, xsdd_summary,
+    iter_crop_pixels, read_voc, resolve_label, verify_gc10, xsdd_images, xsdd_summary,
 )
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import read_image
 
 GC10 = SHARED / "datasets" / "gc10"
@@ -229,8 +230,8 @@ def test_copies_are_verified_against_the_release_checksums(tmp_path: Path):
     reencoded = tmp_path / "crease" / "c.jpg"
     cv2.imwrite(str(reencoded), np.full((H, W), 70, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
     write_frame(tmp_path / "unlabeled" / "u.jpg", 60)
-    moved_sha = sha256_file(moved)
-    rows = [(sha256_file(original), original.stat().st_size, "crease", "a.jpg"),
+    moved_sha = file_sha256(moved)
+    rows = [(file_sha256(original), original.stat().st_size, "crease", "a.jpg"),
             (moved_sha, moved.stat().st_size, "waist folding", "z.jpg"),
             ("0" * 64, reencoded.stat().st_size, "crease", "c.jpg")]
     (tmp_path / "full-set-sha256.tsv").write_text(

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import NEU_CLASSES, SHARED, write_class_folders
+from edge_runtime.fileio import file_sha256
 from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
 from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
 from export.formats import FORMATS
-from train.data import check_images, discover, sha256_of
+from train.data import check_images, discover
 from train.run_dir import TrainedRun, write_json
 from train.split import read_manifest, stratified_split, write_manifest
 
@@ -60,7 +61,7 @@ def tiny_run(tmp_path_factory) -> Path:
     model.save(run / "model.keras")
     write_json(run / "metadata.json", {
         "classes": ds.classes, "input_size": [SIZE, SIZE], "preprocessing": cfg.to_dict(), "seed": 0,
-        "unfreeze": "conv5", "data_root": str(data), "split_manifest_sha256": sha256_of(run / "split_manifest.csv"),
+        "unfreeze": "conv5", "data_root": str(data), "split_manifest_sha256": file_sha256(run / "split_manifest.csv"),
     })
     write_json(run / "metrics.json", {"val": {"accuracy": 1.0, "correct": 12, "total": 12},
                                       "test": {"accuracy": 1.0, "correct": 12, "total": 12}})
@@ -85,8 +86,8 @@ def test_every_format_is_written_with_readable_metadata(tiny_run: Path, exported
         meta = read_metadata(exported / fmt.filename)
         assert meta.labels == NEU_CLASSES
         assert meta.format == fmt.name
-        assert meta.source_model_sha256 == sha256_of(tiny_run / "model.keras")
-        assert meta.split_manifest_sha256 == sha256_of(tiny_run / "split_manifest.csv")
+        assert meta.source_model_sha256 == file_sha256(tiny_run / "model.keras")
+        assert meta.split_manifest_sha256 == file_sha256(tiny_run / "split_manifest.csv")
         assert meta.input_shape == [1, SIZE, SIZE, 3]
         assert meta.extra["validation"]["passed"] is True
     int8 = read_metadata(exported / FORMATS["tflite_int8"].filename)
@@ -249,7 +250,7 @@ def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path,
     assert main(["ship", str(exported), "--dest", str(dest)]) == 0
     assert read_metadata(dest / "default.tflite").format == "tflite_int8"
     card = (dest / "MODEL_CARD.md").read_text()
-    assert sha256_of(dest / "default.tflite") in card and "Known limits" in card
+    assert file_sha256(dest / "default.tflite") in card and "Known limits" in card
     assert "biases were then corrected for the weights' rounding" in card
     assert "ONNX int8 keeps its first convolution in float" in card
     assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import NEU, NEU_CLASSES, needs_neu
 from edge_runtime import Classifier, default_model_path, read_metadata
-from train.data import sha256_of
+from edge_runtime.fileio import file_sha256
 
 MODELS = default_model_path().parent
 
@@ -19,8 +19,8 @@ def test_the_default_model_ships_with_card_and_manifest():
     meta = read_metadata(model)
     assert meta.labels == NEU_CLASSES and meta.format == "tflite_int8" and meta.preprocessing_in_graph
     card = (MODELS / "MODEL_CARD.md").read_text()
-    assert sha256_of(model) in card and "Known limits" in card
-    assert sha256_of(MODELS / "split_manifest.csv") == meta.split_manifest_sha256
+    assert file_sha256(model) in card and "Known limits" in card
+    assert file_sha256(MODELS / "split_manifest.csv") == meta.split_manifest_sha256
 
 
 @pytest.mark.data
@@ -30,5 +30,5 @@ def test_the_default_model_classifies_the_manifest_test_images_correctly():
         test_rows = [r for r in csv.DictReader(handle) if r["split"] == "test"][::6]  # 12 of the 72
     classifier = Classifier.load()
     for row in test_rows:
-        assert sha256_of(NEU / row["path"]) == row["sha256"]
+        assert file_sha256(NEU / row["path"]) == row["sha256"]
         assert classifier.predict_file(NEU / row["path"]).label == row["class"], row["path"]

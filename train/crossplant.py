@@ -48,8 +48,8 @@ import cv2
 import numpy as np
 
 from edge_runtime.errors import ImageReadError
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import is_image_file, read_image
-from train.data import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ def _check_file(path: Path, folder_class: str | None, by_name: dict[str, list[Ma
     named = by_name.get(path.name, [])
     same_folder = [e for e in named if gc10_class(e.class_dir) == folder_class]
     expected = (same_folder or named or [None])[0]
-    digest = sha256_file(path) if path.stat().st_size in sizes else None
+    digest = file_sha256(path) if path.stat().st_size in sizes else None
     if digest is not None:
         if any(e.sha256 == digest for e in named):
             return FileCheck(path, "match", next(e for e in named if e.sha256 == digest))
@@ -431,7 +431,6 @@ def _check_file(path: Path, folder_class: str | None, by_name: dict[str, list[Ma
     return FileCheck(path, "changed" if expected else "not_in_release", expected)
 
 
-sha256_file = sha256_of  # the one file hash of train/ (train/data.py)
 
 
 # --- annotated crops -----------------------------------------------------------------------------------------

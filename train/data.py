@@ -10,13 +10,13 @@ Supported layouts of ``--data DIR``:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import ImageReadError
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import is_image_file, read_image, to_bgr8
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,6 @@ def discover(root: str | Path, classes: list[str] | None = None) -> Dataset:
     return Dataset(root=root, layout=layout, classes=list(classes), images=images)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_images(dataset: Dataset, skip_bad: bool = False, progress: bool = True) -> dict[Path, str]:
     """Hash and decode every image once. Returns {path: sha256} for the good ones.
 
@@ -161,7 +153,7 @@ def check_images(dataset: Dataset, skip_bad: bool = False, progress: bool = True
             log.warning("skipping bad image: %s", exc)
             dataset.skipped.append((dataset.relative(image.path), str(getattr(exc, "reason", exc))))
             continue
-        hashes[image.path] = sha256_of(image.path)
+        hashes[image.path] = file_sha256(image.path)
         kept.append(image)
     dataset.images = kept
     if dataset.skipped:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
 from train import figures
 from train.callbacks import read_history
-from train.data import check_images, discover, sha256_of
+from train.data import check_images, discover
 from train.metrics import report
 from train.model import build_model, resolve_weights, submodels
 from train.predict import predict_files
@@ -124,7 +125,7 @@ def _weights_identity(weights: str | None, seed: int) -> str:
         return f"random-seed{seed}"
     if weights == "imagenet":
         return "imagenet"
-    return f"file-sha256:{sha256_of(weights)}"
+    return f"file-sha256:{file_sha256(weights)}"
 
 
 def _prepare(options: TrainOptions):
@@ -185,8 +186,8 @@ def train_run(options: TrainOptions) -> dict:
         "data_root": str(dataset.root),
         "data_layout": dataset.layout,
         "split_manifest": MANIFEST_NAME,
-        "split_manifest_sha256": sha256_of(manifest),
-        "model_sha256": sha256_of(run_dir / MODEL_FILE),
+        "split_manifest_sha256": file_sha256(manifest),
+        "model_sha256": file_sha256(run_dir / MODEL_FILE),
         "skipped_bad_images": dataset.skipped,
         "created": utc_now(),
         "versions": tool_versions(),

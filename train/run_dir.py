@@ -9,7 +9,7 @@ from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_runtime.jsonfile import write_json_atomic
+from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig
 from train.split import MANIFEST_NAME, ManifestRow, read_manifest, verify_files
 
@@ -77,9 +77,7 @@ class TrainedRun:
     @cached_property
     def model_sha256(self) -> str:
         """sha256 of the Keras model file, read once per run object (the file is about 100 MB)."""
-        from train.data import sha256_of
-
-        return sha256_of(self.directory / MODEL_FILE)
+        return file_sha256(self.directory / MODEL_FILE)
 
     def output_cache(self):
         """The on-disk cache of this run's Keras outputs (train.output_cache), keyed by the model file's hash."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from train.data import Dataset, sha256_of
+from edge_runtime.fileio import file_sha256
+from train.data import Dataset
 
 MANIFEST_NAME = "split_manifest.csv"
 SPLITS = ("train", "val", "test")
@@ -135,10 +136,6 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     return rows
 
 
-def manifest_sha256(path: Path) -> str:
-    return sha256_of(path)
-
-
 def verify_files(rows: list[ManifestRow], data_root: Path, splits: tuple[str, ...] = SPLITS) -> None:
     """Raise :class:`SplitManifestError` if any listed file (of ``splits``) is missing or its bytes changed."""
     problems = []
@@ -148,7 +145,7 @@ def verify_files(rows: list[ManifestRow], data_root: Path, splits: tuple[str, ..
         file = Path(data_root) / row.path
         if not file.is_file():
             problems.append(f"{file}: missing")
-        elif sha256_of(file) != row.sha256:
+        elif file_sha256(file) != row.sha256:
             problems.append(f"{file}: contents changed (sha256 differs from the manifest)")
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
