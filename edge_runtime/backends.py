@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import BackendUnavailableError, ModelLoadError
+from edge_runtime.onnx_metadata import read_metadata_props
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,6 @@ class Backend:
         output_widths: list[int],
         input_quantization: tuple[float, int] = (0.0, 0),
         output_quantizations: list[tuple[float, int]] | None = None,
-        custom_metadata: dict[str, str] | None = None,
     ) -> None:
         self.path = path
         self.threads = threads
@@ -105,11 +106,21 @@ class Backend:
         self.output_width = self.output_widths[self.primary_output]
         self.input_quantization = input_quantization
         self.output_quantizations = list(output_quantizations or [(0.0, 0)] * len(self.output_widths))
-        self.custom_metadata = dict(custom_metadata or {})
         if len(self.input_shape) != 4 or self.input_shape[3] != 3:
             raise ModelLoadError(
                 path, f"the model input has shape {list(self.input_shape)}; expected NHWC with 3 channels"
             )
+
+    @cached_property
+    def custom_metadata(self) -> dict[str, str]:
+        """The ONNX file's ``metadata_props`` (read once, by :mod:`edge_runtime.onnx_metadata`); {} otherwise."""
+        if self.path.suffix.lower() != ".onnx":
+            return {}
+        try:
+            return read_metadata_props(self.path)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the metadata_props of '%s': %s", self.path, exc)
+            return {}
 
     def __repr__(self) -> str:
         return (
@@ -249,7 +260,6 @@ class OnnxRuntimeBackend(Backend):
             input_shape=tuple(_dim(d) for d in inputs[0].shape),
             input_dtype=_ONNX_DTYPES[inputs[0].type],
             output_widths=[_dim(o.shape[-1]) for o in outputs],
-            custom_metadata=self._session.get_modelmeta().custom_metadata_map,
         )
 
     def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -261,7 +271,7 @@ class OpenVINOBackend(Backend):
 
     Floating-point layers run in float32 (``INFERENCE_PRECISION_HINT``), as in ONNX Runtime: OpenVINO would
     otherwise pick bf16/fp16 on CPUs that have it and change the probabilities. Outputs come in the ONNX
-    graph's output order, as ONNX Runtime returns them; ``custom_metadata`` is the file's ``metadata_props``.
+    graph's output order, as ONNX Runtime returns them.
     """
 
     name = "openvino"
@@ -293,7 +303,6 @@ class OpenVINOBackend(Backend):
             input_shape=_openvino_shape(inputs[0], path),
             input_dtype=dtype,
             output_widths=[_openvino_width(o) for o in outputs],
-            custom_metadata=_onnx_metadata_props(model, path),
         )
 
     def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -371,45 +380,6 @@ def _openvino_width(port: Any) -> int:
         return -1
     last = shape[shape.rank.get_length() - 1]
     return last.get_length() if last.is_static else -1
-
-
-def _onnx_metadata_props(model: Any, path: Path) -> dict[str, str]:
-    """The ONNX ``metadata_props`` of a model read by OpenVINO.
-
-    OpenVINO's ONNX reader keeps them in ``rt_info["framework"]``; where it does not (older versions) they
-    are read with ONNX Runtime or the onnx package if one is installed.
-    """
-    if model.has_rt_info(["framework"]):
-        framework = model.get_rt_info()["framework"]
-        if isinstance(framework, dict):
-            return {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in framework.items()}
-    for reader in (_metadata_props_onnxruntime, _metadata_props_onnx):
-        try:
-            return reader(path)
-        except ImportError:
-            continue
-        except Exception as exc:  # the file loaded in OpenVINO; a reader that fails only loses the metadata
-            log.warning("cannot read the metadata of '%s' with %s: %s", path, reader.__name__, exc)
-            return {}
-    log.warning("cannot read the metadata of '%s': this OpenVINO does not expose it and neither onnxruntime nor "
-                "onnx is installed (pip install onnxruntime)", path)
-    return {}
-
-
-def _metadata_props_onnxruntime(path: Path) -> dict[str, str]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def _metadata_props_onnx(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def _check_tflite_identifier(path: Path) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import io
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from edge_runtime import backends
 from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
 from edge_runtime.errors import EdgeRuntimeError, ManifestError
 from edge_runtime.fileio import file_sha256, write_json_atomic
-from edge_runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, read_tflite_metadata
+from edge_runtime.metadata import read_metadata
 from edge_runtime.system import cpu_info
 
 log = logging.getLogger(__name__)
@@ -231,11 +230,9 @@ def embedded_engine_gates(path: Path) -> dict[str, dict[str, Any]] | None:
     run it, as before gating was recorded). Reads the metadata without loading the model.
     """
     try:
-        meta = _embedded_metadata(path)
+        meta = read_metadata(path)
     except (EdgeRuntimeError, OSError, ValueError) as exc:
         log.debug("engine auto: no metadata read from %s (%s); every installed engine is a candidate", path, exc)
-        return None
-    if meta is None:
         return None
     validation = meta.extra.get("validation")
     engines = validation.get("engines") if isinstance(validation, dict) else None
@@ -248,78 +245,6 @@ def embedded_engine_gates(path: Path) -> dict[str, dict[str, Any]] | None:
         gates[str(engine)] = {"passed": result.get("passed") is True,
                               "failures": list(failures) if isinstance(failures, list) else []}
     return gates
-
-
-def _embedded_metadata(path: Path) -> ModelMetadata | None:
-    """The file's edge metadata: from ONNX ``metadata_props`` (parsed directly) or an appended zip."""
-    if path.suffix.lower() == ".onnx":
-        text = onnx_metadata_props(path).get(ONNX_METADATA_KEY)
-        return None if text is None else ModelMetadata.from_json(text, path)
-    return read_tflite_metadata(path)  # a .tflite's (and any other file's) appended zip; MetadataError if none
-
-
-def onnx_metadata_props(path: Path) -> dict[str, str]:
-    """An ONNX file's ``metadata_props`` read straight from its protobuf, skipping the graph unread.
-
-    Needs neither onnx nor onnxruntime and loads nothing: only the ModelProto's top-level fields are walked
-    (field 14 is ``metadata_props``, a StringStringEntryProto of key 1 and value 2). ValueError if the file
-    is not a well-formed protobuf message.
-    """
-    props: dict[str, str] = {}
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        while handle.tell() < size:
-            field_number, wire_type = divmod(_read_varint(handle), 8)
-            if wire_type == 0:
-                _read_varint(handle)
-            elif wire_type in (1, 5):
-                handle.seek(8 if wire_type == 1 else 4, os.SEEK_CUR)
-            elif wire_type == 2:
-                length = _read_varint(handle)
-                if field_number == 14:
-                    entry = handle.read(length)
-                    if len(entry) != length:
-                        raise ValueError("truncated metadata_props entry")
-                    key, value = _string_pair(entry)
-                    props[key] = value
-                else:
-                    handle.seek(length, os.SEEK_CUR)
-            else:
-                raise ValueError(f"unexpected protobuf wire type {wire_type}")
-            if handle.tell() > size:
-                raise ValueError("truncated protobuf message")
-    return props
-
-
-def _read_varint(source: Any) -> int:
-    value, shift = 0, 0
-    while True:
-        byte = source.read(1)
-        if not byte:
-            raise ValueError("truncated protobuf varint")
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-        shift += 7
-        if shift > 63:
-            raise ValueError("protobuf varint too long")
-
-
-def _string_pair(entry: bytes) -> tuple[str, str]:
-    """(key, value) of a serialized StringStringEntryProto."""
-    fields = {1: "", 2: ""}
-    source = io.BytesIO(entry)
-    while source.tell() < len(entry):
-        field_number, wire_type = divmod(_read_varint(source), 8)
-        if wire_type != 2:
-            raise ValueError(f"unexpected wire type {wire_type} in a metadata_props entry")
-        length = _read_varint(source)
-        data = source.read(length)
-        if len(data) != length:
-            raise ValueError("truncated metadata_props entry")
-        if field_number in fields:
-            fields[field_number] = data.decode("utf-8")
-    return fields[1], fields[2]
 
 
 def manifest_pairs(manifest: Manifest) -> list[tuple[Candidate, str | None]]:

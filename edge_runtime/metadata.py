@@ -5,7 +5,7 @@ Storage:
 * TFLite: like TFLite model metadata's "associated files", the ``.tflite`` file is the flatbuffer followed by
   a ZIP archive holding ``edge_metadata.json`` and ``labels.txt``. Interpreters ignore the trailing archive.
 * ONNX: the JSON string in the model's ``metadata_props`` under ``edge_metadata`` (written by ``export/``
-  with the onnx package; read here with onnxruntime only).
+  with the onnx package; read here by :mod:`edge_runtime.onnx_metadata`, without loading the model).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.backends import Backend, check_model_file, engine_for, load_backend
-from edge_runtime.errors import MetadataError
+from edge_runtime.backends import Backend, check_model_file
+from edge_runtime.errors import MetadataError, ModelLoadError
+from edge_runtime.onnx_metadata import read_metadata_props
 from edge_runtime.preprocessing import PreprocessConfig
 
 METADATA_SCHEMA = "steel-edge-inspect/model-metadata/1"
@@ -218,20 +219,29 @@ def _zip_entry(source: Path | io.BytesIO) -> bytes | None:
 
 
 def read_onnx_metadata(path: str | Path, backend: Backend | None = None) -> ModelMetadata:
-    """Read the metadata from an ``.onnx`` file's ``metadata_props`` (via onnxruntime).
+    """Read the metadata from an ``.onnx`` file's ``metadata_props``.
 
-    ``backend``: the model already loaded by onnxruntime, so that it is not loaded a second time.
+    ``backend``: the model already loaded, whose ``custom_metadata`` holds the same table (read once).
     """
     path = Path(path)
-    props = (backend if backend is not None else load_backend(path, "onnxruntime", threads=1)).custom_metadata
+    if backend is not None:
+        props = backend.custom_metadata
+    else:
+        try:
+            props = read_metadata_props(path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(path, f"not a readable ONNX model ({exc}); re-export it with edge-export") from exc
     if ONNX_METADATA_KEY not in props:
         raise MetadataError(path, f"has no edge metadata (no '{ONNX_METADATA_KEY}' in metadata_props); {FIX_HINT}")
     return ModelMetadata.from_json(props[ONNX_METADATA_KEY], path)
 
 
 def read_metadata(path: str | Path, backend: Backend | None = None) -> ModelMetadata:
-    """Read a model file's embedded metadata (.tflite or .onnx); raises ModelLoadError or MetadataError."""
+    """Read a model file's embedded metadata without loading the model; raises ModelLoadError or MetadataError.
+
+    ONNX files keep it in ``metadata_props``; every other kind (.tflite) in an appended archive.
+    """
     path = check_model_file(path)
-    if engine_for(path) == "litert":
-        return read_tflite_metadata(path)
-    return read_onnx_metadata(path, backend)
+    if path.suffix.lower() == ".onnx":
+        return read_onnx_metadata(path, backend)
+    return read_tflite_metadata(path)

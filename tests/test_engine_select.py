@@ -19,6 +19,7 @@ from edge_runtime import engine_select as es
 from edge_runtime.backends import Backend, BackendUnavailableError, ModelLoadError
 from edge_runtime.classifier import DEFAULT_MODEL, Classifier
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata, metadata_from_labels
+from edge_runtime.onnx_metadata import read_metadata_props
 from edge_runtime.pipeline import ModelInfo
 
 THREADS = 2
@@ -271,13 +272,13 @@ def test_onnx_metadata_is_read_from_the_protobuf_without_onnxruntime(engines, tm
     meta = gated_meta({"onnxruntime": True, "openvino": False})
     props = {"edge_metadata": meta.to_json(), "other": "x" * 200}
     path = write_onnx_protobuf(tmp_path / "model.onnx", props)
-    assert es.onnx_metadata_props(path) == props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert read_metadata_props(path) == props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert [c.engine for c in es.file_candidates(path)] == ["onnxruntime"] and LOADS == []
-    assert es.onnx_metadata_props(write_onnx_protobuf(tmp_path / "bare.onnx", {})) == {}
+    assert read_metadata_props(write_onnx_protobuf(tmp_path / "bare.onnx", {})) == {}
     assert es.embedded_engine_gates(tmp_path / "bare.onnx") is None
     truncated = model_file(tmp_path, "truncated.onnx", path.read_bytes()[:-50])
     with pytest.raises(ValueError, match="truncated"):
-        es.onnx_metadata_props(truncated)
+        read_metadata_props(truncated)
     assert es.embedded_engine_gates(truncated) is None  # unreadable: as before, every engine competes
     assert es.embedded_engine_gates(model_file(tmp_path, "junk.onnx", b"\xff" * 20)) is None
 

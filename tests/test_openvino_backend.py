@@ -29,6 +29,7 @@ from edge_runtime.backends import (  # noqa: E402
 )
 from edge_runtime.classifier import Classifier  # noqa: E402
 from edge_runtime.metadata import ONNX_METADATA_KEY, read_metadata  # noqa: E402
+from edge_runtime.onnx_metadata import read_metadata_props  # noqa: E402
 from edge_runtime.pipeline import ModelInfo  # noqa: E402
 from test_runtime import LABELS, SIZE, float_batch, test_images, tiny_metadata  # noqa: E402
 
@@ -194,12 +195,10 @@ def test_the_openvino_path_never_imports_tensorflow_or_onnx(tiny_edge_models):
     assert result.stdout.strip() in LABELS
 
 
-def test_metadata_falls_back_to_onnxruntime_where_openvino_does_not_keep_it(tiny_edge_models):
-    from edge_runtime import backends
+def test_every_engine_reads_metadata_props_from_the_file_like_the_onnx_package(tiny_edge_models, int8_onnx):
+    import onnx
 
-    class OlderOpenVINOModel:  # an OpenVINO without metadata_props in rt_info
-        def has_rt_info(self, path) -> bool:
-            return False
-
-    props = backends._onnx_metadata_props(OlderOpenVINOModel(), tiny_edge_models.onnx)
-    assert props == load_backend(tiny_edge_models.onnx, "onnxruntime").custom_metadata and props
+    for path in (tiny_edge_models.onnx, int8_onnx):
+        expected = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        assert read_metadata_props(path) == expected and ONNX_METADATA_KEY in expected
+        assert load_backend(path, "openvino").custom_metadata == expected
