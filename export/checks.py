@@ -4,7 +4,7 @@ Evaluation sets (groups):
 
 * ``neu``: the run's validation + test images, from its split manifest (verified by sha256);
 * ``gc10_inclusion``: the reference protocol, every image of GC10-DET's ``inclusion`` folder as a whole frame,
-  expected to be called inclusion (one such image exists in ../shared; a user's full copy has 216);
+  expected to be called inclusion (the full GC10-DET release has 216 such frames);
 * ``gc10_crops`` / ``gc10_frames``: annotated box crops and whole frames, labelled by their VOC boxes
   (train/crossplant.py); classes without NEU counterpart are expected to be answered unknown;
 * ``xsdd``: X-SDD, another hot-rolling plant: slag_inclusion -> inclusion, surface_scratch -> scratches;
@@ -253,8 +253,9 @@ def matched_threshold(items: list[EvalImage], reference_scores: np.ndarray, scor
 
     Quantisation shifts every score a little (noise makes an embedding less like all training embeddings);
     the paired median measures that shift robustly. Taking the artifact's own validation quantile instead
-    re-draws one extreme value of 72 noisy scores: on the model trained 2026-11-27 it moved the threshold by
-    10-20 % while the paired shift was under 2 %, and most answers that differed from float's came from it.
+    re-draws one extreme value of the validation images' noisy scores, which moves the threshold far more
+    than the paired shift does and turns images near it between known and unknown (measurements:
+    docs/quantisation.md).
     """
     validation = _validation(items)
     if not validation:

@@ -64,10 +64,11 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="full-int8 TFLite without correcting each layer's bias for its weights' rounding (on by "
-                   "default: it raised top-1 agreement with float from 89.4 to 92.1 %% on the reference model)")
+                   "default: each conv/dense bias absorbs the mean output shift that rounding its weights causes on "
+                   "calibration images; measurements in docs/quantisation.md)")
     p.add_argument("--onnx-int8-first-conv", action="store_true",
-                   help="quantise ONNX int8's first convolution too (by default it stays float: it cut the unknown "
-                   "score's error against float by about a quarter on the reference model, at no measurable latency)")
+                   help="quantise ONNX int8's first convolution too (by default it stays float: quantising it rounds "
+                   "the normalised input to a grid that is not the pixels' own; measurements in docs/quantisation.md)")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the Keras model's outputs (unknown-score bank, float reference) instead of "
                    "reusing them from RUN_DIR/cache/, where they are keyed by the model file's and the input "

@@ -58,7 +58,8 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      help="cached augmented copies per training image; each epoch draws one per image")
     rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
                      help="'standardize': give every image the same gray-level mean and contrast, in training and "
-                     "on the device (stored in the model metadata); helps on other cameras/plants")
+                     "on the device (stored in the model metadata); meant for other cameras/plants "
+                     "(docs/cross-plant.md)")
     rec.add_argument("--camera-augment", action="store_true",
                      help="also augment contrast, gamma, blur and sensor noise (another camera's look)")
     rec.add_argument("--polarity-augment", action="store_true",
