@@ -28,8 +28,8 @@ from benchmarks.artifacts import Artifact, discover, keras_reference
 from benchmarks.flops import FlopCountError, count_flops
 from benchmarks.inputs import fixed_inputs, save_images, write_video
 from benchmarks.worker import call_worker
-from edge_runtime.classifier import default_model_path
 from edge_runtime.fileio import file_sha256
+from edge_runtime.shipped import default_model_path
 from edge_runtime.system import cpu_description, cpu_info
 from export.formats import FORMATS
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.artifacts import discover
-from edge_runtime import engine_select as es
 from edge_runtime.backends import default_threads, engines_for
-from edge_runtime.classifier import default_model_path
+from edge_runtime.engine_candidates import Candidate, engine_unavailable, manifest_pairs, shipped_candidates
+from edge_runtime.engine_select import DEFAULT_BUDGET_S, Measurement, describe_machine, fastest, measure_candidates
+from edge_runtime.shipped import ELIGIBLE, MANIFEST_NAME, default_model_path, load_manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +30,20 @@ SELECT_JSON = "select.json"
 SECONDS_PER_PAIR = 4.0
 
 
-def shipped_pairs(models_dir: Path | None = None) -> list[tuple[es.Candidate, str | None]]:
-    """The shipped models' pairs with why each may not be chosen (None: it may); see engine_select."""
+def shipped_pairs(models_dir: Path | None = None) -> list[tuple[Candidate, str | None]]:
+    """The shipped models' pairs with why each may not be chosen (None: it may); see engine_candidates."""
     models_dir = Path(models_dir) if models_dir is not None else default_model_path().parent
-    manifest = es.load_manifest(models_dir)
+    manifest = load_manifest(models_dir)
     if manifest is None:
-        return [(c, None) for c in es.shipped_candidates(models_dir, default_model_path())]
-    return es.manifest_pairs(manifest)
+        return [(c, None) for c in shipped_candidates(models_dir, default_model_path())]
+    return manifest_pairs(manifest)
 
 
-def export_dir_pairs(export_dir: Path, formats: list[str] | None = None) -> list[tuple[es.Candidate, str | None]]:
+def export_dir_pairs(export_dir: Path, formats: list[str] | None = None) -> list[tuple[Candidate, str | None]]:
     """EXPORT_DIR's pairs: from its manifest.json, else from its export report's verdict per file and engine."""
     export_dir = Path(export_dir)
-    if (export_dir / es.MANIFEST_NAME).is_file():
-        return es.manifest_pairs(es.read_manifest(export_dir / es.MANIFEST_NAME))
+    if (export_dir / MANIFEST_NAME).is_file():
+        return manifest_pairs(read_manifest(export_dir / MANIFEST_NAME))
     artifacts, _ = discover(export_dir, formats)
     files: dict[Path, str] = {}  # file -> format name, in the format table's order
     verdicts: dict[tuple[Path, str], bool] = {}  # (file, engine) -> passed, for the pairs edge-export checked
@@ -58,8 +59,8 @@ def export_dir_pairs(export_dir: Path, formats: list[str] | None = None) -> list
         for engine in engines_for(path):
             passed = verdicts.get((path, engine))
             gate = "not gated" if passed is None else ("pass" if passed else "fail")
-            reason = None if gate in es.ELIGIBLE else f"gate status {gate} for this engine"
-            pairs.append((es.Candidate(engine, path, "", fmt, gate), reason or es.engine_unavailable(engine)))
+            reason = None if gate in ELIGIBLE else f"gate status {gate} for this engine"
+            pairs.append((Candidate(engine, path, "", fmt, gate), reason or engine_unavailable(engine)))
     return pairs
 
 
@@ -68,19 +69,19 @@ def run_select(export_dir: str | Path | None = None, *, threads: int | None = No
     """Measure every runnable pair (eligible ones first) and return the comparison; ``out``: also select.json."""
     threads = default_threads() if threads is None else int(threads)
     pairs = export_dir_pairs(Path(export_dir), formats) if export_dir is not None else shipped_pairs()
-    runnable = [(c, r) for c, r in pairs if c.path.is_file() and es.engine_unavailable(c.engine) is None]
+    runnable = [(c, r) for c, r in pairs if c.path.is_file() and engine_unavailable(c.engine) is None]
     runnable.sort(key=lambda pair: pair[1] is not None)  # candidates first: the budget serves them
     eligible = {c for c, r in runnable if r is None}
-    budget_s = budget_s if budget_s is not None else max(es.DEFAULT_BUDGET_S, SECONDS_PER_PAIR * len(runnable))
+    budget_s = budget_s if budget_s is not None else max(DEFAULT_BUDGET_S, SECONDS_PER_PAIR * len(runnable))
     start = time.perf_counter()
-    measurements, _ = es.measure_candidates([c for c, _ in runnable], threads, budget_s,
-                                            keep=lambda c: False)  # nothing is kept loaded
-    best = es.fastest(measurements, keep=lambda c: c in eligible)
+    measurements, _ = measure_candidates([c for c, _ in runnable], threads, budget_s,
+                                         keep=lambda c: False)  # nothing is kept loaded
+    best = fastest(measurements, keep=lambda c: c in eligible)
     rows = [_row(m, eligible, best) for m in measurements]
     measured = {c for c, _ in runnable}
     rows += [_unmeasured_row(c, reason) for c, reason in pairs if c not in measured]
     result = {
-        "machine": es.describe_machine(), "threads": threads, "budget_s": budget_s,
+        "machine": describe_machine(), "threads": threads, "budget_s": budget_s,
         "seconds": round(time.perf_counter() - start, 2), "source": str(export_dir or "shipped models"),
         "chosen": {"engine": best.candidate.engine, "file": best.candidate.path.name} if best else None,
         "rows": rows,
@@ -93,15 +94,15 @@ def run_select(export_dir: str | Path | None = None, *, threads: int | None = No
     return result
 
 
-def _row(measurement: es.Measurement, eligible: set[es.Candidate], best: es.Measurement | None) -> dict[str, Any]:
+def _row(measurement: Measurement, eligible: set[Candidate], best: Measurement | None) -> dict[str, Any]:
     row = measurement.to_dict()
     row["eligible"] = measurement.candidate in eligible
     row["chosen"] = best is not None and measurement is best
     return row
 
 
-def _unmeasured_row(candidate: es.Candidate, reason: str | None) -> dict[str, Any]:
-    row = es.Measurement(candidate, error=f"not run: {reason or 'file missing'}").to_dict()
+def _unmeasured_row(candidate: Candidate, reason: str | None) -> dict[str, Any]:
+    row = Measurement(candidate, error=f"not run: {reason or 'file missing'}").to_dict()
     return {**row, "eligible": False, "chosen": False}
 
 

@@ -10,7 +10,7 @@ pairs that passed their export accuracy gates and caches the fastest per machine
 """
 
 from edge_runtime.backends import load_backend
-from edge_runtime.classifier import Classifier, Prediction, default_model_path
+from edge_runtime.classifier import Classifier, Prediction
 from edge_runtime.errors import (
     BackendUnavailableError,
     EdgeRuntimeError,
@@ -21,6 +21,7 @@ from edge_runtime.errors import (
 )
 from edge_runtime.metadata import ModelMetadata, read_metadata
 from edge_runtime.preprocessing import PreprocessConfig, load_image, preprocess, to_bgr8
+from edge_runtime.shipped import default_model_path
 from edge_runtime.sources import Frame, SourceOptions, open_source
 
 __all__ = [

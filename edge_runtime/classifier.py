@@ -9,23 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import Backend, ModelLoadError, load_backend
-from edge_runtime.engine_select import AUTO, load_auto, shipped_model_for
-from edge_runtime.metadata import MetadataError, ModelMetadata, metadata_from_labels, read_metadata
+from edge_runtime.backends import Backend, load_backend
+from edge_runtime.engine_select import AUTO, load_auto
+from edge_runtime.errors import MetadataError
+from edge_runtime.metadata import ModelMetadata, metadata_from_labels, read_metadata
 from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
 from edge_runtime.polarity import AS_IS, AUTO as POLARITY_AUTO, check_mode, choose_inverted, invert_polarity, pick
 from edge_runtime.preprocessing import normalize, prepare_pixels, read_image
+from edge_runtime.shipped import default_model_path, shipped_default, shipped_model_for
 from edge_runtime.tiles import TileSpec, combine, split
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.tflite"
-
-
-def default_model_path() -> Path:
-    """The model that ships inside the package (may be absent from a source install)."""
-    return DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -226,21 +222,11 @@ def _output_of_width(outputs: list[np.ndarray], width: int, path: Path, what: st
 
 def _load_backend(path: str | Path | None, engine: str | None, threads: int | None) -> Backend:
     """The backend ``Classifier.load`` uses: see its docstring for what ``engine`` means."""
-    models_dir = default_model_path().parent
     if engine == AUTO:
-        return load_auto(path, threads, models_dir, default_model_path())
+        return load_auto(path, threads, default_model_path().parent, default_model_path())
     if path is None:
-        path = _shipped_model() if engine is None else shipped_model_for(engine, models_dir, default_model_path())
+        path = shipped_default() if engine is None else shipped_model_for(engine)
     return load_backend(path, engine=engine, threads=threads)
-
-
-def _shipped_model() -> Path:
-    path = default_model_path()
-    if not path.is_file():
-        raise ModelLoadError(
-            path, "no default model ships in this install; pass a model file (--model PATH / Classifier.load(path))"
-        )
-    return path
 
 
 def _metadata_for(backend: Backend, labels: list[str] | None) -> ModelMetadata:

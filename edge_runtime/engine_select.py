@@ -1,32 +1,18 @@
-"""``--engine auto``: measure the engines (and shipped artifacts) this machine can run, and use the fastest.
+"""``--engine auto``: measure the candidate (engine, model file) pairs on this machine and use the fastest.
 
-Candidates are (engine, model file) pairs:
-
-* an explicit model file: the installed engines its export gates passed on, as edge-export records them in the
-  file's metadata (``extra["validation"]["engines"]``: ``{engine: {"passed": bool, "failures": [...]}}``).
-  Engines listed as failed, or not listed (the file was not checked on them), are left out (logged at INFO).
-  When no installed engine passed, the only candidate is the file's default engine, with a warning: a file
-  the user chose still runs. A file without ``validation.engines`` (older exports, or files from elsewhere)
-  keeps every installed engine that can run it (:func:`edge_runtime.backends.engines_for`). The metadata is
-  read without loading the model (the appended zip of a .tflite, the ``metadata_props`` of an .onnx);
-* the shipped models: every artifact of ``models/manifest.json`` whose gate status for an installed engine
-  that can run it is "pass" or "waived" (shipped with a documented waiver). "fail" and pairs the manifest does
-  not list are never candidates: accuracy is never traded for speed silently. Without a manifest the only
-  candidate is the default model with its suffix's engine.
-
-Each candidate is loaded and run on a fixed seeded input (warm-up runs, then up to 10 timed runs; the median
-counts), all within a total time budget; the lowest median wins (ties: the earlier candidate, the default
-first). The choice is cached per machine in ``engine-choice.json`` under the user cache dir
-(``$EDGE_RUNTIME_CACHE_DIR``, else ``$XDG_CACHE_HOME/steel-edge-inspect``, else ``~/.cache/steel-edge-inspect``),
-keyed by CPU model and ISA flags, thread count, the engine packages' versions and the candidate set (file names
-and sha256). A hit loads the chosen pair without measuring; delete the file to measure again.
+The candidates come from :mod:`edge_runtime.engine_candidates`. Each is loaded and run on a fixed seeded
+input (warm-up runs, then up to 10 timed runs; the median counts), all within a total time budget; the lowest
+median wins (ties: the earlier candidate, the default first). The choice is cached per machine in
+``engine-choice.json`` under the user cache dir (``$EDGE_RUNTIME_CACHE_DIR``, else
+``$XDG_CACHE_HOME/steel-edge-inspect``, else ``~/.cache/steel-edge-inspect``), keyed by CPU model and ISA flags,
+thread count, the engine packages' versions and the candidate set (file names and sha256). A hit loads the
+chosen pair without measuring; delete the file to measure again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -40,20 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import backends
-from edge_runtime.backends import Backend, ModelLoadError, default_threads, load_backend
-from edge_runtime.errors import EdgeRuntimeError, ManifestError
+from edge_runtime.backends import ENGINES, Backend, default_threads, engine_for, load_backend
+from edge_runtime.engine_candidates import Candidate, file_candidates, shipped_candidates
+from edge_runtime.errors import EdgeRuntimeError, ModelLoadError
 from edge_runtime.fileio import file_sha256, write_json_atomic
-from edge_runtime.metadata import read_metadata
 from edge_runtime.system import cpu_info
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA = "steel-edge-inspect/shipped-models/1"
-GATE_STATUSES = ("pass", "fail", "waived")
-ELIGIBLE = ("pass", "waived")
 CACHE_ENV = "EDGE_RUNTIME_CACHE_DIR"
 CACHE_FILE = "engine-choice.json"
 CACHE_SCHEMA = "steel-edge-inspect/engine-choice/1"
@@ -63,259 +44,6 @@ WARMUP_RUNS = 2
 TIMED_RUNS = 10
 PROBE_SEED = 0
 NOT_MEASURED = "not measured: the time budget ran out"
-
-
-# --- the shipped-models manifest -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShippedArtifact:
-    """One model file of the manifest and its accuracy-gate status per engine ("pass", "fail", "waived")."""
-
-    file: str
-    format: str
-    sha256: str
-    gates: dict[str, str]
-
-    def gate(self, engine: str) -> str | None:
-        return self.gates.get(engine)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    path: Path
-    default: str
-    artifacts: list[ShippedArtifact]
-
-    @property
-    def directory(self) -> Path:
-        return self.path.parent
-
-    def ordered(self) -> list[ShippedArtifact]:
-        """The artifacts, the default one first."""
-        return sorted(self.artifacts, key=lambda a: a.file != self.default)
-
-
-def read_manifest(path: str | Path) -> Manifest:
-    """Parse and validate a shipped-models manifest; any problem raises :class:`ManifestError`."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ManifestError(path, f"cannot read it ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
-        raise ManifestError(path, f"not a {MANIFEST_SCHEMA!r} manifest")
-    entries = data.get("artifacts")
-    if not isinstance(entries, list) or not entries:
-        raise ManifestError(path, "'artifacts' must be a non-empty list")
-    artifacts = [_manifest_artifact(path, entry) for entry in entries]
-    default = data.get("default")
-    if default not in {a.file for a in artifacts}:
-        raise ManifestError(path, f"'default' {default!r} is not one of the listed artifacts")
-    return Manifest(path, default, artifacts)
-
-
-def _manifest_artifact(path: Path, entry: Any) -> ShippedArtifact:
-    if not isinstance(entry, dict):
-        raise ManifestError(path, f"an artifact entry is not an object: {entry!r}")
-    file, sha256, gates = entry.get("file"), entry.get("sha256"), entry.get("gates")
-    if not isinstance(file, str) or not file or Path(file).name != file:
-        raise ManifestError(path, f"'file' must be a plain file name, got {file!r}")
-    if not isinstance(sha256, str) or len(sha256) != 64:
-        raise ManifestError(path, f"{file}: 'sha256' must be 64 hex digits, got {sha256!r}")
-    if not isinstance(gates, dict) or any(status not in GATE_STATUSES for status in gates.values()):
-        raise ManifestError(path, f"{file}: 'gates' must map engines to one of {list(GATE_STATUSES)}, got {gates!r}")
-    return ShippedArtifact(file, str(entry.get("format", "unknown")), sha256.lower(), dict(gates))
-
-
-def load_manifest(models_dir: Path) -> Manifest | None:
-    """The manifest of ``models_dir``; None when there is none or it is invalid (logged as a warning)."""
-    path = Path(models_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return read_manifest(path)
-    except ManifestError as exc:
-        log.warning("%s; using the default model with its default engine", exc)
-        return None
-
-
-# --- candidates ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A model file and an engine to run it.
-
-    ``gate``: its gate status from the manifest, or from an explicit file's embedded metadata ("pass", or for
-    the default-engine fallback "fail"/"not gated"), or "user file" when the file records no per-engine gates.
-    """
-
-    engine: str
-    path: Path
-    sha256: str = ""  # "" until needed (an explicit file is hashed only when there is a choice to cache)
-    format: str = "unknown"
-    gate: str = "user file"
-
-    @property
-    def label(self) -> str:
-        return f"{self.engine} {self.path.name}"
-
-
-def engine_unavailable(engine: str) -> str | None:
-    """Why ``engine`` cannot run here (unknown, or its package is not installed), or None when it can."""
-    backend_class = backends.ENGINES.get(engine)
-    if backend_class is None:
-        return f"unknown engine {engine!r}"
-    top = backend_class.module.split(".")[0]
-    try:
-        found = importlib.util.find_spec(top) is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else f"the '{backend_class.package}' package is not installed"
-
-
-def engine_versions() -> dict[str, str | None]:
-    """The installed version of every registered engine's package (None when not installed)."""
-    versions = {}
-    for name, backend_class in sorted(backends.ENGINES.items()):
-        try:
-            versions[name] = importlib.metadata.version(backend_class.package)
-        except (importlib.metadata.PackageNotFoundError, ValueError):
-            versions[name] = None
-    return versions
-
-
-def file_candidates(path: str | Path) -> list[Candidate]:
-    """The installed engines that may run the model file, its suffix's default first.
-
-    With per-engine gate results in the file's metadata (:func:`embedded_engine_gates`): the installed engines
-    that passed, else the default engine alone (with a warning). Without them: every installed engine that can
-    run the file. Empty when no engine that may run it is installed.
-    """
-    path = backends.check_model_file(path)
-    gates = embedded_engine_gates(path)
-    candidates = []
-    for engine in backends.engines_for(path):
-        reason = engine_unavailable(engine)
-        if reason:
-            log.debug("engine auto: %s is not a candidate for %s (%s)", engine, path.name, reason)
-        elif gates is None:
-            candidates.append(Candidate(engine, path))
-        elif engine not in gates:
-            log.info("engine auto: %s is not a candidate for %s: its export checks did not run it on %s",
-                     engine, path.name, engine)
-        elif not gates[engine]["passed"]:
-            failures = ", ".join(map(str, gates[engine]["failures"])) or "no reason recorded"
-            log.info("engine auto: %s is not a candidate for %s: it failed its export gates on %s (%s)",
-                     engine, path.name, engine, failures)
-        else:
-            candidates.append(Candidate(engine, path, gate="pass"))
-    if gates is None or candidates:
-        return candidates
-    default = backends.engine_for(path)
-    status = "not gated" if default not in gates else "pass" if gates[default]["passed"] else "fail"
-    log.warning("engine auto: %s passed its export gates on no installed engine (gated: %s); running it on its "
-                "default engine %s (gate status %s for it) without measuring", path.name,
-                ", ".join(f"{e} {'pass' if g['passed'] else 'fail'}" for e, g in gates.items()) or "none",
-                default, status)
-    return [] if engine_unavailable(default) else [Candidate(default, path, gate=status)]
-
-
-def embedded_engine_gates(path: Path) -> dict[str, dict[str, Any]] | None:
-    """The per-engine gate results edge-export embedded in the model file (``extra.validation.engines``).
-
-    ``{engine: {"passed": bool, "failures": [str]}}``; an entry whose "passed" is not ``true`` counts as failed.
-    None when the file has no readable metadata or it has no ``validation.engines`` (then every engine may
-    run it, as before gating was recorded). Reads the metadata without loading the model.
-    """
-    try:
-        meta = read_metadata(path)
-    except (EdgeRuntimeError, OSError, ValueError) as exc:
-        log.debug("engine auto: no metadata read from %s (%s); every installed engine is a candidate", path, exc)
-        return None
-    validation = meta.extra.get("validation")
-    engines = validation.get("engines") if isinstance(validation, dict) else None
-    if not isinstance(engines, dict):
-        return None
-    gates = {}
-    for engine, result in engines.items():
-        result = result if isinstance(result, dict) else {}
-        failures = result.get("failures")
-        gates[str(engine)] = {"passed": result.get("passed") is True,
-                              "failures": list(failures) if isinstance(failures, list) else []}
-    return gates
-
-
-def manifest_pairs(manifest: Manifest) -> list[tuple[Candidate, str | None]]:
-    """Every (artifact, engine that can run it) pair of the manifest, with why it is not a candidate (or None)."""
-    pairs = []
-    for artifact in manifest.ordered():
-        path = manifest.directory / artifact.file
-        try:
-            engines = backends.engines_for(path)
-        except ModelLoadError as exc:
-            log.warning("shipped-models manifest: %s", exc)
-            continue
-        for engine in engines:
-            status = artifact.gate(engine)
-            candidate = Candidate(engine, path, artifact.sha256, artifact.format, status or "not gated")
-            pairs.append((candidate, _not_a_candidate(candidate, status)))
-    return pairs
-
-
-def _not_a_candidate(candidate: Candidate, status: str | None) -> str | None:
-    if status not in ELIGIBLE:
-        return f"gate status {status or 'not gated'} for this engine"
-    if not candidate.path.is_file():
-        return "the file is missing from the install"
-    return engine_unavailable(candidate.engine)
-
-
-def shipped_candidates(models_dir: Path, default_model: Path) -> list[Candidate]:
-    """The shipped (artifact, engine) pairs that may run: gate "pass"/"waived", engine installed, file present.
-
-    Without a (valid) manifest: the default model with its suffix's engine. Raises ModelLoadError when
-    there is nothing to run, saying what to install or pass.
-    """
-    manifest = load_manifest(models_dir)
-    if manifest is None:
-        default_model = _shipped_default(default_model)
-        return [Candidate(backends.engine_for(default_model), default_model, gate="no manifest")]
-    candidates, refused = [], []
-    for candidate, reason in manifest_pairs(manifest):
-        if reason is None:
-            candidates.append(candidate)
-        else:
-            refused.append(f"{candidate.label}: {reason}")
-            log.debug("engine auto: %s is not a candidate (%s)", candidate.label, reason)
-    if not candidates:
-        raise ModelLoadError(manifest.path, "no shipped model can run here (" + "; ".join(refused) + "); install "
-                             'the engine it needs (pip install "steel-edge-inspect[edge]") or pass a model file '
-                             "(--model PATH)")
-    return candidates
-
-
-def _shipped_default(default_model: Path) -> Path:
-    if not Path(default_model).is_file():
-        raise ModelLoadError(default_model, "no default model ships in this install; pass a model file "
-                             "(--model PATH / Classifier.load(path))")
-    return Path(default_model)
-
-
-def shipped_model_for(engine: str, models_dir: Path, default_model: Path) -> Path:
-    """The shipped model an explicitly named engine runs: the first (default first) gated "pass"/"waived" for it.
-
-    Without a manifest: the default model (the engine must be able to run it).
-    """
-    manifest = load_manifest(models_dir)
-    if manifest is None:
-        return _shipped_default(default_model)
-    for candidate, _ in manifest_pairs(manifest):
-        if candidate.engine == engine and candidate.gate in ELIGIBLE:
-            return candidate.path
-    raise ModelLoadError(manifest.path, f"no shipped model passed its accuracy gates on the {engine} engine; "
-                         "use --engine auto, another engine, or pass a model file (--model PATH)")
 
 
 # --- measuring -----------------------------------------------------------------------------------------------
@@ -431,6 +159,17 @@ def _describe(measurement: Measurement) -> str:
 
 
 # --- the per-machine cache -----------------------------------------------------------------------------------
+
+
+def engine_versions() -> dict[str, str | None]:
+    """The installed version of every registered engine's package (None when not installed)."""
+    versions = {}
+    for name, backend_class in sorted(ENGINES.items()):
+        try:
+            versions[name] = importlib.metadata.version(backend_class.package)
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            versions[name] = None
+    return versions
 
 
 def cache_path() -> Path:
@@ -580,7 +319,7 @@ def load_auto(path: str | Path | None, threads: int | None, models_dir: Path, de
     else:
         candidates = shipped_candidates(models_dir, default_model)
     selection = select(candidates, threads, budget_s)
-    default_engine = backends.engine_for(selection.chosen.path)
+    default_engine = engine_for(selection.chosen.path)
     if path is not None and selection.chosen.engine != default_engine and selection.chosen.gate != "pass":
         log.info("engine auto: %s is not %s's default engine (%s), which edge-export checks accuracy with; "
                  "int8 results can differ slightly between engines: pass --engine %s to keep the default",
@@ -595,4 +334,3 @@ def describe_machine() -> dict[str, Any]:
     cpu = cpu_info()
     return {"cpu": cpu["model"], "cores": cpu["cores"], "machine": cpu["machine"], "isa": list(cpu["isa"]),
             "engines": engine_versions()}
-

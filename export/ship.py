@@ -8,9 +8,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from edge_runtime.engine_select import MANIFEST_NAME, MANIFEST_SCHEMA
 from edge_runtime.fileio import file_sha256 as sha256_of
 from edge_runtime.metadata import read_metadata
+from edge_runtime.shipped import MANIFEST_NAME, MANIFEST_SCHEMA
 from export.model_card import write_model_card
 
 log = logging.getLogger(__name__)

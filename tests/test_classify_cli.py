@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO, synthetic_image
 from edge_runtime import capture as capture_module
 from edge_runtime import classifier as classifier_module
+from edge_runtime import shipped
 from edge_runtime.cli import build_parser, main, run
 from edge_runtime.folders import FolderSource
 from edge_runtime.metadata import embed_tflite_metadata, strip_tflite_metadata
@@ -287,7 +288,7 @@ def test_a_bad_model_is_a_clear_error_and_exit_2_before_any_frame(kind, message,
 
 
 def test_without_a_shipped_model_the_default_is_a_clear_error(tmp_path, monkeypatch, camera_spy, caplog):
-    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", tmp_path / "models" / "default.tflite")
+    monkeypatch.setattr(shipped, "DEFAULT_MODEL", tmp_path / "models" / "default.tflite")
     assert main(["--camera", "0"]) == 2
     assert any("no default model ships" in m and "--model" in m for m in caplog.messages)
     assert camera_spy == []

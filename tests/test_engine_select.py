@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime import backends
-from edge_runtime import classifier as classifier_module
+from edge_runtime import backends, shipped
+from edge_runtime import engine_candidates as ec
 from edge_runtime import engine_select as es
-from edge_runtime.backends import Backend, BackendUnavailableError, ModelLoadError
-from edge_runtime.classifier import DEFAULT_MODEL, Classifier
+from edge_runtime.backends import Backend
+from edge_runtime.classifier import Classifier
+from edge_runtime.errors import BackendUnavailableError, ManifestError, ModelLoadError
+from edge_runtime.fileio import file_sha256
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata, metadata_from_labels
 from edge_runtime.onnx_metadata import read_metadata_props
 from edge_runtime.pipeline import ModelInfo
@@ -76,9 +78,9 @@ def write_manifest(folder: Path, artifacts: dict[str, dict[str, str]], default: 
     entries = []
     for name, gates in artifacts.items():
         path = model_file(folder, name, name.encode())
-        entries.append({"file": name, "format": "fake", "sha256": es.file_sha256(path), "gates": gates})
-    data = {"schema": es.MANIFEST_SCHEMA, "default": default or next(iter(artifacts)), "artifacts": entries}
-    (folder / es.MANIFEST_NAME).write_text(json.dumps(data))
+        entries.append({"file": name, "format": "fake", "sha256": file_sha256(path), "gates": gates})
+    data = {"schema": shipped.MANIFEST_SCHEMA, "default": default or next(iter(artifacts)), "artifacts": entries}
+    (folder / shipped.MANIFEST_NAME).write_text(json.dumps(data))
     return folder
 
 
@@ -103,7 +105,7 @@ def test_auto_picks_the_engine_with_the_lowest_median_and_logs_every_median(engi
 
 def test_the_default_engine_is_measured_first_and_wins_a_tie(engines, tmp_path):
     engines(other=0, default=0)
-    measurements, _ = es.measure_candidates(es.file_candidates(model_file(tmp_path)), THREADS)
+    measurements, _ = es.measure_candidates(ec.file_candidates(model_file(tmp_path)), THREADS)
     assert [m.candidate.engine for m in measurements] == ["default", "other"]
     tie = [es.Measurement(m.candidate, median_ms=1.0, runs=1) for m in measurements]
     assert es.fastest(tie).candidate.engine == "default"
@@ -112,9 +114,9 @@ def test_the_default_engine_is_measured_first_and_wins_a_tie(engines, tmp_path):
 def test_engines_that_are_not_installed_are_skipped_with_the_reason_at_debug_level(engines, tmp_path, caplog):
     engines(default=1)
     engines(module="no_such_engine_package_xyz", missing=0)
-    caplog.set_level(logging.DEBUG, logger="edge_runtime.engine_select")
+    caplog.set_level(logging.DEBUG, logger="edge_runtime.engine_candidates")
     path = model_file(tmp_path)
-    assert [c.engine for c in es.file_candidates(path)] == ["default"]
+    assert [c.engine for c in ec.file_candidates(path)] == ["default"]
     assert any("missing is not a candidate" in r.getMessage() and "not installed" in r.getMessage()
                and r.levelno == logging.DEBUG for r in caplog.records)
     assert auto(path).name == "default" and LOADS == [("default", "model.fake")]  # one candidate: no measuring
@@ -144,7 +146,7 @@ def test_a_candidate_that_does_not_load_is_skipped_and_if_none_loads_the_first_e
 def test_the_total_time_budget_is_respected(engines, tmp_path):
     engines(default=40, a=40, b=40, c=40)  # a candidate's least: one warm-up + one timed run = 80 ms
     start = time.perf_counter()
-    measurements, backend = es.measure_candidates(es.file_candidates(model_file(tmp_path)), THREADS, budget_s=0.2)
+    measurements, backend = es.measure_candidates(ec.file_candidates(model_file(tmp_path)), THREADS, budget_s=0.2)
     elapsed = time.perf_counter() - start
     assert elapsed < 0.2 + 0.08 + 0.07  # over by at most the candidate in progress (+ scheduling slack)
     assert measurements[0].median_ms is not None and backend is not None  # the first always has a figure
@@ -154,7 +156,7 @@ def test_the_total_time_budget_is_respected(engines, tmp_path):
 
 def test_with_enough_budget_every_candidate_gets_the_full_number_of_runs(engines, tmp_path):
     engines(default=1, other=1)
-    measurements, _ = es.measure_candidates(es.file_candidates(model_file(tmp_path)), THREADS, budget_s=5)
+    measurements, _ = es.measure_candidates(ec.file_candidates(model_file(tmp_path)), THREADS, budget_s=5)
     assert [m.runs for m in measurements] == [es.TIMED_RUNS, es.TIMED_RUNS]
 
 
@@ -189,9 +191,9 @@ def gated_file(folder: Path, meta: ModelMetadata, name: str = "model.fake") -> P
 
 def test_an_explicit_file_competes_only_on_the_engines_its_gates_passed_on(engines, tmp_path, caplog):
     engines(default=8, fast=1, medium=4, unchecked=0)
-    caplog.set_level(logging.INFO, logger="edge_runtime.engine_select")
+    caplog.set_level(logging.INFO, logger="edge_runtime")
     path = gated_file(tmp_path, gated_meta({"default": True, "fast": False, "medium": True}))
-    assert [(c.engine, c.gate) for c in es.file_candidates(path)] == [("default", "pass"), ("medium", "pass")]
+    assert [(c.engine, c.gate) for c in ec.file_candidates(path)] == [("default", "pass"), ("medium", "pass")]
     assert LOADS == []  # the metadata is read without loading the model
     assert auto(path).name == "medium"
     assert sorted(LOADS) == [("default", "model.fake"), ("medium", "model.fake")]  # fast would win: never run
@@ -209,7 +211,7 @@ def test_when_no_installed_engine_passed_the_file_runs_on_its_default_engine_wit
     engines(module="no_such_engine_package_xyz", gone=0)
     path = gated_file(tmp_path, gated_meta(gates))
     expected = "fail" if gates.get("default") is False else "not gated"
-    assert [(c.engine, c.gate) for c in es.file_candidates(path)] == [("default", expected)]
+    assert [(c.engine, c.gate) for c in ec.file_candidates(path)] == [("default", expected)]
     assert auto(path).name == "default" and LOADS == [("default", "model.fake")]  # one candidate: not measured
     assert any("passed its export gates on no installed engine" in r.getMessage() and "running it on its default "
                "engine default" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -220,7 +222,7 @@ def test_a_gated_file_whose_default_engine_is_not_installed_says_what_to_install
     engines(fast=0)
     engines(module="no_such_engine_package_xyz", default=0)
     path = gated_file(tmp_path, gated_meta({"default": True, "fast": False}))
-    assert es.file_candidates(path) == []
+    assert ec.file_candidates(path) == []
     with pytest.raises(BackendUnavailableError, match="pip install steel-edge-fake-engine"):
         auto(path)
 
@@ -232,8 +234,8 @@ def test_without_per_engine_gates_every_installed_engine_competes_as_before(engi
         path = model_file(tmp_path)
     else:
         path = gated_file(tmp_path, gated_meta(validation=meta == "no engines"))
-    assert es.embedded_engine_gates(path) is None
-    assert [(c.engine, c.gate) for c in es.file_candidates(path)] == [("default", "user file"), ("fast", "user file")]
+    assert ec.embedded_engine_gates(path) is None
+    assert [(c.engine, c.gate) for c in ec.file_candidates(path)] == [("default", "user file"), ("fast", "user file")]
     assert auto(path).name == "fast"
 
 
@@ -242,8 +244,8 @@ def test_a_malformed_engine_entry_counts_as_failed(engines, tmp_path):
     meta = gated_meta({"default": True})
     meta.extra["validation"]["engines"]["fast"] = {"passed": "yes"}
     path = gated_file(tmp_path, meta)
-    assert es.embedded_engine_gates(path)["fast"] == {"passed": False, "failures": []}
-    assert [c.engine for c in es.file_candidates(path)] == ["default"]
+    assert ec.embedded_engine_gates(path)["fast"] == {"passed": False, "failures": []}
+    assert [c.engine for c in ec.file_candidates(path)] == ["default"]
 
 
 def write_onnx_protobuf(path: Path, props: dict[str, str]) -> Path:
@@ -273,20 +275,20 @@ def test_onnx_metadata_is_read_from_the_protobuf_without_onnxruntime(engines, tm
     props = {"edge_metadata": meta.to_json(), "other": "x" * 200}
     path = write_onnx_protobuf(tmp_path / "model.onnx", props)
     assert read_metadata_props(path) == props == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert [c.engine for c in es.file_candidates(path)] == ["onnxruntime"] and LOADS == []
+    assert [c.engine for c in ec.file_candidates(path)] == ["onnxruntime"] and LOADS == []
     assert read_metadata_props(write_onnx_protobuf(tmp_path / "bare.onnx", {})) == {}
-    assert es.embedded_engine_gates(tmp_path / "bare.onnx") is None
+    assert ec.embedded_engine_gates(tmp_path / "bare.onnx") is None
     truncated = model_file(tmp_path, "truncated.onnx", path.read_bytes()[:-50])
     with pytest.raises(ValueError, match="truncated"):
         read_metadata_props(truncated)
-    assert es.embedded_engine_gates(truncated) is None  # unreadable: as before, every engine competes
-    assert es.embedded_engine_gates(model_file(tmp_path, "junk.onnx", b"\xff" * 20)) is None
+    assert ec.embedded_engine_gates(truncated) is None  # unreadable: as before, every engine competes
+    assert ec.embedded_engine_gates(model_file(tmp_path, "junk.onnx", b"\xff" * 20)) is None
 
 
 def test_the_shipped_files_record_the_gates_the_manifest_lists():
-    manifest = es.read_manifest(DEFAULT_MODEL.parent / es.MANIFEST_NAME)
+    manifest = shipped.read_manifest(shipped.DEFAULT_MODEL.parent / shipped.MANIFEST_NAME)
     for artifact in manifest.artifacts:
-        embedded = es.embedded_engine_gates(manifest.directory / artifact.file)
+        embedded = ec.embedded_engine_gates(manifest.directory / artifact.file)
         assert embedded is not None, artifact.file
         for engine, status in artifact.gates.items():
             if status == "pass":
@@ -303,7 +305,7 @@ def test_shipped_candidates_are_only_pairs_gated_pass_or_waived(engines, tmp_pat
         "b.fake": {"default": "waived"},  # fast is not gated on b: no candidate either
         "c.fake": {"default": "fail", "fast": "fail"},
     })
-    candidates = es.shipped_candidates(models, models / "a.fake")
+    candidates = ec.shipped_candidates(models, models / "a.fake")
     assert [(c.engine, c.path.name, c.gate) for c in candidates] == [("default", "a.fake", "pass"),
                                                                      ("default", "b.fake", "waived")]
     backend = auto(None, models)
@@ -322,7 +324,7 @@ def test_the_manifest_default_is_measured_first(engines, tmp_path):
     engines(default=0)
     models = write_manifest(tmp_path / "models", {"x.fake": {"default": "pass"}, "y.fake": {"default": "pass"}},
                             default="y.fake")
-    assert [c.path.name for c in es.shipped_candidates(models, models / "y.fake")] == ["y.fake", "x.fake"]
+    assert [c.path.name for c in ec.shipped_candidates(models, models / "y.fake")] == ["y.fake", "x.fake"]
 
 
 def test_a_shipped_file_that_differs_from_its_manifest_entry_is_left_out(engines, tmp_path, caplog):
@@ -336,18 +338,18 @@ def test_a_shipped_file_that_differs_from_its_manifest_entry_is_left_out(engines
 def test_without_a_manifest_the_default_file_runs_on_its_default_engine(engines, tmp_path):
     engines(default=3, fast=0)
     default = model_file(tmp_path / "models", "default.fake")
-    candidates = es.shipped_candidates(tmp_path / "models", default)
+    candidates = ec.shipped_candidates(tmp_path / "models", default)
     assert [(c.engine, c.path) for c in candidates] == [("default", default)]
     with pytest.raises(ModelLoadError, match="no default model ships"):
-        es.shipped_candidates(tmp_path / "empty", tmp_path / "empty" / "default.fake")
+        ec.shipped_candidates(tmp_path / "empty", tmp_path / "empty" / "default.fake")
 
 
 def test_an_invalid_manifest_is_refused_with_a_warning_and_the_default_file_is_used(engines, tmp_path, caplog):
     engines(default=0)
     models = write_manifest(tmp_path / "models", {"default.fake": {"default": "maybe"}})
-    with pytest.raises(es.ManifestError, match="'gates' must map engines"):
-        es.read_manifest(models / es.MANIFEST_NAME)
-    assert [c.gate for c in es.shipped_candidates(models, models / "default.fake")] == ["no manifest"]
+    with pytest.raises(ManifestError, match="'gates' must map engines"):
+        shipped.read_manifest(models / shipped.MANIFEST_NAME)
+    assert [c.gate for c in ec.shipped_candidates(models, models / "default.fake")] == ["no manifest"]
     assert any("reinstall the package" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
@@ -355,26 +357,26 @@ def test_when_no_shipped_pair_may_run_the_error_lists_why(engines, tmp_path):
     engines(default=0)
     models = write_manifest(tmp_path / "models", {"a.fake": {"default": "fail"}})
     with pytest.raises(ModelLoadError, match="default a.fake: gate status fail"):
-        es.shipped_candidates(models, models / "a.fake")
+        ec.shipped_candidates(models, models / "a.fake")
 
 
 def test_an_explicit_engine_without_a_model_runs_the_shipped_file_gated_for_it(engines, tmp_path):
     engines(default=0, fast=0)
     models = write_manifest(tmp_path / "models", {"a.fake": {"default": "pass", "fast": "fail"},
                                                   "b.fake": {"fast": "waived"}})
-    assert es.shipped_model_for("fast", models, models / "a.fake").name == "b.fake"
-    assert es.shipped_model_for("default", models, models / "a.fake").name == "a.fake"
+    assert shipped.shipped_model_for("fast", models, models / "a.fake").name == "b.fake"
+    assert shipped.shipped_model_for("default", models, models / "a.fake").name == "a.fake"
     write_manifest(models, {"a.fake": {"default": "pass", "fast": "fail"}})
     with pytest.raises(ModelLoadError, match="no shipped model passed its accuracy gates on the fast engine"):
-        es.shipped_model_for("fast", models, models / "a.fake")
+        shipped.shipped_model_for("fast", models, models / "a.fake")
 
 
 def test_the_shipped_manifest_matches_the_shipped_files():
-    manifest = es.read_manifest(DEFAULT_MODEL.parent / es.MANIFEST_NAME)
-    assert manifest.default == DEFAULT_MODEL.name
+    manifest = shipped.read_manifest(shipped.DEFAULT_MODEL.parent / shipped.MANIFEST_NAME)
+    assert manifest.default == shipped.DEFAULT_MODEL.name
     for artifact in manifest.artifacts:
         path = manifest.directory / artifact.file
-        assert es.file_sha256(path) == artifact.sha256, f"{artifact.file} changed: update manifest.json"
+        assert file_sha256(path) == artifact.sha256, f"{artifact.file} changed: update manifest.json"
         assert set(artifact.gates) <= set(backends.ENGINES)
 
 
@@ -396,7 +398,7 @@ def test_auto_without_a_model_may_load_another_shipped_file_than_the_default(eng
     engines(default=4, fast=1)
     models = write_manifest(tmp_path / "models", {"default.fake": {"default": "pass"},
                                                   "model_int8.fake": {"fast": "pass"}})
-    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", models / "default.fake")
+    monkeypatch.setattr(shipped, "DEFAULT_MODEL", models / "default.fake")
     assert Classifier.load(labels=LABELS3).path.name == "default.fake"
     chosen = Classifier.load(engine="auto", labels=LABELS3)
     assert (chosen.backend.name, chosen.path.name) == ("fast", "model_int8.fake")

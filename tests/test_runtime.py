@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, synthetic_image
-from edge_runtime import classifier as classifier_module
+from edge_runtime import shipped
 from edge_runtime.backends import BackendUnavailableError, ModelLoadError, engine_for, load_backend
 from edge_runtime.classifier import Classifier, Prediction
 from edge_runtime.errors import ImageReadError
@@ -340,7 +340,7 @@ def test_unknown_suffixes_and_missing_files_are_refused(tmp_path):
 
 
 def test_without_a_shipped_model_load_asks_for_a_path(monkeypatch, tmp_path):
-    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", tmp_path / "models" / "default.tflite")
+    monkeypatch.setattr(shipped, "DEFAULT_MODEL", tmp_path / "models" / "default.tflite")
     with pytest.raises(ModelLoadError, match="no default model ships"):
         Classifier.load()
 
