@@ -24,8 +24,11 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.fileio import write_json_atomic
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.engine_select import AUTO
-from edge_runtime.pipeline import ModelInfo, StopFlag, Summary, run_pipeline, stop_on_signals
-from edge_runtime.sinks import AnnotatedFrameWriter, Display, SortInto, open_record_writer, read_done_files
+from edge_runtime.pipeline import StopFlag, Summary, run_pipeline, stop_on_signals
+from edge_runtime.records import ModelInfo
+from edge_runtime.sinks.base import Sink
+from edge_runtime.sinks.files import open_record_writer, read_done_files
+from edge_runtime.sinks.images import AnnotatedFrameWriter, Display, SortInto
 from edge_runtime.sources import CAPTURE_BACKENDS, SourceOptions, open_source
 from edge_runtime.polarity import POLARITY_MODES
 from edge_runtime.tiles import TileSpec
@@ -218,7 +221,7 @@ def run(
                 max_pixels=int(max_megapixels * 1_000_000),
                 exclude=tuple(os.path.abspath(d) for d in (sort_into, save_dir) if d is not None),
             )
-            sinks: list = [writer]
+            sinks: list[Sink] = [writer]
             if sort_into is not None:
                 sinks.append(stack.enter_context(SortInto(sort_into)))
             if save_dir is not None:

@@ -19,17 +19,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
-from edge_runtime.classifier import Classifier, Prediction
-from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.fileio import file_sha256
-from edge_runtime.sinks import SinkError, make_record
-from edge_runtime.sources import Frame, Source, SourceError
+from edge_runtime.classifier import Classifier
+from edge_runtime.errors import EdgeRuntimeError, SinkError, SourceError
+from edge_runtime.records import ModelInfo, Result, make_record
+from edge_runtime.sinks.base import Sink
+from edge_runtime.sources import Frame, Source
 
 log = logging.getLogger(__name__)
 
@@ -86,37 +85,6 @@ def stop_on_signals(stop: StopFlag, signals: Iterable[int] = (signal.SIGINT, sig
             signal.signal(s, old)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What every record says about the model: engine, file name, sha256 of the file (computed once)."""
-
-    engine: str
-    name: str
-    path: str
-    sha256: str
-
-    @classmethod
-    def of(cls, classifier: Classifier) -> "ModelInfo":
-        path = Path(classifier.path)
-        return cls(classifier.backend.name, path.name, str(path), file_sha256(path))
-
-
-@dataclass
-class Result:
-    """One frame's outcome: a prediction, or an error message naming the file/frame (then prediction is None).
-
-    ``latency_ms``: from the frame's capture (live) or the start of reading the file to the result.
-    ``record`` is filled by the pipeline (see :func:`edge_runtime.sinks.make_record`).
-    """
-
-    frame: Frame
-    prediction: Prediction | None
-    error: str | None = None
-    uncertain: bool = False
-    latency_ms: float = 0.0
-    record: dict[str, Any] | None = None
-
-
 def classify_frame(frame: Frame, classifier: Classifier, min_confidence: float | None = None,
                    clock: Callable[[], float] = time.monotonic) -> Result:
     """Classify one frame; a frame that cannot be classified gives an error Result instead of raising."""
@@ -134,10 +102,6 @@ def classify_frame(frame: Frame, classifier: Classifier, min_confidence: float |
 
 def _what(frame: Frame) -> str:
     return f"'{frame.path}'" if frame.path else f"{frame.source} frame {frame.index}"
-
-
-class Sink(Protocol):
-    def emit(self, result: Result) -> None: ...
 
 
 @dataclass

@@ -27,8 +27,9 @@ from edge_runtime import shipped
 from edge_runtime.cli import build_parser, main, run
 from edge_runtime.folders import FolderSource
 from edge_runtime.metadata import embed_tflite_metadata, strip_tflite_metadata
-from edge_runtime.pipeline import ModelInfo, StopFlag, run_pipeline
-from edge_runtime.sinks import CSV_FIELDS, JsonlWriter, read_done_files
+from edge_runtime.pipeline import StopFlag, run_pipeline
+from edge_runtime.records import RECORD_FIELDS, ModelInfo
+from edge_runtime.sinks.files import JsonlWriter, read_done_files
 from test_classify_sources import write_video
 from test_runtime import tiny_metadata
 
@@ -198,7 +199,7 @@ def test_jsonl_and_csv_records_parse_and_mark_uncertain_results(tiny_edge_models
         assert main(["--folder", str(folder), "--model", str(tiny_edge_models.tflite), "--output", str(out),
                      "--min-confidence", str(threshold), "--overwrite"]) == 0
     records, rows = read_jsonl(jsonl), read_csv(table)
-    assert len(records) == len(rows) == 8 and list(rows[0]) == CSV_FIELDS
+    assert len(records) == len(rows) == 8 and list(rows[0]) == RECORD_FIELDS == list(records[0])
     sha = ModelInfo.of(classifier_module.Classifier.load(tiny_edge_models.tflite)).sha256
     for record, row in zip(records, rows):
         assert record["file"] == row["file"] and record["label"] == row["label"]

@@ -22,7 +22,7 @@ from edge_runtime.errors import BackendUnavailableError, ManifestError, ModelLoa
 from edge_runtime.fileio import file_sha256
 from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata, metadata_from_labels
 from edge_runtime.onnx_metadata import read_metadata_props
-from edge_runtime.pipeline import ModelInfo
+from edge_runtime.records import ModelInfo
 
 THREADS = 2
 LABELS3 = ["crazing", "inclusion", "patches"]

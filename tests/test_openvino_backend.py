@@ -30,7 +30,7 @@ from edge_runtime.backends import (  # noqa: E402
 from edge_runtime.classifier import Classifier  # noqa: E402
 from edge_runtime.metadata import ONNX_METADATA_KEY, read_metadata  # noqa: E402
 from edge_runtime.onnx_metadata import read_metadata_props  # noqa: E402
-from edge_runtime.pipeline import ModelInfo  # noqa: E402
+from edge_runtime.records import ModelInfo  # noqa: E402
 from test_runtime import LABELS, SIZE, float_batch, test_images, tiny_metadata  # noqa: E402
 
 
