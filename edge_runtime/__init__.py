@@ -22,7 +22,8 @@ from edge_runtime.errors import (
 from edge_runtime.metadata import ModelMetadata, read_metadata
 from edge_runtime.preprocessing import PreprocessConfig, load_image, preprocess, to_bgr8
 from edge_runtime.shipped import default_model_path
-from edge_runtime.sources import Frame, SourceOptions, open_source
+from edge_runtime.sources import open_source
+from edge_runtime.sources.base import Frame, SourceOptions
 
 __all__ = [
     "BackendUnavailableError",

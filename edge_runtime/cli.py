@@ -29,7 +29,8 @@ from edge_runtime.records import ModelInfo
 from edge_runtime.sinks.base import Sink
 from edge_runtime.sinks.files import open_record_writer, read_done_files
 from edge_runtime.sinks.images import AnnotatedFrameWriter, Display, SortInto
-from edge_runtime.sources import CAPTURE_BACKENDS, SourceOptions, open_source
+from edge_runtime.sources import open_source
+from edge_runtime.sources.base import CAPTURE_BACKENDS, SourceOptions
 from edge_runtime.polarity import POLARITY_MODES
 from edge_runtime.tiles import TileSpec
 

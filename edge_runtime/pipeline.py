@@ -28,7 +28,7 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.errors import EdgeRuntimeError, SinkError, SourceError
 from edge_runtime.records import ModelInfo, Result, make_record
 from edge_runtime.sinks.base import Sink
-from edge_runtime.sources import Frame, Source
+from edge_runtime.sources.base import Frame, Source
 
 log = logging.getLogger(__name__)
 

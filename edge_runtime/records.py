@@ -16,7 +16,7 @@ from edge_runtime.fileio import file_sha256
 
 if TYPE_CHECKING:
     from edge_runtime.classifier import Classifier, Prediction
-    from edge_runtime.sources import Frame
+    from edge_runtime.sources.base import Frame
 
 # The keys of every record, in order (the CSV columns); JSON Lines records have the same keys, top3 as a list
 # of {label, confidence}.

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 
 from conftest import REPO, synthetic_image
-from edge_runtime import capture as capture_module
 from edge_runtime import classifier as classifier_module
 from edge_runtime import shipped
+from edge_runtime import sources as sources_module
 from edge_runtime.cli import build_parser, main, run
-from edge_runtime.folders import FolderSource
 from edge_runtime.metadata import embed_tflite_metadata, strip_tflite_metadata
 from edge_runtime.pipeline import StopFlag, run_pipeline
 from edge_runtime.records import RECORD_FIELDS, ModelInfo
 from edge_runtime.sinks.files import JsonlWriter, read_done_files
+from edge_runtime.sources.files import FolderSource
 from test_classify_sources import write_video
 from test_runtime import tiny_metadata
 
@@ -256,7 +256,7 @@ def test_sort_into_copies_by_label_save_dir_annotates_and_show_without_display_w
 def camera_spy(monkeypatch) -> list:
     """Replaces the camera opener; the list records every open attempt."""
     opened: list = []
-    monkeypatch.setattr(capture_module, "camera_opener", lambda index, options: lambda: opened.append(index))
+    monkeypatch.setattr(sources_module, "camera_opener", lambda index, options: lambda: opened.append(index))
     return opened
 
 
@@ -356,7 +356,7 @@ def test_help_describes_records_resume_and_exit_codes():
 
 def test_a_video_stands_in_for_the_camera_through_the_whole_cli(tiny_edge_models, tmp_path, monkeypatch):
     video = write_video(tmp_path / "line.avi", 15)
-    monkeypatch.setattr(capture_module, "camera_opener",
+    monkeypatch.setattr(sources_module, "camera_opener",
                         lambda index, options: lambda: cv2.VideoCapture(str(video)))
     out = tmp_path / "r.csv"
     summary = run(camera=0, model=tiny_edge_models.tflite, output=out, frames=6, threads=1)
@@ -386,7 +386,7 @@ def test_a_stream_lost_for_good_ends_the_run_with_exit_1_and_a_summary(tiny_edge
         opens.append(1)
         return cv2.VideoCapture(str(video) if len(opens) == 1 else str(tmp_path / "gone.avi"))
 
-    monkeypatch.setattr(capture_module, "camera_opener", lambda index, options: opener)
+    monkeypatch.setattr(sources_module, "camera_opener", lambda index, options: opener)
     out = tmp_path / "r.jsonl"
     assert main(["--camera", "0", "--retries", "1", "--model", str(tiny_edge_models.tflite), "--output",
                  str(out)]) == 1

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_image
-from edge_runtime.capture import LiveSource
-from edge_runtime.folders import (
+from edge_runtime.errors import SourceError, SourceLost
+from edge_runtime.sources import open_source
+from edge_runtime.sources.base import SourceOptions, backoff_delay, redact_url
+from edge_runtime.sources.files import (
     FilesSource,
     FolderSource,
     FolderWatcher,
@@ -28,15 +30,8 @@ from edge_runtime.folders import (
     looks_complete,
     read_file_frame,
 )
-from edge_runtime.sources import (
-    SourceError,
-    SourceLost,
-    SourceOptions,
-    VideoFileSource,
-    backoff_delay,
-    open_source,
-    redact_url,
-)
+from edge_runtime.sources.live import LiveSource
+from edge_runtime.sources.video import VideoFileSource
 
 
 class Endless:

@@ -26,9 +26,9 @@ from typing import BinaryIO
 
 import cv2
 
-from edge_runtime.errors import ImageReadError
+from edge_runtime.errors import ImageReadError, SourceError
 from edge_runtime.preprocessing import IMAGE_SUFFIXES, is_image_file, read_image
-from edge_runtime.sources import Frame, Source, SourceError, SourceOptions, Pacer
+from edge_runtime.sources.base import Frame, Pacer, Source, SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class FilesSource(Source):
         self._inputs = list(inputs)
         self.paths: list[str] = []
 
-    def __enter__(self) -> "FilesSource":
+    def __enter__(self) -> FilesSource:
         self.paths = self._expand()
         if not self.paths:
             raise SourceError(f"{self.name}: no image files found in {[str(i) for i in self._inputs]}; "
@@ -294,7 +294,7 @@ class FolderSource(FilesSource):
         self.folder = os.path.abspath(folder)
         super().__init__([self.folder], options, name=f"folder:{self.folder}", **kwargs)
 
-    def __enter__(self) -> "FolderSource":
+    def __enter__(self) -> FolderSource:
         if not os.path.isdir(self.folder):
             raise SourceError(f"folder '{self.folder}': no such folder; check the path")
         self.paths = list_images(self.folder, self.options.recursive, self.options.exclude)
@@ -382,7 +382,7 @@ class WatchedFolderSource(FilesSource):
         self.watcher = FolderWatcher(self.folder, self.options.recursive, self.options.settle_s,
                                      self.options.done, self.options.exclude, self._clock)
 
-    def __enter__(self) -> "WatchedFolderSource":
+    def __enter__(self) -> WatchedFolderSource:
         if not os.path.isdir(self.folder):
             raise SourceError(f"folder '{self.folder}': no such folder; check the path")
         self.stats.resumed = sum(1 for p in list_images(self.folder, self.options.recursive, self.options.exclude)

@@ -18,14 +18,13 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge_runtime.sources import (
+from edge_runtime.errors import SourceError, SourceLost
+from edge_runtime.sources.base import (
     JOIN_TIMEOUT_S,
     STALL_WARNING_S,
     WAIT_SLICE_S,
     Frame,
     Source,
-    SourceError,
-    SourceLost,
     SourceOptions,
     backoff_delay,
     is_stream_url,
@@ -62,7 +61,7 @@ class LiveSource(Source):
         self._capture: Capture | None = None  # owned by the reader thread
         self._next_due: float | None = None
 
-    def __enter__(self) -> "LiveSource":
+    def __enter__(self) -> LiveSource:
         capture = self._open()
         failures = 0
         while capture is None:

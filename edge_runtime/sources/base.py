@@ -1,14 +1,5 @@
-"""Where frames come from: cameras, video files and streams, folders (optionally watched), lists of files.
-
-Every source is a context manager and an iterable of :class:`Frame`::
-
-    with open_source(0, SourceOptions(max_fps=5)) as source:   # or "line3.mp4", "rtsp://...", "DIR", [files]
-        for frame in source:
-            ...
-
-This module holds what all sources share (Frame, options, stop-aware waiting, pacing), the video-file source
-and :func:`open_source`; cameras and streams live in :mod:`edge_runtime.capture` (reader thread, newest frame
-only, reconnects), files and folders in :mod:`edge_runtime.folders` (bad files become error frames, watching).
+"""What every source shares: :class:`Frame`, :class:`SourceOptions`, the :class:`Source` base, stop-aware
+waiting, pacing, and reading a source spec (camera index, file, folder, URL) into a kind.
 
 * ``every`` keeps one frame in N; ``max_fps`` caps the rate (live sources skip frames at capture time, file
   sources wait). Frames left out by either are counted in ``stats.skipped``, never as dropped.
@@ -25,14 +16,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_runtime.errors import SourceError, SourceLost
+from edge_runtime.errors import SourceError
 from edge_runtime.preprocessing import is_image_file
 
 log = logging.getLogger(__name__)
@@ -125,7 +115,8 @@ def backoff_delay(failures: int, options: SourceOptions) -> float:
 StopCheck = Callable[[], bool]
 
 
-def _never() -> bool:
+def never_stop() -> bool:
+    """The default ``should_stop``: run until the input ends."""
     return False
 
 
@@ -182,7 +173,7 @@ class Source:
 
     prefetch = False  # True for ordered sources that the pipeline may read ahead (see pipeline.prefetched)
 
-    def __init__(self, name: str, options: SourceOptions, should_stop: StopCheck = _never,
+    def __init__(self, name: str, options: SourceOptions, should_stop: StopCheck = never_stop,
                  sleep: Callable[[float], object] | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.name = name
@@ -193,7 +184,7 @@ class Source:
         self._closing = threading.Event()
         self._waiter = Waiter(should_stop, sleep, clock, self._closing)
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -217,65 +208,7 @@ def release_capture(capture) -> None:
         log.debug("release failed: %s", exc)
 
 
-# --- video files -----------------------------------------------------------------------------------------
-
-
-class VideoFileSource(Source):
-    """A video file, read frame by frame in order (the pipeline reads ahead on a thread: ``prefetch``); ends at the end of the file."""
-
-    prefetch = True
-
-    def __init__(self, path: str | Path, options: SourceOptions | None = None, **kwargs) -> None:
-        self.path = os.path.abspath(path)
-        super().__init__(f"video:{self.path}", options or SourceOptions(), **kwargs)
-        self._capture: cv2.VideoCapture | None = None
-
-    def __enter__(self) -> "VideoFileSource":
-        if not os.path.isfile(self.path):
-            raise SourceError(f"video '{self.path}': no such file; check the path")
-        capture = cv2.VideoCapture(self.path)
-        if not capture.isOpened():
-            release_capture(capture)
-            raise SourceError(f"video '{self.path}': OpenCV cannot open it (not a video, corrupt, or a codec "
-                              "this OpenCV build lacks)")
-        self._capture = capture
-        return self
-
-    def close(self) -> None:
-        super().close()
-        if self._capture is not None:
-            release_capture(self._capture)
-            self._capture = None
-
-    def __iter__(self) -> Iterator[Frame]:
-        capture = self._capture
-        if capture is None:
-            raise SourceError(f"{self.name}: use the source in a 'with' block")
-        pacer = Pacer(self.options.max_fps, self._waiter, self._clock)
-        index = 0
-        while not self._waiter.stopped():
-            if index % self.options.every:
-                if not capture.grab():
-                    break
-                self.stats.captured += 1
-                self.stats.skipped += 1
-                index += 1
-                continue
-            if not pacer.ready():
-                return
-            wall, start = self._wall(), self._clock()
-            ok, image = capture.read()
-            if not ok or image is None:
-                break
-            self.stats.captured += 1
-            yield Frame(image, index, wall, self.name, captured=start, read_ms=(self._clock() - start) * 1000)
-            index += 1
-        expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if not self._waiter.stopped() and expected > 0 and index < expected - 1:
-            log.warning("%s: ended at frame %d of %d (truncated or corrupt file)", self.name, index, expected)
-
-
-# --- the one entry point ---------------------------------------------------------------------------------
+# --- source specs ------------------------------------------------------------------------------------------
 
 
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
@@ -291,41 +224,11 @@ def redact_url(text: str) -> str:
     return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", text, flags=re.IGNORECASE)
 
 
-def open_source(
-    spec: int | str | Path | Sequence[str | Path],
-    options: SourceOptions | None = None,
-    kind: str | None = None,
-    should_stop: StopCheck = _never,
-) -> Source:
-    """The source for ``spec``: a camera index, a video file, a stream URL, a folder, or a list of image files.
+def guess_kind(spec: object) -> str:
+    """The kind of source ``spec`` names: "camera", "video" (file, stream URL or device), "folder" or "files".
 
-    ``kind`` ("camera", "video", "folder", "files") forces the interpretation; otherwise it is guessed.
-    Nothing is opened until the source is entered (``with``). Raises SourceError for a path that does not exist.
+    Raises SourceError for a path that does not exist, ValueError for something that is no source at all.
     """
-    from edge_runtime.capture import LiveSource, camera_opener, stream_opener
-    from edge_runtime.folders import FilesSource, FolderSource, WatchedFolderSource
-
-    options = options or SourceOptions()
-    common = {"should_stop": should_stop}
-    kind = kind or _guess_kind(spec)
-    if kind == "camera":
-        index = int(spec)  # type: ignore[arg-type]
-        return LiveSource(f"camera:{index}", camera_opener(index, options), options, **common)
-    if kind == "files":
-        items = [spec] if isinstance(spec, (str, Path)) else list(spec)  # type: ignore[arg-type]
-        return FilesSource(items, options, **common)
-    text = str(spec)
-    if kind == "folder":
-        cls = WatchedFolderSource if options.watch else FolderSource
-        return cls(text, options, **common)
-    if kind == "video":
-        if is_stream_url(text) or text.startswith("/dev/"):
-            return LiveSource(f"stream:{redact_url(text)}", stream_opener(text, options), options, **common)
-        return VideoFileSource(text, options, **common)
-    raise ValueError(f"unknown source kind {kind!r}; use camera, video, folder or files")
-
-
-def _guess_kind(spec: object) -> str:
     if isinstance(spec, bool):
         raise ValueError(f"not a source: {spec!r}")
     if isinstance(spec, int):
