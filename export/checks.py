@@ -104,7 +104,9 @@ def gc10_eval_images(root: Path) -> list[EvalImage]:
       inclusion, boxes of classes without NEU counterpart expected unknown (rolled_pit: not scored, left out);
     * ``gc10_frames``: whole frames outside the inclusion folder whose label has no NEU counterpart.
     """
-    from train.crossplant import GC10_TO_NEU, GC10_UNKNOWN, crop_window, gc10_frames
+    from export.datasets.classes import GC10_TO_NEU, GC10_UNKNOWN
+    from export.datasets.crops import crop_window
+    from export.datasets.gc10 import gc10_frames
 
     frames = gc10_frames(root) if root.is_dir() else []
     items = [EvalImage(f.path, "gc10_inclusion", "inclusion", source_class="inclusion")
@@ -139,7 +141,7 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 def xsdd_eval_images(root: Path) -> list[EvalImage]:
     """X-SDD: the mapped classes as group ``xsdd`` (scored), the others as ``xsdd_other`` (should be unknown)."""
-    from train.crossplant import xsdd_images
+    from export.datasets.xsdd import xsdd_images
 
     items = [EvalImage(i.path, "xsdd" if i.neu_class else "xsdd_other", i.neu_class, source_class=i.xsdd_class)
              for i in xsdd_images(root)]

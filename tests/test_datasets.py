@@ -1,4 +1,4 @@
-"""Cross-plant data protocols (train/crossplant.py): GC10 frames, xml matching, labels, crops; X-SDD listing."""
+"""Cross-plant data protocols (export/datasets/): GC10 frames, xml matching, labels, crops; X-SDD listing."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-import train.crossplant as crossplant
 from conftest import SHARED
-from train.crossplant import (
-    GC10_CLASSES, GC10_REPORT_ONLY, GC10_TO_NEU, GC10_UNKNOWN, XSDD_TO_NEU, VocBox, VocError, crop_pixels,
-    crop_window, gc10_class, gc10_crops, gc10_frames, gc10_release_frames, gc10_role, gc10_summary, image_format,
-    iter_crop_pixels, read_voc, resolve_label, verify_gc10, xsdd_images, xsdd_summary,
-)
 from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import read_image
+from export.datasets import crops as crops_module
+from export.datasets.classes import (
+    GC10_CLASSES, GC10_CODES, GC10_REPORT_ONLY, GC10_TO_NEU, GC10_UNKNOWN, XSDD_TO_NEU, gc10_class, gc10_role,
+)
+from export.datasets.crops import crop_pixels, crop_window, gc10_crops, iter_crop_pixels
+from export.datasets.gc10 import Gc10Frame, gc10_frames, gc10_release_frames, gc10_summary, resolve_label, verify_gc10
+from export.datasets.voc import VocBox, VocError, read_voc
+from export.datasets.xsdd import image_format, xsdd_images, xsdd_summary
 
 GC10 = SHARED / "datasets" / "gc10"
 XSDD = SHARED / "datasets" / "xsdd"
@@ -41,7 +43,7 @@ def write_frame(path: Path, value: int = 100, size: tuple[int, int] = (W, H)) ->
     return path
 
 
-def by_name(frames) -> dict[str, crossplant.Gc10Frame]:
+def by_name(frames) -> dict[str, Gc10Frame]:
     return {f"{f.path.parent.name}/{f.path.name}": f for f in frames}
 
 
@@ -53,7 +55,7 @@ def test_class_names_from_voc_codes_folder_names_and_numbers():
     assert gc10_class("10_yaozhe") == gc10_class("10_yaozhed") == gc10_class("waist folding") == "waist_folding"
     assert gc10_class("Water_Spot") == "water_spot"
     assert [gc10_class(n) for n in ("unlabeled", "d", "11", "0", "annotations")] == [None] * 5
-    assert [gc10_class(code) for code in crossplant.GC10_CODES] == [*GC10_CLASSES, "waist_folding"]
+    assert [gc10_class(code) for code in GC10_CODES] == [*GC10_CLASSES, "waist_folding"]
 
 
 def test_every_gc10_class_is_scored_unknown_or_report_only_exactly_once():
@@ -300,7 +302,7 @@ def test_crops_decode_each_frame_once_and_skip_unreadable_frames(tmp_path: Path,
         write_voc(tmp_path / "crease" / f"{name}.xml", [("9_zhehen", 0, 0, 10, 10), ("9_zhehen", 50, 50, 90, 90)])
     (tmp_path / "crease" / "b.jpg").write_bytes(b"not an image")
     decoded = []
-    monkeypatch.setattr(crossplant, "read_image", lambda path: decoded.append(path) or read_image(path))
+    monkeypatch.setattr(crops_module, "read_image", lambda path: decoded.append(path) or read_image(path))
     errors: list = []
     pixels = list(iter_crop_pixels(gc10_crops(gc10_frames(tmp_path)), errors))
     assert [c.frame.name for c, _ in pixels] == ["a.jpg", "a.jpg"] and [p.shape for _, p in pixels] == [(64, 64)] * 2
