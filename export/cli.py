@@ -128,7 +128,7 @@ def _gates_from(args):
 def _export(argv: list[str]) -> int:
     args = build_export_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from export.pipeline import ExportOptions, export_run
+    from export.export_run import ExportOptions, export_run
 
     report = export_run(ExportOptions(
         run_dir=args.run_dir, out=args.out, formats=args.formats, calibration_count=args.calibration_count,

@@ -95,7 +95,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 def _fit(argv: list[str]) -> int:
     args = build_fit_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from train.pipeline import TrainOptions, load_options_for_resume
+    from train.training_run import TrainOptions, load_options_for_resume
 
     if args.resume:
         options = load_options_for_resume(args.resume, progress=not args.no_progress)
@@ -121,7 +121,7 @@ def _fit(argv: list[str]) -> int:
 
 
 def _train(options) -> int:
-    from train.pipeline import cross_validate, train_run
+    from train.training_run import cross_validate, train_run
 
     if options.folds:
         summary = cross_validate(options)
