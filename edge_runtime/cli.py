@@ -11,6 +11,7 @@ typed entry point (the same call from Python). No TensorFlow is imported on this
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.backends import ENGINES
 from edge_runtime.classifier import Classifier
@@ -83,7 +85,15 @@ def _probability(text: str) -> float:
     return value
 
 
+def run_defaults() -> dict[str, Any]:
+    """The defaults of :func:`run`'s parameters: the command line takes its defaults from here."""
+    return {name: parameter.default for name, parameter in inspect.signature(run).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`run`: one option per parameter, with the same default."""
+    defaults = run_defaults()
     p = argparse.ArgumentParser(
         prog="edge-classify",
         description="Classify steel-surface images on the device (LiteRT or ONNX Runtime, no TensorFlow) from a "
@@ -93,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns ('*.png')")
+    p.add_argument("inputs", nargs="*", default=defaults["inputs"], metavar="IMAGE",
+                   help="image files, folders or glob patterns ('*.png')")
     src = p.add_argument_group("source (exactly one: IMAGE..., --camera, --video or --folder)")
     one = src.add_mutually_exclusive_group()
     one.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV VideoCapture)")
@@ -102,24 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--recursive", action="store_true", help="include sub-folders")
     src.add_argument("--watch", action="store_true",
                      help="keep watching --folder and classify each new file once it is completely written")
-    src.add_argument("--poll", type=_positive_float, default=0.5, metavar="S", help="--watch: seconds between scans")
-    src.add_argument("--max-megapixels", type=_positive_float, default=64.0, metavar="MP",
+    src.add_argument("--poll", type=_positive_float, default=defaults["poll"], metavar="S",
+                     help="--watch: seconds between scans")
+    src.add_argument("--max-megapixels", type=_positive_float, default=defaults["max_megapixels"], metavar="MP",
                      help="image files larger than this (read from the header, before decoding) get an error "
                      "record instead of exhausting the memory")
-    src.add_argument("--settle", type=float, default=10.0, metavar="S",
+    src.add_argument("--settle", type=float, default=defaults["settle"], metavar="S",
                      help="--watch: seconds a file that looks incomplete (0 bytes, JPEG without end marker) must "
                      "stay unchanged before it is reported as an error")
     cam = p.add_argument_group("camera and stream")
-    cam.add_argument("--backend", choices=CAPTURE_BACKENDS, default="any", help="OpenCV capture backend")
+    cam.add_argument("--backend", choices=CAPTURE_BACKENDS, default=defaults["backend"], help="OpenCV capture backend")
     cam.add_argument("--width", type=_positive_int, help="requested frame width")
     cam.add_argument("--height", type=_positive_int, help="requested frame height")
     cam.add_argument("--fps", type=_positive_float, help="requested camera frame rate")
-    cam.add_argument("--retries", type=_non_negative_int, default=5, metavar="N",
+    cam.add_argument("--retries", type=_non_negative_int, default=defaults["retries"], metavar="N",
                      help="open/reconnect attempts, with exponential back-off (0.5 s doubling, at most 30 s)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", metavar="PATH",
                      help=".tflite or .onnx file from edge-export (default: the model shipped in the package)")
-    mod.add_argument("--engine", choices=[AUTO, *sorted(ENGINES)], default=AUTO,
+    mod.add_argument("--engine", choices=[AUTO, *sorted(ENGINES)], default=defaults["engine"],
                      help="inference engine. auto: the fastest on this machine among the engine/model pairs that "
                      "passed the export's accuracy gates (the shipped models, or the engines recorded as passing in "
                      "--model's metadata), measured once (about a second) and cached per machine in "
@@ -130,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="classify large frames by windows: 'auto' (squares of the short edge; 2048x1000 -> 3), "
                      "ROWSxCOLS (e.g. 1x4) or a window size in pixels; the frame's answer combines the windows "
                      "that are not unknown (see --tile-aggregate)")
-    mod.add_argument("--tile-aggregate", choices=("max", "mean"), default="max",
+    mod.add_argument("--tile-aggregate", choices=("max", "mean"), default=defaults["tile_aggregate"],
                      help="--tiles: per class the highest probability of any window, or the mean")
     mod.add_argument("--polarity", choices=POLARITY_MODES,
                      help="test-time polarity. auto: classify every image as captured and with inverted gray levels "
@@ -149,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--show", action="store_true", help="show annotated frames in a window (if a display exists)")
     out.add_argument("--summary", metavar="FILE", help="also write the final summary as JSON here")
     run_ = p.add_argument_group("how much to process")
-    run_.add_argument("--every", type=_positive_int, default=1, metavar="N", help="classify every N-th frame/file")
+    run_.add_argument("--every", type=_positive_int, default=defaults["every"], metavar="N",
+                      help="classify every N-th frame/file")
     run_.add_argument("--max-fps", type=_positive_float, metavar="F",
                       help="at most F frames per second (live sources skip frames, files are paced)")
     run_.add_argument("--frames", type=_positive_int, metavar="N", help="stop after N records")
@@ -175,7 +188,7 @@ def run(
     fps: float | None = None,
     retries: int = 5,
     model: str | Path | None = None,
-    engine: str | None = None,
+    engine: str | None = AUTO,
     threads: int | None = None,
     tiles: str | None = None,
     tile_aggregate: str = "max",
@@ -195,6 +208,8 @@ def run(
 ) -> Summary:
     """Classify one source into the outputs and return the run's summary (also logged to stderr).
 
+    Parameters are the command line's options, with the same defaults (``engine="auto"``: the fastest engine
+    that passed the model's accuracy gates; ``None``: the file's default engine, no measuring).
     The model is loaded (and checked against its metadata) before any output or source is opened. Raises
     ValueError for inconsistent arguments and EdgeRuntimeError subclasses for setup errors (model, output,
     source); problems with single frames or files become error records instead.

@@ -11,11 +11,11 @@ from edge_runtime.errors import EdgeRuntimeError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except None, on/off switches and help that already names its default."""
+    """Shows defaults, except None, empty ones, on/off switches and help that already names its default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or isinstance(action.default, bool) or "(default" in text:
+        if action.default in (None, ()) or isinstance(action.default, bool) or "(default" in text:
             return text
         return super()._get_help_string(action)
 

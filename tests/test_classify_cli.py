@@ -7,6 +7,7 @@ real model is never needed. Subprocess tests run ``python -m edge_runtime.cli`` 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import os
@@ -349,6 +350,18 @@ def test_help_describes_records_resume_and_exit_codes():
     for fragment in ("--camera", "--video", "--folder", "--watch", "--min-confidence", "--sort-into", "--max-fps",
                      "model_sha256", "resuming", "exit codes"):
         assert fragment in text
+
+
+def test_every_option_has_the_default_of_the_run_parameter_it_sets():
+    parameters = inspect.signature(run).parameters
+    parser = build_parser()
+    options = {action.dest: action for action in parser._actions if action.dest not in ("help", "verbose")}
+    assert set(options) == set(parameters) - {"stop"}  # every option is a parameter of run and vice versa
+    for name, action in options.items():
+        assert action.default == parameters[name].default, name
+    parsed = vars(parser.parse_args([]))
+    assert all(parsed[name] == parameters[name].default for name in options)
+    assert parameters["engine"].default == "auto"  # the command line's documented default
 
 
 # --- cameras and videos ---------------------------------------------------------------------------------
