@@ -174,6 +174,7 @@ def test_missing_data_argument_is_a_usage_error():
     assert info.value.code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.data
 @needs_neu
 def test_real_resnet50_on_a_neu_subset_learns_and_evaluates_gc10(tmp_path: Path):
