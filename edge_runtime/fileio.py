@@ -1,4 +1,4 @@
-"""File helpers shared by the runtime, training and export: a file's sha256, and atomic JSON writes."""
+"""File helpers shared by the runtime, training and export: a file's sha256, and atomic writes."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def file_sha256(path: str | Path, chunk: int = CHUNK_BYTES) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to a temporary file beside ``path``, then rename it over ``path``.
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
 
     A reader sees the old file or the new one, never half of one. Creates the parent folder; raises OSError
     when the file cannot be written (callers decide how loud).
@@ -30,7 +30,12 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (:func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.classifier import ood_spec_of
-from edge_runtime.metadata import MetadataError, read_metadata
+from edge_runtime.errors import MetadataError
+from edge_runtime.metadata import read_metadata
 from edge_runtime.polarity import AS_IS
 from edge_runtime.preprocessing import PreprocessConfig
 from export import checks

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import NEU_CLASSES, SHARED, write_class_folders
-from edge_runtime.fileio import file_sha256
+from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
 from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
 from export.formats import FORMATS
 from train.data import check_images, discover
-from train.run_dir import TrainedRun, write_json
+from train.run_dir import TrainedRun
 from train.split import read_manifest, stratified_split, write_manifest
 
 SIZE = 32
@@ -59,11 +59,11 @@ def tiny_run(tmp_path_factory) -> Path:
     write_manifest(run / "split_manifest.csv", rows)
     model, cfg = _tiny_model(data, rows, ds.classes)
     model.save(run / "model.keras")
-    write_json(run / "metadata.json", {
+    write_json_atomic(run / "metadata.json", {
         "classes": ds.classes, "input_size": [SIZE, SIZE], "preprocessing": cfg.to_dict(), "seed": 0,
         "unfreeze": "conv5", "data_root": str(data), "split_manifest_sha256": file_sha256(run / "split_manifest.csv"),
     })
-    write_json(run / "metrics.json", {"val": {"accuracy": 1.0, "correct": 12, "total": 12},
+    write_json_atomic(run / "metrics.json", {"val": {"accuracy": 1.0, "correct": 12, "total": 12},
                                       "test": {"accuracy": 1.0, "correct": 12, "total": 12}})
     return run
 

@@ -19,15 +19,10 @@ import pytest
 pytest.importorskip("openvino")
 
 from conftest import REPO  # noqa: E402
-from edge_runtime import engine_select  # noqa: E402
-from edge_runtime.backends import (  # noqa: E402
-    BackendUnavailableError,
-    ModelLoadError,
-    engine_for,
-    engines_for,
-    load_backend,
-)
+from edge_runtime import engine_candidates, engine_select  # noqa: E402
+from edge_runtime.backends import engine_for, engines_for, load_backend  # noqa: E402
 from edge_runtime.classifier import Classifier  # noqa: E402
+from edge_runtime.errors import BackendUnavailableError, ModelLoadError  # noqa: E402
 from edge_runtime.metadata import ONNX_METADATA_KEY, read_metadata  # noqa: E402
 from edge_runtime.onnx_metadata import read_metadata_props  # noqa: E402
 from edge_runtime.records import ModelInfo  # noqa: E402
@@ -157,8 +152,8 @@ def test_a_missing_openvino_gives_its_install_hint_and_is_no_candidate(tiny_edge
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(BackendUnavailableError, match=r'pip install "steel-edge-inspect\[openvino\]"'):
         load_backend(tiny_edge_models.onnx, "openvino")
-    monkeypatch.setattr(engine_select.importlib.util, "find_spec", lambda name: None if name == "openvino" else 1)
-    assert [c.engine for c in engine_select.file_candidates(tiny_edge_models.onnx)] == ["onnxruntime"]
+    monkeypatch.setattr(engine_candidates.importlib.util, "find_spec", lambda name: None if name == "openvino" else 1)
+    assert [c.engine for c in engine_candidates.file_candidates(tiny_edge_models.onnx)] == ["onnxruntime"]
 
 
 def test_auto_measures_both_onnx_engines_records_the_one_used_and_then_uses_the_cache(

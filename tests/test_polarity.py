@@ -9,7 +9,7 @@ import pytest
 
 from edge_runtime.backends import Backend
 from edge_runtime.classifier import Classifier
-from edge_runtime.metadata import MetadataError
+from edge_runtime.errors import MetadataError
 from edge_runtime.ood import OodSpec, l2_normalize
 from edge_runtime.polarity import choose_inverted, invert_polarity, pick
 from test_runtime import LABELS, SIZE, tiny_metadata

@@ -19,15 +19,14 @@ import pytest
 
 from conftest import REPO, synthetic_image
 from edge_runtime import shipped
-from edge_runtime.backends import BackendUnavailableError, ModelLoadError, engine_for, load_backend
+from edge_runtime.backends import engine_for, load_backend
 from edge_runtime.classifier import Classifier, Prediction
-from edge_runtime.errors import ImageReadError
+from edge_runtime.errors import BackendUnavailableError, ImageReadError, MetadataError, ModelLoadError
 from edge_runtime.metadata import (
     LABELS_ENTRY,
     METADATA_ENTRY,
     METADATA_SCHEMA,
     ONNX_METADATA_KEY,
-    MetadataError,
     ModelMetadata,
     embed_tflite_metadata,
     metadata_from_labels,

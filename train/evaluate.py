@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.fileio import write_json_atomic
 from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.preprocessing import is_image_file, prepare_pixels, read_image
 from train import figures
 from train.data import normalize_label
 from train.embeddings import training_ood_spec
 from train.predict import predict_files, predict_files_with_polarity
-from train.run_dir import TrainedRun, write_json
+from train.run_dir import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def evaluate_folder(
     report_json = out / f"{name}.json"
     report["report_json"] = str(report_json)
     report["figure"] = str(out / f"{name}_predictions.png")
-    write_json(report_json, report)
+    write_json_atomic(report_json, report)
     _grid(result.paths, predicted, confidence, classes, expect, report, grid_size, run)
     return report
 

@@ -9,7 +9,7 @@ from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_runtime.fileio import file_sha256, write_json_atomic
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocessing import PreprocessConfig
 from train.split import MANIFEST_NAME, ManifestRow, read_manifest, verify_files
 
@@ -42,10 +42,6 @@ def tool_versions() -> dict[str, str]:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_json_atomic(path, data)
 
 
 @dataclass

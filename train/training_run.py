@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.fileio import file_sha256
+from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
 from train import figures
@@ -30,7 +30,6 @@ from train.run_dir import (
     MODEL_FILE,
     tool_versions,
     utc_now,
-    write_json,
 )
 from train.split import (
     MANIFEST_NAME,
@@ -140,7 +139,7 @@ def _prepare(options: TrainOptions):
                 f"'{run_dir}' already holds a run with other settings ({changed}); "
                 "use --resume RUN_DIR to continue it, or pick a new --name"
             )
-    write_json(run_dir / CONFIG_FILE, config)
+    write_json_atomic(run_dir / CONFIG_FILE, config)
     weights = resolve_weights(options.weights)
     dataset = discover(options.data, options.classes)
     hashes = check_images(dataset, skip_bad=options.skip_bad, progress=options.progress)
@@ -192,7 +191,7 @@ def train_run(options: TrainOptions) -> dict:
         "created": utc_now(),
         "versions": tool_versions(),
     }
-    write_json(run_dir / METADATA_FILE, metadata)
+    write_json_atomic(run_dir / METADATA_FILE, metadata)
 
     metrics = {"fit": fit}
     for split in ("val", "test"):
@@ -211,7 +210,7 @@ def train_run(options: TrainOptions) -> dict:
     history = read_history(run_dir / HISTORY_FILE)
     metrics["epoch_seconds"] = _epoch_seconds(history)
     metrics["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 1)
-    write_json(run_dir / METRICS_FILE, metrics)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
     figures.training_curves(history, run_dir / "training_curves.png")
     log.info("run saved in %s", run_dir)
     return metrics
@@ -265,7 +264,7 @@ def cross_validate(options: TrainOptions) -> dict:
         )
         y_true = np.array([index[r.label] for r in test_rows])
         fold_metrics = {"fold": k + 1, "fit": fit, "test": report(y_true, probabilities.argmax(1), dataset.classes)}
-        write_json(fold_dir / METRICS_FILE, fold_metrics)
+        write_json_atomic(fold_dir / METRICS_FILE, fold_metrics)
         log.info("fold %d test accuracy %.4f", k + 1, fold_metrics["test"]["accuracy"])
         per_fold.append(fold_metrics)
     accuracies = np.array([f["test"]["accuracy"] for f in per_fold])
@@ -279,5 +278,5 @@ def cross_validate(options: TrainOptions) -> dict:
         "confusion_matrix_all_folds": np.sum([f["test"]["confusion_matrix"] for f in per_fold], axis=0).tolist(),
         "classes": dataset.classes,
     }
-    write_json(run_dir / "cv_metrics.json", summary)
+    write_json_atomic(run_dir / "cv_metrics.json", summary)
     return summary

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.fileio import write_bytes_atomic
 from edge_runtime.preprocessing import to_bgr8
 from edge_runtime.records import Result
 from edge_runtime.sinks.base import BestEffortSink, Sink, output_folder
@@ -44,12 +45,6 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120] or "frame"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class AnnotatedFrameWriter(BestEffortSink):
     """``--save-dir``: each classified frame as a JPEG with its label drawn on it."""
 
@@ -69,7 +64,7 @@ class AnnotatedFrameWriter(BestEffortSink):
             ok, encoded = cv2.imencode(".jpg", annotate(frame.image, result), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:
                 raise ValueError("JPEG encoding failed")
-            _write_atomically(self.directory / name, encoded.tobytes())
+            write_bytes_atomic(self.directory / name, encoded.tobytes())
             self.count += 1
         except (OSError, ValueError, cv2.error, MemoryError) as exc:
             self._failed(f"cannot save {name}: {exc}")
