@@ -6,7 +6,7 @@ Evaluation sets (groups):
 * ``gc10_inclusion``: the reference protocol, every image of GC10-DET's ``inclusion`` folder as a whole frame,
   expected to be called inclusion (the full GC10-DET release has 216 such frames);
 * ``gc10_crops`` / ``gc10_frames``: annotated box crops and whole frames, labelled by their VOC boxes
-  (train/crossplant.py); classes without NEU counterpart are expected to be answered unknown;
+  (export/datasets/); classes without NEU counterpart are expected to be answered unknown;
 * ``xsdd``: X-SDD, another hot-rolling plant: slag_inclusion -> inclusion, surface_scratch -> scratches;
   ``xsdd_other``: its five classes without NEU counterpart.
 
@@ -96,7 +96,7 @@ def standard_eval_images(run, neu_root: Path | None, gc10: Path | None, xsdd: Pa
 
 
 def gc10_eval_images(root: Path) -> list[EvalImage]:
-    """GC10-DET, three protocols (frames, xml matching and labels resolved by train/crossplant.py):
+    """GC10-DET, three protocols (frames, xml matching and labels resolved by export/datasets/):
 
     * ``gc10_inclusion``: the reference protocol, every image of the ``inclusion`` folder as a whole frame,
       expected inclusion (whatever its boxes say, as the reference counted it);

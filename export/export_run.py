@@ -259,7 +259,7 @@ def export_run(options: ExportOptions) -> dict:
         "passed": all_passed,
         "timings": {"convert_seconds": round(convert_seconds, 1),
                     "unknown_score_bank_seconds": round(bank_seconds, 1),
-                    "float_reference_seconds": round(reference_seconds, 1),
+                    "float_reference_seconds": round(reference_seconds, 3),
                     "check_seconds": round(time.perf_counter() - checked, 1),
                     "total_seconds": round(time.perf_counter() - started, 1)},
         "machine": cpu_description(),

@@ -10,13 +10,10 @@ from pathlib import Path
 
 from edge_runtime.fileio import file_sha256 as sha256_of
 from edge_runtime.metadata import read_metadata
-from edge_runtime.shipped import MANIFEST_NAME, MANIFEST_SCHEMA
+from edge_runtime.shipped import MANIFEST_NAME, MANIFEST_SCHEMA, default_model_path
 from export.model_card import write_model_card
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "edge_runtime" / "models"
-
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 
@@ -46,7 +43,7 @@ def ship(export_dir: str | Path, formats: str | list[str] = "tflite_int8", dest:
         if not any(r["passed"] for r in rows) and not waive:
             raise ValueError(f"{fmt} failed its accuracy gates ({'; '.join(rows[0]['failures'])}); it is not "
                              "shipped unless you state why with --waive REASON (the reason goes into the model card)")
-    dest = Path(dest) if dest else DEFAULT_MODELS_DIR
+    dest = Path(dest) if dest else default_model_path().parent
     dest.mkdir(parents=True, exist_ok=True)
     entries, targets = [], []
     for index, (fmt, rows) in enumerate(chosen):
