@@ -13,6 +13,7 @@ from edge_runtime.backends import Backend, load_backend
 from edge_runtime.engine_select import AUTO, load_auto
 from edge_runtime.errors import MetadataError
 from edge_runtime.metadata import ModelMetadata, metadata_from_labels, read_metadata
+from edge_runtime.model_file import verify_graph
 from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
 from edge_runtime.polarity import AS_IS, AUTO as POLARITY_AUTO, check_mode, choose_inverted, invert_polarity, pick
 from edge_runtime.preprocessing import normalize, prepare_pixels, read_image
@@ -97,7 +98,9 @@ class Classifier:
         ``labels`` lets a model without (valid) metadata be used; with valid metadata they must agree.
         """
         backend = _load_backend(path, engine, threads)
-        classifier = cls(backend, _metadata_for(backend, labels))
+        metadata = _metadata_for(backend, labels)
+        verify_graph(backend.path, metadata)
+        classifier = cls(backend, metadata)
         log.info(
             "loaded %s (%s, %s, %d classes, %d threads)",
             backend.path, backend.name, classifier.metadata.format, len(classifier.labels), backend.threads,

@@ -49,6 +49,7 @@ class ModelMetadata:
     versions: dict[str, str]
     created: str
     extra: dict[str, Any] = field(default_factory=dict)
+    graph_sha256: str = ""  # digest of the model's own bytes (edge_runtime.model_file); checked at load
     schema: str = METADATA_SCHEMA
 
     @property
@@ -92,6 +93,7 @@ class ModelMetadata:
             versions={str(k): str(v) for k, v in dict(data.get("versions", {})).items()},
             created=str(data.get("created", "")),
             extra=dict(data.get("extra", {})),
+            graph_sha256=str(data.get("graph_sha256", "")),
         )
         meta._check_consistent()
         return meta

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import BinaryIO
 
 METADATA_PROPS_FIELD = 14
@@ -37,6 +38,46 @@ def read_metadata_props(path: str | Path) -> dict[str, str]:
             else:
                 _skip(handle, wire_type, size)
     return props
+
+
+def top_level_fields(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """Each top-level field of a serialized ModelProto as (field number, its raw bytes, tag included).
+
+    Joining the raw bytes of every field gives ``data`` back; dropping or adding fields edits the model without
+    parsing its graph. Raises ValueError for a malformed message.
+    """
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        start = stream.tell()
+        field, wire_type = _read_tag(stream)
+        _skip(stream, wire_type, len(data))
+        yield field, data[start:stream.tell()]
+
+
+def encode_metadata_entry(key: str, value: str) -> bytes:
+    """One ``metadata_props`` field (tag included), ready to be appended to a serialized ModelProto."""
+    entry = _length_delimited(KEY_FIELD, key.encode("utf-8")) + _length_delimited(VALUE_FIELD, value.encode("utf-8"))
+    return _length_delimited(METADATA_PROPS_FIELD, entry)
+
+
+def decode_metadata_entry(raw_field: bytes) -> tuple[str, str]:
+    """(key, value) of one raw ``metadata_props`` field as :func:`top_level_fields` yields it."""
+    stream = io.BytesIO(raw_field)
+    _read_tag(stream)
+    return _string_pair(_read_bytes(stream, _read_varint(stream), len(raw_field), "metadata_props entry"))
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _read_tag(stream: BinaryIO) -> tuple[int, int]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from edge_runtime.backends import ENGINES, engines_for
 from edge_runtime.fileio import file_sha256 as sha256_of
-from edge_runtime.metadata import ModelMetadata, embed_tflite_metadata
+from edge_runtime.metadata import ModelMetadata
+from edge_runtime.model_file import write_model
 from edge_runtime.ood import OodSpec
 from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.system import cpu_description
@@ -87,24 +88,10 @@ def _export_versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def write_onnx_metadata(path: Path, metadata: ModelMetadata) -> None:
-    import onnx
-
-    from edge_runtime.metadata import ONNX_METADATA_KEY
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, metadata.to_json()
-    model.producer_name = "steel-edge-inspect edge-export"
-    onnx.save(model, str(path))
-
-
 def _write(built: Built) -> None:
-    if built.payload is not None:
-        built.path.write_bytes(embed_tflite_metadata(built.payload, built.metadata))
-    else:
-        write_onnx_metadata(built.path, built.metadata)
+    """The artifact with its metadata and graph digest (edge_runtime.model_file), written atomically."""
+    data = built.payload if built.payload is not None else built.path.read_bytes()
+    write_model(built.path, data, built.metadata)
 
 
 def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Path, options: ExportOptions,

@@ -14,6 +14,7 @@ import pytest
 from conftest import NEU_CLASSES, SHARED, write_class_folders
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
+from edge_runtime.model_file import graph_sha256, write_model
 from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
 from export.formats import FORMATS
@@ -90,6 +91,8 @@ def test_every_format_is_written_with_readable_metadata(tiny_run: Path, exported
         assert meta.split_manifest_sha256 == file_sha256(tiny_run / "split_manifest.csv")
         assert meta.input_shape == [1, SIZE, SIZE, 3]
         assert meta.extra["validation"]["passed"] is True
+        path = exported / fmt.filename
+        assert meta.graph_sha256 == graph_sha256(path.read_bytes(), path.suffix)  # checked at every load
     int8 = read_metadata(exported / FORMATS["tflite_int8"].filename)
     assert int8.input_dtype == "uint8" and int8.preprocessing_in_graph
     assert int8.extra["bias_correction"]["layers"] == 3 and int8.extra["bias_correction"]["images"] > 0
@@ -194,7 +197,8 @@ def test_check_fails_an_artifact_with_the_wrong_label_order(tiny_run: Path, expo
     assert "wrong_labels.tflite" in out and "FAIL" in out
 
 
-def test_check_fails_an_artifact_with_corrupted_weights(tiny_run: Path, exported: Path, tmp_path: Path, capsys):
+def test_check_refuses_changed_weights_and_fails_wrong_ones_at_its_gates(tiny_run: Path, exported: Path,
+                                                                        tmp_path: Path, capsys, caplog):
     source = exported / "model_fp32.onnx"
     import onnx
     from onnx import numpy_helper
@@ -207,8 +211,11 @@ def test_check_fails_an_artifact_with_corrupted_weights(tiny_run: Path, exported
     broken = tmp_path / "corrupted.onnx"
     onnx.save(model, str(broken))
     data = TrainedRun.open(tiny_run).metadata["data_root"]
-    code = main(["check", str(broken), "--data", data, "--reference", str(source), "--no-progress"])
-    assert code == 1
+    args = ["check", str(broken), "--data", data, "--reference", str(source), "--no-progress"]
+    assert main(args) == 2  # changed after export: its digest no longer matches, refused at load
+    assert "corrupted.onnx" in caplog.text and "digest" in caplog.text
+    write_model(broken, broken.read_bytes(), read_metadata(broken))  # the same wrong weights, digest renewed
+    assert main(args) == 1  # now the accuracy gates catch them
     assert "corrupted.onnx" in capsys.readouterr().out
 
 
