@@ -26,6 +26,7 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.fileio import write_json_atomic
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.engine_select import AUTO
+from edge_runtime.line import LineOptions, LineOutputs
 from edge_runtime.pipeline import StopFlag, Summary, run_pipeline, stop_on_signals
 from edge_runtime.records import ModelInfo
 from edge_runtime.sinks.base import Sink
@@ -160,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-dir", metavar="DIR", help="save every classified frame, annotated, as JPEG here")
     out.add_argument("--show", action="store_true", help="show annotated frames in a window (if a display exists)")
     out.add_argument("--summary", metavar="FILE", help="also write the final summary as JSON here")
+    line = p.add_argument_group("results to the line, as they happen (docs/line-integration.md)")
+    line.add_argument("--mqtt", metavar="URL",
+                      help="publish to an MQTT broker: mqtt://[user[:pass]@]host[:port]/PREFIX (mqtts:// for TLS; "
+                      "the password may come from $EDGE_MQTT_PASSWORD): every record on PREFIX/result (QoS 1), a "
+                      "retained PREFIX/status (online/offline), alarms on PREFIX/alarm. A broker that is down "
+                      "never stops the run: results wait in a queue and go out in order")
+    line.add_argument("--mqtt-queue", type=_positive_int, default=defaults["mqtt_queue"], metavar="N",
+                      help="--mqtt: results kept while the broker is away; when full, the oldest is dropped")
+    line.add_argument("--mqtt-tls-ca", metavar="PEM", help="--mqtt: CA certificate of the broker (turns TLS on)")
+    line.add_argument("--mqtt-tls-cert", metavar="PEM", help="--mqtt: client certificate (with --mqtt-tls-key)")
+    line.add_argument("--mqtt-tls-key", metavar="PEM", help="--mqtt: the client certificate's private key")
+    line.add_argument("--alarm", dest="alarms", action="append", default=defaults["alarms"], metavar="RULE",
+                      help="raise an alarm (log, PREFIX/alarm, page, OPC UA, /metrics): label:LABEL[:HOLD_S] "
+                      "(a class seen), unknown:PCT/N (over PCT %% unknown in the last N results), errors:PCT/N, "
+                      "camera-lost:S (no result for S seconds); repeat for several rules")
+    line.add_argument("--opcua", metavar="URL",
+                      help="serve the newest result, counters and status as OPC UA nodes: opc.tcp://HOST:PORT "
+                      "(needs the opcua extra)")
+    line.add_argument("--serve", metavar="[HOST:]PORT",
+                      help="serve the operator page (live annotated frames, counts, alarms), /status.json, "
+                      "/metrics (Prometheus) and /healthz; HOST defaults to 127.0.0.1 (this machine only)")
     run_ = p.add_argument_group("how much to process")
     run_.add_argument("--every", type=_positive_int, default=defaults["every"], metavar="N",
                       help="classify every N-th frame/file")
@@ -200,6 +222,14 @@ def run(
     save_dir: str | Path | None = None,
     show: bool = False,
     summary: str | Path | None = None,
+    mqtt: str | None = None,
+    mqtt_queue: int = 10_000,
+    mqtt_tls_ca: str | Path | None = None,
+    mqtt_tls_cert: str | Path | None = None,
+    mqtt_tls_key: str | Path | None = None,
+    alarms: Sequence[str] | None = None,
+    opcua: str | None = None,
+    serve: str | None = None,
     every: int = 1,
     max_fps: float | None = None,
     frames: int | None = None,
@@ -216,6 +246,8 @@ def run(
     """
     spec, kind = _source_spec(inputs, camera, video, folder)
     _check_arguments(kind, watch, recursive, sort_into, min_confidence, frames, duration)
+    line = LineOptions(mqtt, mqtt_queue, mqtt_tls_ca, mqtt_tls_cert, mqtt_tls_key, alarms, opcua, serve)
+    line_options = {"mqtt": mqtt, "opcua": opcua, "serve": serve}
     stop = stop or StopFlag()
     with stop_on_signals(stop):
         tile_spec = TileSpec.parse(tiles, tile_aggregate) if tiles else None
@@ -225,6 +257,7 @@ def run(
             classifier.polarity = polarity
         info = ModelInfo.of(classifier)
         log.info("model %s: %s, %d labels, sha256 %s", info.path, info.engine, len(classifier.labels), info.sha256)
+        outputs = LineOutputs(line, info, classifier.labels)
         with ExitStack() as stack:
             writer = stack.enter_context(open_record_writer(output, overwrite))
             resumable = output not in (None, "-") and not overwrite and kind in ("folder", "files")
@@ -237,19 +270,25 @@ def run(
                 max_pixels=int(max_megapixels * 1_000_000),
                 exclude=tuple(os.path.abspath(d) for d in (sort_into, save_dir) if d is not None),
             )
-            sinks: list[Sink] = [writer]
+            records_out = output is not None or mqtt is None  # --mqtt alone: no records on stdout
+            sinks: list[Sink] = [writer] if records_out else []
             if sort_into is not None:
                 sinks.append(stack.enter_context(SortInto(sort_into)))
             if save_dir is not None:
                 sinks.append(stack.enter_context(AnnotatedFrameWriter(save_dir)))
             if show:
                 sinks.append(stack.enter_context(Display(on_quit=lambda: stop.request("q pressed"))))
+            sinks.extend(stack.enter_context(outputs).sinks)
             source = stack.enter_context(open_source(spec, options, kind, should_stop=stop))
-            log.info("classifying %s -> %s", source.name, writer.where)
+            outputs.started(source)
+            log.info("classifying %s -> %s", source.name, ", ".join(
+                [writer.where] * records_out + [f"--{k}" for k in ("mqtt", "opcua", "serve") if line_options[k]]))
             if duration is not None:
                 stop.deadline = time.monotonic() + duration
             result = run_pipeline(source, classifier, sinks, info, min_confidence=min_confidence,
                                   max_frames=frames, stop=stop)
+            outputs.finished(result)
+        result.outputs.update(outputs.summary())
     (log.error if result.failed else log.info)("%s", result.text())
     if summary is not None:
         _write_summary(Path(summary), result, info)

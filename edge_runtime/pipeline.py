@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
@@ -126,6 +126,7 @@ class Summary:
     inference_ms_mean: float | None = None
     stop_reason: str = "end of input"
     failed: bool = False
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per line output: {"mqtt": {"published": ..}}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +143,8 @@ class Summary:
             f"  {self.fps:.2f} fps; end-to-end latency p50 {ms(self.latency_p50_ms)}, p99 {ms(self.latency_p99_ms)}",
             f"  mean per frame: read {ms(self.read_ms_mean)}, preprocess {ms(self.preprocess_ms_mean)}, "
             f"inference {ms(self.inference_ms_mean)}",
+            *(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items())
+              for name, counts in self.outputs.items()),
         ])
 
 
