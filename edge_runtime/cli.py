@@ -3,6 +3,7 @@
     edge-classify --camera 0 --max-fps 5 --output line3.jsonl
     edge-classify --folder /data/drop --watch --output results.csv --sort-into /data/sorted
     edge-classify 'parts/*.png' --model model_int8.onnx --min-confidence 0.8
+    edge-classify --genicam --device 22012345 --set ExposureTime=800 --trigger hardware --tiles auto
 
 ``build_parser()`` only describes the command line; ``main(argv)`` parses it and calls :func:`run`, the
 typed entry point (the same call from Python). No TensorFlow is imported on this path.
@@ -34,6 +35,8 @@ from edge_runtime.sinks.files import open_record_writer, read_done_files
 from edge_runtime.sinks.images import AnnotatedFrameWriter, Display, SortInto
 from edge_runtime.sources import open_source
 from edge_runtime.sources.base import CAPTURE_BACKENDS, SourceOptions
+from edge_runtime.sources.features import TRIGGERS, CameraConfig, parse_settings
+from edge_runtime.sources.genicam import CAMERA_KINDS, camera_summary_text
 from edge_runtime.polarity import POLARITY_MODES
 from edge_runtime.tiles import TileSpec
 
@@ -106,11 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="*", default=defaults["inputs"], metavar="IMAGE",
                    help="image files, folders or glob patterns ('*.png')")
-    src = p.add_argument_group("source (exactly one: IMAGE..., --camera, --video or --folder)")
+    src = p.add_argument_group("source (exactly one: IMAGE..., --camera, --video, --folder, --genicam or --gige)")
     one = src.add_mutually_exclusive_group()
     one.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV VideoCapture)")
     one.add_argument("--video", metavar="PATH|URL", help="video file, or rtsp://, http(s):// ... stream")
     one.add_argument("--folder", metavar="DIR", help="folder of images")
+    one.add_argument("--genicam", nargs="?", const="", metavar="PRODUCER",
+                     help="GenICam camera (GigE Vision, USB3 Vision) through the camera maker's GenTL producer: a "
+                     ".cti file or a folder of them (default: those in $GENICAM_GENTL64_PATH); needs the genicam "
+                     "extra. See docs/cameras.md")
+    one.add_argument("--gige", metavar="ADDRESS",
+                     help="GigE Vision camera at ADDRESS (IP address or Aravis device id) through Aravis; needs the "
+                     "Debian packages gir1.2-aravis-0.8 and python3-gi")
     src.add_argument("--recursive", action="store_true", help="include sub-folders")
     src.add_argument("--watch", action="store_true",
                      help="keep watching --folder and classify each new file once it is completely written")
@@ -129,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--fps", type=_positive_float, help="requested camera frame rate")
     cam.add_argument("--retries", type=_non_negative_int, default=defaults["retries"], metavar="N",
                      help="open/reconnect attempts, with exponential back-off (0.5 s doubling, at most 30 s)")
+    gen = p.add_argument_group("industrial cameras (--genicam, --gige; --width, --height, --fps set Width, Height, "
+                               "AcquisitionFrameRate)")
+    gen.add_argument("--device", metavar="SERIAL|INDEX",
+                     help="--genicam: the camera's serial number, device id or user-defined name, or its index in the "
+                     "device list (default: the first)")
+    gen.add_argument("--set", dest="settings", action="append", default=defaults["settings"],
+                     metavar="FEATURE=VALUE",
+                     help="set a camera feature before acquisition (ExposureTime=800, Gain=2, PixelFormat=Mono8, "
+                     "...), checked against the camera's range and read back; repeat for several, applied in order")
+    gen.add_argument("--trigger", choices=TRIGGERS, default=defaults["trigger"],
+                     help="free: the camera runs at its frame rate; software: one TriggerSoftware per frame (at "
+                     "--fps if given); hardware: frames on the camera's trigger line (the line's encoder), waited "
+                     "for without polling; --set TriggerSource=LineN picks the line")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", metavar="PATH",
                      help=".tflite or .onnx file from edge-export (default: the model shipped in the package)")
@@ -199,6 +222,8 @@ def run(
     camera: int | None = None,
     video: str | None = None,
     folder: str | Path | None = None,
+    genicam: str | Path | None = None,
+    gige: str | None = None,
     recursive: bool = False,
     watch: bool = False,
     poll: float = 0.5,
@@ -209,6 +234,9 @@ def run(
     height: int | None = None,
     fps: float | None = None,
     retries: int = 5,
+    device: str | None = None,
+    settings: Sequence[str] | None = None,
+    trigger: str = "free",
     model: str | Path | None = None,
     engine: str | None = AUTO,
     threads: int | None = None,
@@ -244,7 +272,8 @@ def run(
     ValueError for inconsistent arguments and EdgeRuntimeError subclasses for setup errors (model, output,
     source); problems with single frames or files become error records instead.
     """
-    spec, kind = _source_spec(inputs, camera, video, folder)
+    spec, kind = _source_spec(inputs, camera, video, folder, genicam, gige)
+    camera_config = _camera_config(kind, device, settings, trigger, fps, width, height)
     _check_arguments(kind, watch, recursive, sort_into, min_confidence, frames, duration)
     line = LineOptions(mqtt, mqtt_queue, mqtt_tls_ca, mqtt_tls_cert, mqtt_tls_key, alarms, opcua, serve)
     line_options = {"mqtt": mqtt, "opcua": opcua, "serve": serve}
@@ -279,7 +308,7 @@ def run(
             if show:
                 sinks.append(stack.enter_context(Display(on_quit=lambda: stop.request("q pressed"))))
             sinks.extend(stack.enter_context(outputs).sinks)
-            source = stack.enter_context(open_source(spec, options, kind, should_stop=stop))
+            source = stack.enter_context(open_source(spec, options, kind, should_stop=stop, camera=camera_config))
             outputs.started(source)
             log.info("classifying %s -> %s", source.name, ", ".join(
                 [writer.where] * records_out + [f"--{k}" for k in ("mqtt", "opcua", "serve") if line_options[k]]))
@@ -287,23 +316,45 @@ def run(
                 stop.deadline = time.monotonic() + duration
             result = run_pipeline(source, classifier, sinks, info, min_confidence=min_confidence,
                                   max_frames=frames, stop=stop)
+            camera_report = _camera_report(source, result)
             outputs.finished(result)
         result.outputs.update(outputs.summary())
-    (log.error if result.failed else log.info)("%s", result.text())
+    camera_text = "\n" + camera_summary_text(camera_report) if camera_report else ""
+    (log.error if result.failed else log.info)("%s%s", result.text(), camera_text)
     if summary is not None:
-        _write_summary(Path(summary), result, info)
+        _write_summary(Path(summary), result, info, camera_report)
     return result
 
 
 def _source_spec(inputs: Sequence[str | Path], camera: int | None, video: str | None,
-                 folder: str | Path | None) -> tuple[object, str]:
+                 folder: str | Path | None, genicam: str | Path | None = None,
+                 gige: str | None = None) -> tuple[object, str]:
     given = [(list(inputs), "files") if inputs else None, (camera, "camera") if camera is not None else None,
-             (video, "video") if video is not None else None, (folder, "folder") if folder is not None else None]
+             (video, "video") if video is not None else None, (folder, "folder") if folder is not None else None,
+             (genicam, "genicam") if genicam is not None else None, (gige, "gige") if gige is not None else None]
     chosen = [g for g in given if g is not None]
     if len(chosen) != 1:
-        raise ValueError("give exactly one source: image files, --camera N, --video PATH|URL or --folder DIR "
-                         f"(got {len(chosen)})")
+        raise ValueError("give exactly one source: image files, --camera N, --video PATH|URL, --folder DIR, "
+                         f"--genicam [PRODUCER] or --gige ADDRESS (got {len(chosen)})")
     return chosen[0]
+
+
+def _camera_config(kind: str, device: str | None, settings: Sequence[str] | None, trigger: str,
+                   fps: float | None, width: int | None, height: int | None) -> CameraConfig | None:
+    """The GenICam camera set-up of --genicam/--gige; ValueError if camera options come without such a camera."""
+    if kind not in CAMERA_KINDS:
+        if device is not None or settings or trigger != "free":
+            raise ValueError("--device, --set and --trigger apply to --genicam and --gige cameras")
+        return None
+    if device is not None and kind == "gige":
+        raise ValueError("--gige names its camera by address; --device applies to --genicam")
+    return CameraConfig(device, parse_settings(settings), trigger, fps, width, height)
+
+
+def _camera_report(source: object, result: Summary) -> dict[str, Any] | None:
+    """A GenICam source's settings and frame rates (configured, delivered, classified) for the summary."""
+    report = getattr(source, "camera_summary", None)
+    return report(result.elapsed_s, result.fps) if report is not None else None
 
 
 def _check_arguments(kind: str, watch: bool, recursive: bool, sort_into: object, min_confidence: float | None,
@@ -322,8 +373,10 @@ def _check_arguments(kind: str, watch: bool, recursive: bool, sort_into: object,
         raise ValueError(f"--duration must be > 0 s, got {duration}")
 
 
-def _write_summary(path: Path, summary: Summary, model: ModelInfo) -> None:
+def _write_summary(path: Path, summary: Summary, model: ModelInfo, camera: dict[str, Any] | None = None) -> None:
     data = {**summary.to_dict(), "model": model.name, "model_sha256": model.sha256, "engine": model.engine}
+    if camera is not None:
+        data["camera"] = camera
     try:
         write_json_atomic(path, data)
     except OSError as exc:

@@ -33,6 +33,7 @@ from edge_runtime.sources.base import (
     redact_url,
 )
 from edge_runtime.sources.files import FilesSource, FolderSource, WatchedFolderSource
+from edge_runtime.sources.genicam import CAMERA_KINDS, CameraConfig, open_camera_source
 from edge_runtime.sources.live import LiveSource, camera_opener, stream_opener
 from edge_runtime.sources.video import VideoFileSource
 
@@ -44,14 +45,18 @@ def open_source(
     options: SourceOptions | None = None,
     kind: str | None = None,
     should_stop: StopCheck = never_stop,
+    camera: CameraConfig | None = None,
 ) -> Source:
     """The source for ``spec``: a camera index, a video file, a stream URL, a folder, or a list of image files.
 
     ``kind`` ("camera", "video", "folder", "files") forces the interpretation; otherwise it is guessed.
+    ``kind`` "genicam" / "gige" opens an industrial camera set up by ``camera`` (see :mod:`.genicam`).
     Nothing is opened until the source is entered (``with``). Raises SourceError for a path that does not exist.
     """
     options = options or SourceOptions()
     common = {"should_stop": should_stop}
+    if kind in CAMERA_KINDS:  # GenICam: spec is the GenTL producer (genicam) or the address (gige); see genicam.py
+        return open_camera_source(kind, spec, options, camera, should_stop)
     kind = kind or guess_kind(spec)
     if kind == "camera":
         index = int(spec)  # type: ignore[arg-type]

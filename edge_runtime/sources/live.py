@@ -60,6 +60,7 @@ class LiveSource(Source):
         self._thread: threading.Thread | None = None
         self._capture: Capture | None = None  # owned by the reader thread
         self._next_due: float | None = None
+        self._open_error: str | None = None  # why the latest opening failed, if the opener said
 
     def __enter__(self) -> LiveSource:
         capture = self._open()
@@ -67,6 +68,9 @@ class LiveSource(Source):
         while capture is None:
             failures += 1
             if failures > self.options.retries:
+                if self._open_error:
+                    raise SourceError(f"{self.name}: could not be opened ({self.options.retries + 1} attempts): "
+                                      f"{self._open_error}")
                 raise SourceError(
                     f"{self.name}: could not be opened ({self.options.retries + 1} attempts); check the camera "
                     "index or URL, the cable/network, that no other program holds the device, and --backend"
@@ -146,6 +150,9 @@ class LiveSource(Source):
                     continue
                 self.stats.reconnects += 1
             ok, image = self._read(self._capture)
+            if ok and image is None:  # a triggered camera that answered but had no frame yet: keep waiting
+                failures = 0
+                continue
             if not ok:
                 failures += 1
                 self.stats.read_failures += 1
@@ -169,6 +176,7 @@ class LiveSource(Source):
             capture = self._opener()
         except (cv2.error, OSError, RuntimeError) as exc:
             log.warning("%s: open failed: %s", self.name, exc)
+            self._open_error = str(exc)
             return None
         if capture is None:
             return None
@@ -183,6 +191,8 @@ class LiveSource(Source):
         except (cv2.error, OSError, RuntimeError) as exc:
             log.warning("%s: read raised %s", self.name, exc)
             return False, None
+        if ok and image is None and getattr(capture, "may_idle", False):
+            return True, None  # "no frame yet" from a capture that waits for triggers (see genicam.CameraCapture)
         if not ok or image is None or getattr(image, "size", 0) == 0:
             return False, None
         return True, image
