@@ -112,6 +112,10 @@ class AravisFeatures:
         self._types = [(aravis.GcCommand, "command"), (aravis.GcEnumeration, "enum"), (aravis.GcBoolean, "bool"),
                        (aravis.GcFloat, "float"), (aravis.GcInteger, "int"), (aravis.GcString, "str")]
 
+    def detach(self) -> None:
+        """Drop the device (see AravisDevice.close); the map is unusable afterwards."""
+        self._device = None
+
     def _node(self, name: str):
         node = self._device.get_feature(name)
         if node is None or not isinstance(node, self._aravis.GcFeatureNode):
@@ -263,7 +267,11 @@ class AravisDevice(Device):
             camera.stop_acquisition()
         except self._glib.Error as exc:
             log.debug("stopping the acquisition: %s", exc.message)
+        # The last reference to the device releases the camera's control channel: a reopening (or another
+        # program) can take it at once instead of after the camera's heartbeat timeout.
         self._stream = None
+        self.features.detach()
+        del camera
 
 
 class AravisConnector:
