@@ -36,12 +36,19 @@ def _info_logs(caplog):
 
 def test_mono_formats_keep_full_scale_at_8_bits():
     assert to_image(np.array([[0, 7, 255]], np.uint8), "Mono8", 3, 1).tolist() == [[0, 7, 255]]
-    # 10 bits: 1023 -> 255, 512 -> 128, 4 -> 1, 3 -> 0 (the two low bits are dropped)
-    assert to_image(np.array([1023, 512, 4, 3], "<u2"), "Mono10", 2, 2).tolist() == [[255, 128], [1, 0]]
-    assert to_image(np.array([4095, 2048, 16, 15], "<u2"), "Mono12", 4, 1).tolist() == [[255, 128, 1, 0]]
-    assert to_image(np.array([65535, 32768, 256, 255], "<u2"), "Mono16", 4, 1).tolist() == [[255, 128, 1, 0]]
+    # 10 bits: value / 4, rounded half to even: 1023 -> 255.75 -> 255 (saturated), 512 -> 128, 6 -> 2, 1 -> 0
+    assert to_image(np.array([1023, 512, 6, 1], "<u2"), "Mono10", 2, 2).tolist() == [[255, 128], [2, 0]]
+    assert to_image(np.array([4095, 2048, 24, 7], "<u2"), "Mono12", 4, 1).tolist() == [[255, 128, 2, 0]]
+    assert to_image(np.array([65535, 32768, 384, 127], "<u2"), "Mono16", 4, 1).tolist() == [[255, 128, 2, 0]]
     # stray bits above the format's depth saturate instead of wrapping around
     assert to_image(np.array([2047], "<u2"), "Mono10", 1, 1).tolist() == [[255]]
+
+
+def test_an_8_bit_frame_is_copied_out_of_the_driver_buffer():
+    buffer = np.arange(12, dtype=np.uint8)
+    image = to_image(buffer, "Mono8", 4, 3)
+    buffer[:] = 0  # the driver fills the buffer with the next frame
+    assert image.ravel().tolist() == list(range(12)) and image.flags.writeable
 
 
 def test_a_raw_little_endian_byte_buffer_is_read_as_16_bit_samples_and_row_padding_ignored():
@@ -81,7 +88,7 @@ def mosaic(pattern: str, red: int, green: int, blue: int, size: int = 8, dtype=n
 def test_bayer_patterns_are_demosaiced_with_the_genicam_naming(pattern, bits):
     cell = {"RG": "RGGB", "GB": "GBRG", "GR": "GRBG", "BG": "BGGR"}[pattern]
     red, green, blue = 200, 100, 50
-    scale = 1 if bits == 8 else 257  # 16 bits: the same colour at full 16-bit scale
+    scale = 1 if bits == 8 else 256  # 16 bits: the same colour in the high byte
     raw = mosaic(cell, red * scale, green * scale, blue * scale, dtype=np.uint8 if bits == 8 else np.uint16)
     image = to_image(raw, f"Bayer{pattern}{bits}", 8, 8)
     assert image.shape == (8, 8, 3)

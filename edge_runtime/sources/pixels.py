@@ -4,7 +4,8 @@ Industrial cameras deliver raw buffers in the format their ``PixelFormat`` featu
 converts one buffer once, at capture time, so that the rest of the pipeline sees what it sees for image files:
 
 * ``Mono8`` -> HxW uint8 as is; ``Mono10`` / ``Mono12`` / ``Mono16`` (little-endian, one 16-bit word a pixel,
-  unpacked) -> HxW uint8 by dropping the low bits (``value >> (bits - 8)``: full scale stays full scale);
+  unpacked) -> HxW uint8 scaled by ``2 ** (8 - bits)``, rounded to the nearest (half to even) and saturated, so
+  that full scale stays full scale and stray high bits cannot wrap around;
 * ``Bayer{RG,GB,GR,BG}{8,10,12,16}`` (the two letters name the top-left 2x2 cell, first row) -> HxWx3 BGR,
   deepened formats scaled to 8 bits as above, then demosaiced (bilinear, OpenCV);
 * ``RGB8`` / ``BGR8`` / ``RGBa8`` / ``BGRa8`` -> HxWx3 BGR (alpha dropped).
@@ -100,7 +101,9 @@ def to_image(data: bytes | bytearray | memoryview | np.ndarray, fmt: PixelFormat
                          f"({samples} samples)")
     array = array[:samples].reshape((height, width, fmt.channels) if fmt.channels > 1 else (height, width))
     if fmt.bits > 8:
-        array = np.minimum(array >> (fmt.bits - 8), 255).astype(np.uint8)  # stray high bits saturate
+        array = cv2.convertScaleAbs(array, alpha=2.0 ** (8 - fmt.bits))  # rounds and saturates; a new array
+    elif fmt.conversion is None:
+        return array.copy()  # never a view of the driver's buffer, which is queued again for the next frame
     if fmt.conversion is None:
-        return np.ascontiguousarray(array)
+        return array
     return cv2.cvtColor(np.ascontiguousarray(array), fmt.conversion)
