@@ -62,6 +62,7 @@ class LiveStatus(Sink):
         self._times: deque[float] = deque()
         self._unknown_window: deque[bool] = deque(maxlen=UNKNOWN_WINDOW)
         self.latest: Latest | None = None
+        self.latest_image: Latest | None = None  # the newest result that has an image (error records may not)
         self.last_result_at: float | None = None
         self.alarms: deque[dict[str, Any]] = deque(maxlen=ALARM_HISTORY)
         self.alarms_total: dict[str, int] = {}
@@ -93,6 +94,8 @@ class LiveStatus(Sink):
             while self._times and now - self._times[0] > FPS_WINDOW_S:
                 self._times.popleft()
             self.latest = Latest(self.frames, record, result)
+            if result.frame.image is not None:
+                self.latest_image = self.latest
             self.last_result_at = now
             self._lock.notify_all()
 
@@ -121,11 +124,12 @@ class LiveStatus(Sink):
     # --- reading (any thread) -------------------------------------------------------------------------------
 
     def wait_for_frame(self, after: int, timeout: float) -> Latest | None:
-        """The newest result once its sequence is beyond ``after``, or None after ``timeout`` seconds."""
+        """The newest result with an image once its sequence is beyond ``after``, or None after ``timeout``
+        seconds."""
         with self._lock:
-            self._lock.wait_for(lambda: (self.latest is not None and self.latest.sequence > after)
+            self._lock.wait_for(lambda: (self.latest_image is not None and self.latest_image.sequence > after)
                                 or self.state != "running", timeout)
-            latest = self.latest
+            latest = self.latest_image
         return latest if latest is not None and latest.sequence > after else None
 
     def fps(self) -> float:

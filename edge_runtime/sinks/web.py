@@ -36,6 +36,7 @@ DEFAULT_HOST = "127.0.0.1"
 STREAM_FPS = 10.0
 MIN_FRAME_WIDTH = 640  # small frames are enlarged (nearest neighbour) before the label is drawn
 JPEG_QUALITY = 80
+KEEPALIVE_S = 1.0  # without new frames, the stream repeats the last one this often
 
 
 def parse_serve(spec: str) -> tuple[str, int]:
@@ -115,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/healthz":
                 self._health()
             elif path == "/frame.jpg":
-                latest = self.server.status.latest
+                latest = self.server.status.latest_image
                 jpeg = self.server.frames.jpeg(latest) if latest is not None else b""
                 if jpeg:
                     self._send(HTTPStatus.OK, jpeg, "image/jpeg")
@@ -156,16 +157,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        status, sequence, period = self.server.status, 0, 1.0 / STREAM_FPS
+        status, sequence, period, jpeg = self.server.status, 0, 1.0 / STREAM_FPS, b""
         while not self.server.stopping.is_set():
             started = time.monotonic()
-            latest = status.wait_for_frame(sequence, timeout=1.0)
+            latest = status.wait_for_frame(sequence, timeout=KEEPALIVE_S)
             if latest is None:
                 if status.state != "running":
                     return
-                continue
-            sequence = latest.sequence
-            jpeg = self.server.frames.jpeg(latest)
+                # no new frame (a quiet watched folder, a stalled camera): send the last one again, so that
+                # browsers and proxies see a live connection
+            else:
+                sequence = latest.sequence
+                jpeg = self.server.frames.jpeg(latest)
             if jpeg:
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
                                  + jpeg + b"\r\n")
@@ -232,13 +235,15 @@ header h1 { font-size:18px; margin:0; }
 main { display:grid; grid-template-columns: minmax(0, 3fr) minmax(300px, 2fr); gap:14px; padding:14px 18px; }
 .card { background:var(--card); border-radius:8px; padding:12px 14px; }
 .card h2 { font-size:13px; text-transform:uppercase; letter-spacing:.06em; color:var(--dim); margin:0 0 8px; }
-#frame { width:100%; background:#000; border-radius:6px; min-height:200px; image-rendering:pixelated; }
-#latest { font-size:30px; font-weight:700; }
+#frame { display:block; width:100%; max-height:62vh; object-fit:contain; background:#000; border-radius:6px;
+  min-height:200px; }
+.result { display:flex; align-items:baseline; gap:14px; margin-top:10px; }
+#latest { font-size:30px; font-weight:700; } #latest_conf { font-size:22px; color:var(--dim); }
 .tiles { display:grid; grid-template-columns:repeat(3, 1fr); gap:10px; margin-top:10px; }
 .tile .v { font-size:22px; font-weight:700; } .tile .k { color:var(--dim); font-size:12px; }
 table { width:100%; border-collapse:collapse; } td { padding:3px 4px; }
 td.n { text-align:right; font-variant-numeric:tabular-nums; width:70px; }
-.bar { height:10px; background:#2f81f7; border-radius:3px; }
+.bar { height:10px; background:#2f81f7; border-radius:3px; } tr[data-label="unknown"] .bar { background:var(--warn); }
 #alarms li { margin:3px 0; } .active { color:var(--bad); font-weight:600; } .cleared { color:var(--dim); }
 ul { margin:0; padding-left:18px; }
 </style></head>
@@ -248,8 +253,9 @@ ul { margin:0; padding-left:18px; }
 &middot; host <b id="host">-</b> &middot; up <b id="uptime">-</b></span></header>
 <main>
 <section class="card"><h2>Newest frame</h2><img id="frame" alt="newest annotated frame">
+<div class="result"><span id="latest">-</span><span id="latest_conf"></span></div>
 <div class="tiles">
-<div class="tile"><div class="v" id="latest">-</div><div class="k">latest result (frame <span id="latest_frame">-</span>)</div></div>
+<div class="tile"><div class="v" id="latest_frame">-</div><div class="k">frame</div></div>
 <div class="tile"><div class="v" id="fps">-</div><div class="k">frames per second</div></div>
 <div class="tile"><div class="v" id="latency">-</div><div class="k">latency p50 / p99 (ms)</div></div>
 </div></section>
@@ -283,7 +289,8 @@ async function refresh() {
   set('unknown_rate', s.unknown_rate === null ? '-' : (100 * s.unknown_rate).toFixed(1) + ' %');
   set('unknown_window', s.unknown_window);
   const l = s.latest;
-  set('latest', !l ? '-' : (l.label === null ? 'error' : l.label + ' ' + (100 * l.confidence).toFixed(0) + ' %'));
+  set('latest', !l ? '-' : (l.label === null ? 'error' : l.label));
+  set('latest_conf', !l || l.label === null ? (l ? l.error : '') : 'confidence ' + (100 * l.confidence).toFixed(1) + ' %');
   set('latest_frame', l ? l.frame : '-');
   const total = Math.max(1, s.classified);
   document.getElementById('counts').innerHTML = Object.entries(s.counts).map(([k, v]) =>
