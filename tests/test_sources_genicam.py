@@ -233,3 +233,12 @@ def test_camera_options_need_a_genicam_camera(tiny_edge_models, tmp_path, caplog
     assert "--device, --set and --trigger apply to --genicam and --gige" in caplog.text
     assert main(["--gige", "127.0.0.1", "--device", "1", "--model", str(tiny_edge_models.tflite)]) == 2
     assert "--device applies to --genicam" in caplog.text
+
+
+def test_a_file_that_is_no_producer_is_a_one_line_error(viky, tiny_edge_models, tmp_path, caplog):
+    bogus = tmp_path / "vendor.cti"
+    bogus.write_bytes(b"not a shared library")
+    code, records, _ = classify(["--genicam", bogus], tiny_edge_models.tflite, tmp_path)
+    assert code == 2 and records == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"'{bogus}' is not a loadable GenTL producer" in errors[0]

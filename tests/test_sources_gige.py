@@ -259,3 +259,31 @@ def test_an_address_where_no_camera_answers_is_exit_2_after_the_retries(aravis, 
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "gige:127.0.0.2: could not be opened (1 attempts): no GigE Vision camera answers at 127.0.0.2" in errors[0]
+
+
+def test_the_bindings_come_from_this_environment_or_from_debians_python3_gi(aravis):
+    import gi
+
+    from edge_runtime.sources.gige import SYSTEM_SITE
+
+    assert Path(gi.__file__).is_relative_to(sys.prefix) or gi.__file__.startswith(SYSTEM_SITE + "/gi/")
+    Aravis, _ = aravis
+    assert Aravis._version == "0.8"
+
+
+def test_without_the_bindings_gige_is_one_line_naming_the_debian_packages(tiny_edge_models, tmp_path):
+    script = ("import sys, edge_runtime.sources.gige as gige\n"
+              "gige.SYSTEM_SITE = sys.argv[1]\n"
+              "from edge_runtime.cli import main\n"
+              "raise SystemExit(main(['--gige', '127.0.0.1', '--model', sys.argv[2], '--output', sys.argv[3]]))\n")
+    probe = subprocess.run([sys.executable, "-c", "import gi"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("this environment has PyGObject of its own; the Debian fallback is not used")
+    out = tmp_path / "records.jsonl"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "no-dist-packages"),
+                             str(tiny_edge_models.tflite), str(out)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert "apt-get install gir1.2-aravis-0.8 python3-gi" in errors[0]
+    assert not out.exists() or out.read_text() == ""

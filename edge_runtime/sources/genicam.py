@@ -23,6 +23,7 @@ number, a device id or a user-defined name, else an index in the device list (de
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import logging
 import os
@@ -246,6 +247,8 @@ def open_camera(kind: str, device: Device, config: CameraConfig, closing: thread
     """Configure an opened device, read its settings back and start acquisition (closes it on failure)."""
     try:
         requested, read_back = configure(device.features, config, f"{kind}:{device.device}")
+        if isinstance(read_back.get("PixelFormat"), str):
+            pixel_format(read_back["PixelFormat"])  # a format not converted stops the run now, not at a frame
         report = CameraReport(kind, device.device, device.model, device.serial, config.trigger, requested,
                               read_back, configured_rate(device.features, config, read_back))
         capture = CameraCapture(device, config, report, closing)
@@ -455,8 +458,13 @@ class HarvestersConnector:
         self.config = config
         self._harvester = Harvester()
         for path in producers:
-            self._harvester.add_file(path, check_existence=True, check_validity=True)
-        self._opened_once = False
+            try:
+                ctypes.CDLL(path)  # what harvesters' own check does, without its traceback in the log
+            except OSError as exc:
+                self.close()
+                raise SourceError(f"genicam: '{path}' is not a loadable GenTL producer ({exc}); give the camera "
+                                  f"maker's .cti file for this machine's architecture{_simulator_hint()}") from None
+            self._harvester.add_file(path, check_existence=True, check_validity=False)
 
     def __call__(self, closing: threading.Event) -> CameraCapture:
         try:

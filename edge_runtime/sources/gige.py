@@ -294,7 +294,9 @@ class AravisConnector:
         except glib.Error as exc:
             raise DeviceLost(f"no GigE Vision camera answers at {self.address} ({exc.message}); "
                              f"{self._found()}") from exc
-        return open_camera("gige", AravisDevice(camera, aravis, glib, self.address), self.config, closing)
+        device = AravisDevice(camera, aravis, glib, self.address)
+        del camera  # the device holds the only reference: closing it releases the camera (even on a set-up error)
+        return open_camera("gige", device, self.config, closing)
 
     def _found(self) -> str:
         """The cameras a discovery finds (once; not for loopback addresses, which need no discovery)."""
