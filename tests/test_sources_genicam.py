@@ -165,8 +165,8 @@ def test_the_producer_comes_from_genicam_gentl64_path_and_a_device_by_id_in_colo
                                                                                      tmp_path, monkeypatch):
     monkeypatch.setenv(GENTL_PATH_VARIABLE, os.pathsep.join([str(tmp_path / "nothing-here"), os.path.dirname(viky)]))
     assert find_producers(None) == [viky]
-    code, records, summary = classify(["--genicam", "--device", "VikyTL_DEV_blue", "--fps", "50", "--frames", "3"],
-                                      tiny_edge_models.onnx, tmp_path)
+    code, records, summary = classify(["--genicam", "--device", "VikyTL_DEV_blue", "--fps", "50", "--frames", "3",
+                                       "--engine", "onnxruntime"], tiny_edge_models.onnx, tmp_path)
     assert code == 0 and len(records) == 3
     assert records[0]["source"].startswith("genicam:VikyTL_DEV_blue")
     assert summary["camera"]["features"]["PixelFormat"] == "RGBa8"  # the camera's default, converted to BGR
