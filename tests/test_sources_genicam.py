@@ -188,6 +188,17 @@ def test_the_newest_frame_is_kept_and_overwritten_ones_are_counted_as_dropped(vi
     assert all(b.index - a.index > 1 for a, b in zip(taken, taken[1:]))  # stale frames were skipped
 
 
+def test_a_wait_for_a_frame_is_one_blocking_wait_in_the_producer_not_a_polling_loop(viky):
+    config = CameraConfig(device="2", settings=(("AcquisitionFrameRate", "5"),))
+    with open_source(viky, SourceOptions(), "genicam", camera=config) as source:
+        frames = iter(source)
+        next(frames), next(frames)
+        acquirer = source._capture_now.device._acquirer
+        # 5 fps: a frame is waited for up to 5 frame periods (1 s) in one call into the producer, where
+        # harvesters' default is a new call every millisecond
+        assert acquirer.timeout_period_on_update_event_data_call == 1000
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "ExposureTime=800"], r"no feature 'ExposureTime'; writable features: .*AcquisitionFrameRate.*Width"),
     (["--set", "AcquisitionFrameRate=500"], r"AcquisitionFrameRate=500 is out of range; the camera takes 1 to 200"),

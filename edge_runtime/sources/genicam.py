@@ -404,6 +404,11 @@ class HarvestersDevice(Device):
             raise DeviceLost(f"cannot start acquisition: {exc}") from exc
 
     def fetch(self, timeout_s: float) -> Grab | None:
+        # harvesters waits for the producer's new-buffer event in slices of this many ms (default 1: a thousand
+        # wake-ups a second while a triggered camera waits); one slice as long as the whole wait blocks instead.
+        wait_ms = max(1, round(timeout_s * 1000))
+        if self._acquirer.timeout_period_on_update_event_data_call != wait_ms:
+            self._acquirer.timeout_period_on_update_event_data_call = wait_ms
         try:
             with self._acquirer.fetch(timeout=timeout_s) as buffer:
                 component = buffer.payload.components[0]
