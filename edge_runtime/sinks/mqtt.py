@@ -163,8 +163,6 @@ class MqttSink(Sink):
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5)
-        client.enable_logger(logging.getLogger(__name__ + ".client"))
-        logging.getLogger(__name__ + ".client").setLevel(logging.WARNING)
         client.max_inflight_messages_set(self.inflight + 4)  # results plus a few status/alarm messages
         client.reconnect_delay_set(*RECONNECT_DELAY_S)
         if self.target.username:

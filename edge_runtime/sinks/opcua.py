@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "urn:steel-edge-inspect:edge-classify"
 ROOT = "EdgeClassify"
-UPDATE_HZ = 20.0
+UPDATE_HZ = 10.0
 START_TIMEOUT_S = 60.0
 
 
@@ -65,6 +65,7 @@ class OpcUaServer(Sink):
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self._nodes: dict[str, tuple[Any, Any]] = {}  # path -> (NodeId, VariantType)
+        self._written: dict[str, Any] = {}  # path -> the value last written (only changes are written)
         self._updater: asyncio.Task | None = None
 
     def __enter__(self) -> OpcUaServer:
@@ -191,7 +192,8 @@ class OpcUaServer(Sink):
             values["Status.LastAlarm"] = json.dumps(self._alarm)
         for path, value in values.items():
             entry = self._nodes.get(path)
-            if entry is not None:
+            if entry is not None and self._written.get(path, self) != value:
+                self._written[path] = value
                 node_id, vtype = entry
                 await self._server.write_attribute_value(node_id, ua.DataValue(ua.Variant(value, vtype)))
 
