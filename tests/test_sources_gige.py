@@ -128,10 +128,9 @@ def test_the_pfnc_codes_agree_with_aravis(aravis):
         assert getattr(Aravis, f"PIXEL_FORMAT_{aravis_name}") == fmt.code, fmt.name
 
 
-@pytest.mark.parametrize("pixel_format, shape", [("Mono8", (512, 512)), ("BayerRG8", (512, 512, 3)),
-                                                  ("RGB8", (512, 512, 3)), ("Mono16", (512, 512))])
+@pytest.mark.parametrize("pixel_format", ["Mono8", "BayerRG8", "RGB8", "Mono16"])
 def test_frames_from_the_fake_camera_reach_records_with_the_features_read_back(
-        fake_camera, pixel_format, shape, tiny_edge_models, tmp_path, caplog):
+        fake_camera, pixel_format, tiny_edge_models, tmp_path, caplog):
     code, records, summary = classify(
         ["--gige", ADDRESS, "--set", f"PixelFormat={pixel_format}", "--set", "ExposureTimeAbs=2500",
          "--set", "GainRaw=3", "--frames", "4"], tiny_edge_models.tflite, tmp_path)
@@ -169,7 +168,8 @@ def test_the_summary_compares_the_delivered_frame_rate_with_the_configured_one(f
     assert camera["delivered_fps"] > 0
     assert camera["delivered_vs_configured"] == pytest.approx(camera["delivered_fps"] / 10.0, abs=1e-3)
     assert camera["classified_fps"] == summary["fps"]
-    assert re.search(r"frame rate: configured 10 fps, camera delivered \d+\.\d\d fps \(\d+ %\), classified", caplog.text)
+    assert re.search(r"frame rate: configured 10 fps, camera delivered \d+\.\d\d fps \(\d+ %\), classified",
+                     caplog.text)
 
 
 def test_a_software_trigger_takes_one_frame_per_trigger(fake_camera, tiny_edge_models, tmp_path):
@@ -258,7 +258,8 @@ def test_an_address_where_no_camera_answers_is_exit_2_after_the_retries(aravis, 
     assert code == 2 and records == []
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
-    assert "gige:127.0.0.2: could not be opened (1 attempts): no GigE Vision camera answers at 127.0.0.2" in errors[0]
+    assert ("gige:127.0.0.2: could not be opened (1 attempts): no GigE Vision camera answers at 127.0.0.2"
+            in errors[0])
 
 
 def test_the_bindings_come_from_this_environment_or_from_debians_python3_gi(aravis):
