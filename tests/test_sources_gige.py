@@ -64,17 +64,18 @@ def _hex_address(address: str) -> str:
 class FakeCamera:
     """Aravis' GigE Vision camera simulator on loopback, started and stopped (by PID) by the tests."""
 
-    def __init__(self, executable: str) -> None:
+    def __init__(self, executable: str, log: Path) -> None:
         self.executable = executable
+        self.log = log  # the simulator's messages (a file: a pipe nobody reads could fill and stall it)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([self.executable, "-i", ADDRESS, "-s", SERIAL], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([self.executable, "-i", ADDRESS, "-s", SERIAL], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{SIMULATOR} exited: {self.process.stderr.read().decode(errors='replace')}")
+                raise RuntimeError(f"{SIMULATOR} exited: {self.log.read_text(errors='replace')[-2000:]}")
             if gvcp_port_bound():
                 return
             time.sleep(0.05)
@@ -86,18 +87,16 @@ class FakeCamera:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
-        if process is not None and process.stderr is not None:
-            process.stderr.close()
 
 
 @pytest.fixture
-def fake_camera(aravis):
+def fake_camera(aravis, tmp_path):
     executable = shutil.which(SIMULATOR)
     if executable is None:
         pytest.skip(f"{SIMULATOR} is not installed (Debian package aravis-tools)")
     if gvcp_port_bound():
         pytest.skip(f"another program already serves GigE Vision control on {ADDRESS}:{GVCP_PORT}")
-    camera = FakeCamera(executable)
+    camera = FakeCamera(executable, tmp_path / "fake-camera.log")
     camera.start()
     try:
         yield camera
