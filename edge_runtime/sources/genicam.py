@@ -147,12 +147,12 @@ class CameraCapture:
         """With a software trigger at --fps: wait for the next slot (on the closing Event); True if closing."""
         if not self.config.fps:
             return self._closing.is_set()
+        due = self._next_trigger
         now = time.monotonic()
-        if self._next_trigger is not None and self._next_trigger > now:
-            if self._closing.wait(self._next_trigger - now):
-                return True
-        interval = 1.0 / self.config.fps
-        self._next_trigger = max(time.monotonic(), (self._next_trigger or 0.0) + interval)
+        if due is not None and due > now and self._closing.wait(due - now):
+            return True
+        # the next slot on a fixed grid; after a slow frame, one interval from now (no burst to catch up)
+        self._next_trigger = max(time.monotonic(), due or 0.0) + 1.0 / self.config.fps
         return False
 
     def _count_missed(self, frame_id: int | None) -> None:
