@@ -361,3 +361,80 @@ def test_wrong_credentials_are_a_one_line_error_and_exit_2_before_any_frame(brok
     wait_until(lambda: len(subscriber.results()) >= 10, 20, "10 results")
     subscriber.close()
     check_all_results_in_order(subscriber.results(), read_jsonl(out), frames=10)
+
+
+def test_camera_lost_fires_without_results_and_clears_when_they_flow():
+    from types import SimpleNamespace
+
+    events: list[dict] = []
+    alarms = Alarms(["camera-lost:0.3"])
+    alarms.listen(events.append)
+    result = SimpleNamespace(prediction=None, frame=SimpleNamespace(index=7))
+    with alarms:
+        alarms.emit(result)
+        wait_until(lambda: len(events) == 1, 5, "the camera-lost alarm")
+        alarms.emit(result)
+        alarms.source_lost("camera 0: no frames after 5 reconnect attempts")
+    assert [(e["rule"], e["state"]) for e in events] == [("camera-lost:0.3", "active"), ("camera-lost:0.3", "cleared"),
+                                                         ("camera-lost:0.3", "active")]
+    assert "no frames after 5 reconnect attempts" in events[-1]["message"]
+
+
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "line test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+              .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@needs_mosquitto
+def test_tls_with_the_brokers_ca_works_and_an_unverified_broker_is_exit_2(broker, tiny_edge_models, tmp_path,
+                                                                        caplog):
+    pytest.importorskip("cryptography", reason="cryptography makes the test certificates (pulled by asyncua)")
+    b = broker(start=False)
+    b.folder.mkdir(parents=True, exist_ok=True)
+    ca, cert, key = make_tls_files(b.folder)
+    b.config.write_text(b.config.read_text() + f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    b.start()
+    video = line_video(tmp_path / "line.avi", frames=10)
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    url = f"mqtt://127.0.0.1:{b.port}/{PREFIX}"
+    assert main(["--video", str(video), "--model", str(tiny_edge_models.tflite), "--output", str(out),
+                 "--summary", str(summary), "--mqtt", url, "--mqtt-tls-ca", str(ca)]) == 0
+    assert json.loads(summary.read_text())["outputs"]["mqtt"]["published"] == 10
+    caplog.clear()
+    assert main(["--video", str(video), "--model", str(tiny_edge_models.tflite), "--output", str(out),
+                 "--overwrite", "--mqtt", f"mqtts://127.0.0.1:{b.port}/{PREFIX}"]) == 2  # system CAs: not ours
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "does not verify" in errors[0] and "--mqtt-tls-ca" in errors[0], errors
+    assert count_lines(out) == 0
+    assert main(["--video", str(video), "--model", str(tiny_edge_models.tflite), "--mqtt", url,
+                 "--mqtt-tls-ca", str(tmp_path / "missing.pem")]) == 2
