@@ -9,6 +9,7 @@ or refused credentials are setup errors (exit 2), a broker that is down only a w
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from edge_runtime.alarms import Alarms
 from edge_runtime.records import ModelInfo
-from edge_runtime.sdnotify import Notifier, ServiceNotifier
+from edge_runtime.sdnotify import ServiceNotifier
 from edge_runtime.sinks.base import Sink
 from edge_runtime.status import LiveStatus
 
@@ -79,7 +80,8 @@ class LineOutputs:
     @property
     def enabled(self) -> bool:
         o = self.options
-        return any(x is not None for x in (o.mqtt, o.opcua, o.serve)) or bool(self._alarm_rules) or Notifier().enabled
+        return (any(x is not None for x in (o.mqtt, o.opcua, o.serve)) or bool(self._alarm_rules)
+                or bool(os.environ.get("NOTIFY_SOCKET")))
 
     def __enter__(self) -> LineOutputs:
         if not self.enabled:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from conftest import REPO, synthetic_image
@@ -330,7 +329,7 @@ def test_a_broker_down_at_start_gets_every_result_once_it_is_up(broker, tiny_edg
 
 
 @needs_mosquitto
-def test_a_full_queue_drops_the_oldest_and_counts_them(broker, tiny_edge_models, tmp_path):
+def test_a_full_queue_drops_the_oldest_and_counts_them(broker, tiny_edge_models, tmp_path, capsys):
     b = broker(start=False)  # nothing listens: every result waits
     video = line_video(tmp_path / "line.avi", frames=30)
     summary = tmp_path / "summary.json"
@@ -339,6 +338,7 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(broker, tiny_edge_models,
     assert code == 0
     counts = json.loads(summary.read_text())["outputs"]["mqtt"]
     assert counts == {"published": 0, "queued": 30, "dropped": 20, "rejected": 0, "unsent": 10, "reconnects": 0}
+    assert capsys.readouterr().out == ""  # --mqtt without --output: no records on stdout
 
 
 @needs_mosquitto

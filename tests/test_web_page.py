@@ -11,7 +11,6 @@ import subprocess
 import urllib.error
 import urllib.request
 from html import unescape
-from pathlib import Path
 
 import cv2
 import numpy as np
