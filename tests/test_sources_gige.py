@@ -222,6 +222,28 @@ def test_the_camera_killed_mid_run_and_started_again_is_reconnected_and_records_
     assert frames == sorted(frames) and len(set(frames)) == len(frames)  # numbering goes on across the gap
 
 
+def test_a_camera_that_stays_away_ends_the_run_with_exit_1_and_the_summary(fake_camera, tiny_edge_models,
+                                                                           tmp_path):
+    out, summary_path = tmp_path / "records.jsonl", tmp_path / "summary.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", "--gige", ADDRESS, "--duration", "60", "--retries", "1",
+         "--model", str(tiny_edge_models.tflite), "--output", str(out), "--summary", str(summary_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        before = wait_for_records(out, 3, process, timeout=40)
+        fake_camera.kill()
+        _, err = process.communicate(timeout=50)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, err[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["failed"] and "no frames after 1 reconnect attempts" in summary["stop_reason"]
+    assert summary["frames"] >= before and summary["camera"]["serial"] == SERIAL
+    assert "(FAILED)" in err
+
+
 def wait_for_records(path: Path, count: int, process: subprocess.Popen, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -78,6 +78,7 @@ class Device:
     device: str = ""  # how the camera is identified in names and messages
     model: str = ""
     serial: str = ""
+    close_lost_in_background = False  # closing a camera that stopped answering may wait for many time-outs
 
     def start(self) -> None: ...
 
@@ -110,6 +111,7 @@ class CameraCapture:
         self.frame_ids_missed = 0
         self._last_frame_id: int | None = None
         self._opened = True
+        self._lost = False
         exposure = next((v for k, v in report.features.items() if k.startswith("ExposureTime")
                          and isinstance(v, (int, float))), 0.0)
         rate = report.configured_fps
@@ -131,16 +133,24 @@ class CameraCapture:
                     self.idle_waits += 1
                     return True, None
                 log.warning("%s: no frame within %.1f s", self.report.device, wait)
+                self._lost = True
                 return False, None
         except DeviceLost as exc:
             log.warning("%s: %s", self.report.device, exc)
+            self._lost = True
             return False, None
         self._count_missed(grab.frame_id)
         return True, grab.image
 
     def release(self) -> None:
-        if self._opened:
-            self._opened = False
+        if not self._opened:
+            return
+        self._opened = False
+        if self._lost and self.device.close_lost_in_background:
+            # every request to a camera that is gone waits for the transport's time-outs (GigE Vision: 2.5 s
+            # each, about 10 s to stop and release one): the reader goes on reconnecting meanwhile
+            threading.Thread(target=self.device.close, name=f"close {self.report.device}", daemon=True).start()
+        else:
             self.device.close()
 
     def _wait_for_trigger_slot(self) -> bool:
