@@ -69,9 +69,10 @@ class FakeCamera:
         self.log = log  # the simulator's messages (a file: a pipe nobody reads could fill and stall it)
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([self.executable, "-i", ADDRESS, "-s", SERIAL], stdout=log, stderr=log)
+            self.process = subprocess.Popen([self.executable, "-i", ADDRESS, "-s", SERIAL, *options], stdout=log,
+                                            stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -142,6 +143,16 @@ def test_frames_from_the_fake_camera_reach_records_with_the_features_read_back(
     assert camera["features"]["ExposureTimeAbs"] == 2500.0 and camera["features"]["GainRaw"] == 3
     assert camera["features"]["PixelFormat"] == pixel_format and camera["serial"] == SERIAL
     assert f"PixelFormat={pixel_format} (read back {pixel_format})" in caplog.text
+
+
+def test_frames_cut_short_by_lost_packets_are_left_out_and_counted(fake_camera, tiny_edge_models, tmp_path):
+    fake_camera.kill()
+    fake_camera.start("--gvsp-lost-ratio", "2")  # 2 packets in 1000 lost: about a third of the 512x512 frames
+    code, records, summary = classify(["--gige", ADDRESS, "--duration", "3"], tiny_edge_models.tflite, tmp_path)
+    assert code == 0 and records and all(r["error"] is None for r in records)
+    camera = summary["camera"]
+    assert camera["frames_incomplete"] > 0 and camera["frames_missed"] > 0
+    assert summary["reconnects"] == 0
 
 
 def test_the_source_converts_the_wire_format_once(fake_camera):

@@ -79,6 +79,7 @@ class Device:
     model: str = ""
     serial: str = ""
     close_lost_in_background = False  # closing a camera that stopped answering may wait for many time-outs
+    incomplete = 0  # frames that arrived incomplete (packets lost on the wire) and were left out
 
     def start(self) -> None: ...
 
@@ -191,6 +192,7 @@ class CameraSource(LiveSource):
         self._capture_now: CameraCapture | None = None
         self._idle_waits = 0
         self._missed = 0
+        self._incomplete = 0
         self._first_frame_at: float | None = None
 
     def _connect(self) -> CameraCapture:
@@ -198,6 +200,7 @@ class CameraSource(LiveSource):
         if previous is not None:
             self._idle_waits += previous.idle_waits
             self._missed += previous.frame_ids_missed
+            self._incomplete += previous.device.incomplete
         try:
             capture = self._connector(self._closing)
         except SourceError as exc:
@@ -224,6 +227,7 @@ class CameraSource(LiveSource):
                                         if report and report.configured_fps else None),
             "trigger_waits": self._idle_waits + (current.idle_waits if current else 0),
             "frames_missed": self._missed + (current.frame_ids_missed if current else 0),
+            "frames_incomplete": self._incomplete + (current.device.incomplete if current else 0),
         })
         return data
 
@@ -240,7 +244,8 @@ def camera_summary_text(data: dict[str, object]) -> str:
     return (f"  camera {data.get('kind')}:{data.get('device')} ({data.get('model')} {data.get('serial')}), "
             f"trigger {data.get('trigger')}: {settings}\n"
             f"  frame rate: {rate}, classified {data['classified_fps']:.2f} fps; frames the camera numbered but "
-            f"never delivered {data['frames_missed']}; waits for a trigger {data['trigger_waits']}")
+            f"never delivered {data['frames_missed']} (incomplete on arrival {data['frames_incomplete']}); waits "
+            f"for a trigger {data['trigger_waits']}")
 
 
 def _fmt(value: object) -> str:
