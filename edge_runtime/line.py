@@ -126,6 +126,9 @@ class LineOutputs:
             return
         self.status.source = source.name
         self.status.source_stats = source.stats
+        mqtt = self._outputs.get("mqtt")
+        if mqtt is not None:
+            mqtt.publish_status()  # the retained status names the source from the start
         if self.notifier is not None:
             self.notifier.ready(f"classifying {source.name}")
 

@@ -336,6 +336,10 @@ class MqttSink(Sink):
             self._cond.notify_all()
         return info
 
+    def publish_status(self) -> None:
+        """Publish the ``online`` status now (it also goes out every few seconds)."""
+        self._publish_status("online")
+
     def _publish_status(self, state: str, reason: str | None = None) -> Any:
         if not self._connected or self._client is None:
             return None
