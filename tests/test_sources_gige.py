@@ -155,6 +155,14 @@ def test_frames_cut_short_by_lost_packets_are_left_out_and_counted(fake_camera, 
     assert summary["reconnects"] == 0
 
 
+def test_line_scan_sized_frames_are_classified_by_windows(fake_camera, tiny_edge_models, tmp_path, caplog):
+    code, records, summary = classify(["--gige", ADDRESS, "--width", "2048", "--height", "1000", "--tiles", "auto",
+                                       "--frames", "2"], tiny_edge_models.tflite, tmp_path)
+    assert code == 0 and len(records) == 2 and all(r["error"] is None for r in records)
+    assert summary["camera"]["features"]["Width"] == 2048 and summary["camera"]["features"]["Height"] == 1000
+    assert "Width=2048, Height=1000" in records[0]["source"]
+
+
 def test_the_source_converts_the_wire_format_once(fake_camera):
     from edge_runtime.sources import open_source
     from edge_runtime.sources.base import SourceOptions
