@@ -5,7 +5,9 @@ a slow consumer never builds up lag, and every frame overwritten before it was t
 ``stats.dropped``. A failed read releases the capture and reopens it after an exponential back-off (``backoff_s``
 doubling up to ``backoff_max_s``, waited on an Event, so never a busy loop); after ``retries`` consecutive
 failed attempts without a frame the iteration raises :class:`SourceLost`. A source that cannot be opened in
-the first place raises :class:`SourceError` from ``__enter__`` after the same attempts.
+the first place raises :class:`SourceError` from ``__enter__`` after the same attempts. A capture with
+``may_idle`` (a triggered GenICam camera, :mod:`.genicam`) may answer ``(True, None)``: no frame yet but still
+there; the reader waits on without counting a failure.
 """
 
 from __future__ import annotations
