@@ -438,3 +438,34 @@ def test_tls_with_the_brokers_ca_works_and_an_unverified_broker_is_exit_2(broker
     assert count_lines(out) == 0
     assert main(["--video", str(video), "--model", str(tiny_edge_models.tflite), "--mqtt", url,
                  "--mqtt-tls-ca", str(tmp_path / "missing.pem")]) == 2
+
+
+@needs_mosquitto
+def test_a_killed_process_leaves_a_retained_offline_status_through_its_last_will(broker, tiny_edge_models, tmp_path):
+    b = broker()
+    video = line_video(tmp_path / "line.avi")
+    out = tmp_path / "out.jsonl"
+    process = start_cli(["--video", video, "--model", tiny_edge_models.tflite, "--output", out, "--max-fps", 20,
+                         "--mqtt", f"mqtt://127.0.0.1:{b.port}/{PREFIX}"])
+    try:
+        wait_until(lambda: count_lines(out) >= 20, 60, "20 records", process)
+        process.send_signal(signal.SIGKILL)  # no clean stop: only the broker can tell the line
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    def retained_status() -> list[dict]:
+        late = Subscriber(b.port, client_id=f"late-{time.monotonic_ns()}")  # subscribes after the fact
+        try:
+            wait_until(lambda: late.on("status"), 5, "the retained status")
+        except AssertionError:
+            pass
+        late.close()
+        with late.lock:
+            return [json.loads(p) for t, p, retained in late.messages if t == f"{PREFIX}/status" and retained]
+
+    # the broker notices the dead connection within 1.5 keep-alive intervals (15 s) and publishes the will
+    wait_until(lambda: any(s["state"] == "offline" for s in retained_status()), 40, "the last will", interval=1)
+    status = retained_status()[-1]
+    assert status["state"] == "offline" and status["reason"] == "connection lost" and status["pid"] == process.pid
