@@ -123,6 +123,23 @@ class Classifier:
                                 "(embedding output and 'ood' metadata): re-export it with edge-export")
         self._polarity = mode
 
+    @property
+    def unknown_rate(self) -> float | None:
+        """The operating point of the unknown answer: the share of in-distribution images (NEU-like, clean or
+        camera-changed) answered ``unknown``, as calibrated at export (None without the unknown score)."""
+        return None if self.ood is None else self.ood.rate
+
+    @unknown_rate.setter
+    def unknown_rate(self, rate: float) -> None:
+        """Move the threshold to another in-distribution unknown rate (e.g. 0.01), from the model's rate table."""
+        if self.ood is None:
+            raise MetadataError(self.path, "the model has no unknown score (embedding output and 'ood' metadata); "
+                                "re-export it with edge-export")
+        if self.ood.rate_table is None:
+            raise MetadataError(self.path, "the model stores no table of unknown rates, so its threshold cannot be "
+                                "moved; re-export it with edge-export (or python -m export.unknown_bank)")
+        self.ood = self.ood.at_rate(float(rate))  # ValueError for a rate outside the calibrated range
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Decoded image -> this model's input (uint8 pixels if the graph normalises, else float32)."""
         return self._model_input(prepare_pixels(image, self._config))
@@ -166,7 +183,7 @@ class Classifier:
         scores = np.full(len(inputs), np.nan, np.float32)
         if self.ood is not None:
             embedding = _output_of_width(outputs, self.ood.width, self.path, "embedding", exclude=probabilities)
-            scores = self.ood.score(embedding)
+            scores = self.ood.score(embedding, probabilities.argmax(axis=1))  # per-class rule: by the best class
         inverted = np.zeros(len(images), bool)
         if both:  # inputs alternate: as captured, inverted
             inverted = choose_inverted(scores[0::2], scores[1::2])

@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "defects dark where the training plant's were bright; twice the inference time; needs a "
                      "model with the unknown score). Default: the model's own setting (edge-export --polarity), "
                      "as-is if it has none")
+    mod.add_argument("--unknown-rate", type=_probability, metavar="R",
+                     help="operating point of the unknown answer: the share of images like the training images "
+                     "(also from a brighter, softer or noisier camera) answered unknown, e.g. 0.01; higher catches "
+                     "more new defects (docs/unknown.md has the trade-off). Default: the model's own, set at export")
     out = p.add_argument_group("results")
     out.add_argument("--output", metavar="FILE", help="write records to FILE (.jsonl or .csv) instead of stdout")
     out.add_argument("--overwrite", action="store_true", help="start --output afresh instead of appending/resuming")
@@ -243,6 +247,7 @@ def run(
     tiles: str | None = None,
     tile_aggregate: str = "max",
     polarity: str | None = None,
+    unknown_rate: float | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
     min_confidence: float | None = None,
@@ -284,6 +289,8 @@ def run(
         classifier.tiles = tile_spec
         if polarity:
             classifier.polarity = polarity
+        if unknown_rate is not None:
+            classifier.unknown_rate = unknown_rate
         info = ModelInfo.of(classifier)
         log.info("model %s: %s, %d labels, sha256 %s", info.path, info.engine, len(classifier.labels), info.sha256)
         outputs = LineOutputs(line, info, classifier.labels)

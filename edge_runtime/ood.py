@@ -7,16 +7,31 @@ the embeddings of the training images, stored in the model's metadata:
 
     score = 1 - cosine similarity to the k-th most similar training embedding   (0 = seen before, up to 2)
 
-An image whose score is above ``threshold`` is reported as ``unknown``. The threshold is chosen on the
-validation split only (the ``quantile`` of its scores, e.g. 0.95 keeps 95 % of validation images), never on
-the out-of-distribution data the score is later tested against.
+An image whose score is above ``threshold`` is reported as ``unknown``. The threshold is chosen on
+in-distribution images only (the ``quantile`` of their scores, e.g. 0.98 keeps 98 % of them), never on the
+out-of-distribution data the score is later tested against.
+
+Models exported since the bank holds camera-changed copies of the training images (train/embeddings.py) also
+carry, all optional so that older metadata still loads:
+
+* ``class_offsets``: the per-class rule. Each class has its own threshold, the same quantile of its own
+  calibration scores (a class whose images vary more, like pitted_surface, gets a higher one); the score is
+  reported relative to it, ``score - class_offsets[predicted class]``, with the offsets measured from the
+  all-class threshold, so that one ``threshold`` still decides and the score without classes is the plain one.
+* ``rate_table``: the operating point as data. For in-distribution unknown rates (``rates``) the all-class and
+  per-class thresholds on the calibration scores; :meth:`OodSpec.at_rate` moves the threshold to another rate
+  on the device, without re-export (``edge-classify --unknown-rate``).
+
+Calibration scores are leave-one-out scores of the training images themselves (:func:`calibration_scores`):
+each training image, clean and camera-changed, against the bank without any copy of that same image.
+The figures, the options that were compared and the chosen default: docs/unknown.md.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,42 +50,118 @@ class OodSpec:
     quantile: float = 0.95
     feature: str = "embedding"
     kind: str = OOD_KIND
+    class_offsets: tuple[float, ...] | None = None  # per-class threshold minus the all-class one (None: one rule)
+    rate_table: dict[str, Any] | None = None  # {"rates", "all", "classes"}: calibration thresholds per unknown rate
+    bank_info: dict[str, Any] | None = None  # how the bank was built (images, camera copies), for the record
 
     def __post_init__(self) -> None:
         if self.kind != OOD_KIND:
             raise ValueError(f"unknown OOD score kind {self.kind!r}; this runtime knows {OOD_KIND!r}")
         if self.bank.ndim != 2 or len(self.bank) < self.k or self.k < 1:
             raise ValueError(f"the OOD bank must be (N >= k, D) with k >= 1; got {self.bank.shape}, k={self.k}")
+        if self.class_offsets is not None:
+            object.__setattr__(self, "class_offsets", tuple(float(v) for v in self.class_offsets))
+        if self.rate_table is not None:
+            _check_rate_table(self.rate_table, self.class_offsets)
+
+    @property
+    def rate(self) -> float:
+        """The in-distribution unknown rate this threshold was chosen for (1 - quantile)."""
+        return round(1.0 - self.quantile, 6)
 
     @property
     def width(self) -> int:
         return int(self.bank.shape[1])
 
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """OOD scores (N,) of embeddings (N, D): 1 - cosine similarity to the k-th nearest training embedding."""
-        return knn_cosine_score(embeddings, self.bank, self.k)
+    def score(self, embeddings: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+        """OOD scores (N,) of embeddings (N, D): 1 - cosine similarity to the k-th nearest training embedding;
+        with the per-class rule and ``classes`` (each image's predicted class index), relative to that class's
+        threshold (minus its offset), so that ``score > threshold`` is the decision either way."""
+        scores = knn_cosine_score(embeddings, self.bank, self.k)
+        if classes is not None and self.class_offsets is not None:
+            offsets = np.asarray(self.class_offsets, np.float32)
+            index = np.asarray(classes, dtype=np.int64).reshape(-1)
+            inside = (index >= 0) & (index < len(offsets))  # a class the rule does not know: the all-class rule
+            scores = scores - np.where(inside, offsets[np.clip(index, 0, len(offsets) - 1)], 0.0).astype(np.float32)
+        return scores
 
     def with_threshold(self, validation_scores: np.ndarray, quantile: float | None = None) -> "OodSpec":
-        """A copy whose threshold is the ``quantile`` of the given in-distribution (validation) scores."""
+        """A copy whose threshold is the ``quantile`` of the given in-distribution (validation) scores; the
+        per-class rule and the rate table, which belong to the old calibration, are dropped."""
         quantile = self.quantile if quantile is None else quantile
-        return OodSpec(self.bank, self.k, threshold_from(validation_scores, quantile), quantile, self.feature, self.kind)
+        return OodSpec(self.bank, self.k, threshold_from(validation_scores, quantile), quantile, self.feature, self.kind,
+                       bank_info=self.bank_info)
+
+    def at_rate(self, rate: float) -> "OodSpec":
+        """A copy whose operating point is the in-distribution unknown ``rate`` (e.g. 0.02), read from the rate
+        table (linear between its rows): the all-class and per-class thresholds move together, and an
+        artifact's own shift from the float model's threshold (edge-export's matched threshold) is kept."""
+        if self.rate_table is None:
+            raise ValueError("this model stores no rate table (exported before the operating point could be moved); "
+                             "re-export it with edge-export, or rewrite its unknown-score metadata")
+        rates = np.asarray(self.rate_table["rates"], np.float64)
+        if not rates.min() <= rate <= rates.max():
+            raise ValueError(f"unknown rate {rate} is outside the model's calibrated range "
+                             f"{rates.min():g}..{rates.max():g}")
+        table = self.rate_table
+        shift = float(self.threshold) - at_rate_value(table, self.rate)
+        threshold = at_rate_value(table, rate) + shift
+        offsets = None
+        if self.class_offsets is not None:
+            offsets = tuple(at_rate_value(table, rate, "classes", c) - at_rate_value(table, rate)
+                            for c in range(len(self.class_offsets)))
+        return replace(self, threshold=threshold, quantile=1.0 - rate, class_offsets=offsets)
 
     def to_dict(self) -> dict[str, Any]:
         buffer = io.BytesIO()
         np.save(buffer, self.bank.astype(np.float16), allow_pickle=False)
-        return {
+        data = {
             "kind": self.kind, "feature": self.feature, "k": self.k, "threshold": float(self.threshold),
             "quantile": self.quantile, "bank_npy_base64": base64.b64encode(buffer.getvalue()).decode("ascii"),
             "bank_shape": list(self.bank.shape),
         }
+        if self.class_offsets is not None:
+            data["class_offsets"] = [float(v) for v in self.class_offsets]
+        if self.rate_table is not None:
+            data["rate_table"] = {key: np.asarray(value, np.float64).round(6).tolist()
+                                  for key, value in self.rate_table.items()}
+        if self.bank_info is not None:
+            data["bank_info"] = self.bank_info
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OodSpec":
-        """Parse ``extra["ood"]``; raises ValueError/KeyError when it is malformed."""
+        """Parse ``extra["ood"]``; raises ValueError/KeyError when it is malformed. Fields added later
+        (``class_offsets``, ``rate_table``, ``bank_info``) are optional."""
         raw = base64.b64decode(data["bank_npy_base64"], validate=True)
         bank = np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
+        offsets = data.get("class_offsets")
         return cls(bank, int(data["k"]), float(data["threshold"]), float(data.get("quantile", 0.95)),
-                   str(data.get("feature", "embedding")), str(data.get("kind", OOD_KIND)))
+                   str(data.get("feature", "embedding")), str(data.get("kind", OOD_KIND)),
+                   None if offsets is None else tuple(float(v) for v in offsets),
+                   data.get("rate_table"), data.get("bank_info"))
+
+
+RATES = tuple(np.round(np.concatenate([np.arange(0.002, 0.02, 0.002), np.arange(0.02, 0.2001, 0.005)]), 4).tolist())
+"""The in-distribution unknown rates a rate table holds (0.2 % to 20 %)."""
+
+
+def _check_rate_table(table: dict[str, Any], offsets: tuple[float, ...] | None) -> None:
+    rates = np.asarray(table.get("rates", []), np.float64)
+    if rates.ndim != 1 or rates.size < 2 or np.asarray(table.get("all", []), np.float64).shape != rates.shape:
+        raise ValueError("the rate table needs 'rates' and 'all' of the same length (>= 2)")
+    if offsets is not None:
+        classes = np.asarray(table.get("classes", []), np.float64)
+        if classes.shape != (len(offsets), rates.size):
+            raise ValueError(f"the rate table's 'classes' must be ({len(offsets)}, {rates.size}); got {classes.shape}")
+
+
+def at_rate_value(table: dict[str, Any], rate: float, column: str = "all", index: int | None = None) -> float:
+    """The rate table's threshold at ``rate`` (linear between rows) for ``column`` "all", or "classes"[index]."""
+    rates = np.asarray(table["rates"], np.float64)
+    values = np.asarray(table[column] if index is None else table[column][index], np.float64)
+    order = np.argsort(rates)
+    return float(np.interp(rate, rates[order], values[order]))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -109,10 +200,54 @@ def threshold_from(validation_scores: np.ndarray, quantile: float) -> float:
 
 def build_spec(train_embeddings: np.ndarray, validation_embeddings: np.ndarray, k: int = 5,
                quantile: float = 0.95) -> OodSpec:
-    """Bank from the training embeddings; threshold from the validation embeddings only."""
+    """Bank from the training embeddings; threshold from the validation embeddings only (the rule before the
+    camera-changed bank; kept for callers that have a validation split and no per-class labels)."""
     bank = l2_normalize(train_embeddings).astype(np.float16).astype(np.float32)
     spec = OodSpec(bank, k=k, quantile=quantile)
     return spec.with_threshold(spec.score(validation_embeddings))
+
+
+def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """Leave-one-out scores of the bank's own rows: each row against the bank without the rows of its
+    ``group`` (the same training image: itself and its camera-changed copies). These are scores of images the
+    bank has not seen, clean and camera-changed, from the training split alone."""
+    bank = np.asarray(bank, np.float32)
+    groups = np.asarray(groups)
+    if len(bank) != len(groups):
+        raise ValueError(f"{len(bank)} bank rows but {len(groups)} groups")
+    out = np.empty(len(bank), np.float32)
+    for start in range(0, len(bank), chunk):
+        similarities = np.einsum("ij,kj->ik", l2_normalize(bank[start : start + chunk]), bank)
+        similarities[groups[start : start + chunk, None] == groups[None, :]] = -np.inf
+        if not np.isfinite(similarities).sum(axis=1).min() >= k:
+            raise ValueError(f"fewer than k={k} bank rows outside some image's own group")
+        kth = np.partition(similarities, similarities.shape[1] - k, axis=1)[:, similarities.shape[1] - k]
+        out[start : start + chunk] = 1.0 - kth
+    return out
+
+
+def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np.ndarray, n_classes: int,
+                          k: int = 2, quantile: float = 0.98, per_class: bool = True,
+                          bank_info: dict[str, Any] | None = None) -> OodSpec:
+    """The unknown score from the training split alone: bank = ``embeddings`` (every training image and its
+    camera-changed copies; ``groups`` names the source image of each row, ``labels`` its class index), threshold
+    = the ``quantile`` of the leave-one-out :func:`calibration_scores` (halfway rule of :func:`threshold_from`),
+    per class when ``per_class`` (see the module docstring). No validation or test image is read."""
+    labels = np.asarray(labels)
+    bank = l2_normalize(embeddings).astype(np.float16).astype(np.float32)
+    scores = calibration_scores(bank, groups, k)
+    rates = list(RATES)
+    table: dict[str, Any] = {"rates": rates, "all": [threshold_from(scores, 1.0 - r) for r in rates]}
+    offsets = None
+    if per_class:
+        missing = [c for c in range(n_classes) if not np.any(labels == c)]
+        if missing:
+            raise ValueError(f"classes {missing} have no training image in the bank; the per-class rule needs each")
+        table["classes"] = [[threshold_from(scores[labels == c], 1.0 - r) for r in rates] for c in range(n_classes)]
+        overall = threshold_from(scores, quantile)
+        offsets = tuple(threshold_from(scores[labels == c], quantile) - overall for c in range(n_classes))
+    return OodSpec(bank, k=k, threshold=threshold_from(scores, quantile), quantile=quantile,
+                   class_offsets=offsets, rate_table=table, bank_info=bank_info)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

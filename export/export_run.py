@@ -22,7 +22,7 @@ from export.calibration import CalibrationSet, calibration_rows
 from export.crossplant_figures import write_crossplant_figures
 from export.formats import ExportFormat, parse_formats
 from export.report import write_report
-from train.embeddings import training_ood_spec
+from train.embeddings import BankCameras, training_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ class ExportOptions:
     int8_input: str = "pixels"
     onnx_quantizer: str = "nncf"  # one of convert.ONNX_QUANTIZERS
     polarity: str = AS_IS  # test-time polarity written into every artifact (edge_runtime.polarity)
-    ood_k: int = 5
-    ood_quantile: float = 0.95
+    ood_k: int = 2
+    ood_quantile: float = 0.98  # 1 - the in-distribution unknown rate of the default operating point
+    ood_camera_copies: int = 2  # camera-changed copies of each training image in the bank (train.embeddings)
+    ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
     seed: int = 0
     progress: bool = True
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
@@ -172,7 +174,8 @@ def export_run(options: ExportOptions) -> dict:
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
     cache = run.output_cache() if options.cache else None
     ood = training_ood_spec(model, data_root, rows, run.preprocess, options.ood_k, options.ood_quantile,
-                            options.progress, cache)
+                            options.progress, cache, BankCameras(copies=options.ood_camera_copies),
+                            run.classes, options.ood_per_class)
     bank_seconds = time.perf_counter() - started
     built = build_artifacts(run, model, formats, out, options, calibration, ood)
     convert_seconds = time.perf_counter() - started
@@ -184,7 +187,7 @@ def export_run(options: ExportOptions) -> dict:
     reference, reference_scores_ood = checks.float_outputs(model, data, run.preprocess, ood, options.polarity,
                                                            options.progress, cache)
     reference_seconds = time.perf_counter() - checked
-    reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options)
+    reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options, ood.threshold)
     reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
     figures = write_crossplant_figures(out, data, run.classes, reference, reference_scores_ood,
                                        reference_unknown["threshold"])
@@ -236,9 +239,10 @@ def export_run(options: ExportOptions) -> dict:
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
                             "groups": reference_scores, "unknown": reference_unknown},
         "ood": {"kind": ood.kind, "feature": ood.feature, "k": ood.k, "bank": len(ood.bank),
-                "quantile": ood.quantile,
-                "threshold_from": "NEU validation split only (float: its quantile; artifacts: the float threshold "
-                                  "plus their median score shift on the same images)"},
+                "quantile": ood.quantile, "per_class": ood.class_offsets is not None, "bank_info": ood.bank_info,
+                "threshold_from": "NEU training split only (float: leave-one-out scores of the training images and "
+                                  "their camera copies; artifacts: the float threshold plus their median score shift "
+                                  "on the NEU validation images)"},
         "artifacts": rows_out,
         "images": len(data.items),
         "image_groups": {g: sum(i.group == g for i in data.items) for g in data.groups},

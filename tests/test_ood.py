@@ -1,7 +1,10 @@
-"""The unknown answer: a k-nearest-neighbour score on the embedding, its threshold from validation only,
-its storage in model metadata, and the ``unknown`` label in predictions and edge-classify records."""
+"""The unknown answer: a k-nearest-neighbour score on the embedding, its thresholds from in-distribution images
+only (the training split and its camera-changed copies, or validation), the per-class rule, the operating point
+(rate table, --unknown-rate), its storage in model metadata, and the ``unknown`` label in predictions."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +124,252 @@ def test_artifact_threshold_is_the_float_threshold_moved_by_the_median_validatio
     assert matched_threshold(items, reference, moved, 0.08) == pytest.approx(0.082)
     with pytest.raises(ValueError, match="validation"):
         matched_threshold(items[9:], reference[9:], artifact[9:], 0.08)
+
+
+# --- camera-changed bank, leave-one-out calibration, per-class rule, operating point -------------------------
+
+from edge_runtime.ood import RATES, build_calibrated_spec, calibration_scores  # noqa: E402
+
+
+def test_calibration_leaves_out_every_copy_of_the_same_image():
+    """A row's own copies would make it look seen before (score ~0); the calibration must not count them."""
+    rng = np.random.default_rng(4)
+    images = l2(rng.normal(0, 1, (30, 8)))
+    copies = l2(images + rng.normal(0, 0.01, images.shape))
+    bank = np.concatenate([images, copies])
+    groups = np.tile(np.arange(30), 2)
+    with_copies = calibration_scores(bank, np.arange(60), k=1)  # each row its own group: its copy is found
+    leave_out = calibration_scores(bank, groups, k=1)
+    assert with_copies.max() < 0.01 and leave_out.min() > 0.1
+    reference = knn_cosine_score(images[:1], np.delete(bank, [0, 30], axis=0), 1)
+    assert leave_out[0] == pytest.approx(reference[0], abs=1e-5)
+    with pytest.raises(ValueError, match="groups"):
+        calibration_scores(bank, groups[:5], k=1)
+
+
+def l2(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def two_classes(rng: np.random.Generator, n: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class 0 tight, class 1 spread out (like NEU's patches and pitted_surface); one group per row."""
+    tight = np.eye(1, 16)[0] * 10 + rng.normal(0, 0.3, (n, 16))
+    wide = np.eye(1, 16, 1)[0] * 10 + rng.normal(0, 2.0, (n, 16))
+    return np.concatenate([tight, wide]), np.repeat([0, 1], n), np.arange(2 * n)
+
+
+def test_calibrated_thresholds_come_from_the_bank_alone_per_class():
+    rng = np.random.default_rng(5)
+    embeddings, labels, groups = two_classes(rng)
+    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.9)
+    # inputs: the thresholds are the quantiles of the bank's own leave-one-out scores, nothing else is read
+    scores = calibration_scores(spec.bank, groups, 2)
+    assert spec.threshold == pytest.approx(threshold_from(scores, 0.9))
+    for c in (0, 1):
+        assert spec.threshold + spec.class_offsets[c] == pytest.approx(threshold_from(scores[labels == c], 0.9))
+    assert spec.class_offsets[1] > 0 > spec.class_offsets[0]  # the spread-out class gets the higher threshold
+    # each class keeps (at least) its quantile of calibration images known under its own threshold
+    for c in (0, 1):
+        relative = scores[labels == c] - spec.class_offsets[c]
+        assert np.mean(relative <= spec.threshold) >= 0.9
+    assert spec.rate == pytest.approx(0.1) and spec.bank_info is None
+
+
+def test_per_class_rule_decides_by_the_predicted_class():
+    rng = np.random.default_rng(6)
+    embeddings, labels, groups = two_classes(rng)
+    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95)
+    raw_threshold_1 = spec.threshold + spec.class_offsets[1]
+    raw_threshold_0 = spec.threshold + spec.class_offsets[0]
+    # a query whose raw score lies between the two class thresholds
+    direction = l2(rng.normal(0, 1, (200, 16)))
+    base = l2(embeddings[labels == 1][:1])
+    for step in np.linspace(0.01, 1.0, 200):
+        query = base + step * direction[:1]
+        raw = spec.score(query)[0]
+        if raw_threshold_0 < raw < raw_threshold_1:
+            break
+    else:
+        pytest.fail("no query between the two class thresholds")
+    assert spec.score(query, np.array([1]))[0] <= spec.threshold  # known as the spread-out class
+    assert spec.score(query, np.array([0]))[0] > spec.threshold  # unknown as the tight class
+    assert spec.score(query, np.array([7]))[0] == pytest.approx(raw)  # a class the rule does not know: plain score
+    one_rule = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95, per_class=False)
+    assert one_rule.class_offsets is None and "classes" not in one_rule.rate_table
+    assert one_rule.score(query, np.array([0]))[0] == pytest.approx(raw)
+
+
+def test_operating_point_moves_with_the_stored_rate_table():
+    rng = np.random.default_rng(7)
+    embeddings, labels, groups = two_classes(rng, 100)
+    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.98)
+    assert spec.at_rate(0.02).threshold == pytest.approx(spec.threshold)
+    assert spec.at_rate(0.02).class_offsets == pytest.approx(spec.class_offsets, abs=1e-6)
+    strict, loose = spec.at_rate(0.1), spec.at_rate(0.005)
+    assert strict.threshold < spec.threshold < loose.threshold and strict.rate == pytest.approx(0.1)
+    scores = calibration_scores(spec.bank, groups, 2)
+    for c in (0, 1):
+        relative = scores[labels == c] - strict.class_offsets[c]
+        assert np.mean(relative > strict.threshold) == pytest.approx(0.1, abs=0.02)
+    # an artifact whose threshold was moved from float's (edge-export's matched shift) keeps that shift
+    from dataclasses import replace
+
+    shifted = replace(spec, threshold=spec.threshold + 0.01)
+    assert shifted.at_rate(0.1).threshold == pytest.approx(strict.threshold + 0.01)
+    with pytest.raises(ValueError, match="range"):
+        spec.at_rate(0.5)
+    with pytest.raises(ValueError, match="rate table"):
+        OodSpec(spec.bank, k=2, threshold=0.1).at_rate(0.02)
+    assert min(RATES) <= 0.002 and max(RATES) >= 0.2
+
+
+def test_new_fields_round_trip_and_old_metadata_still_loads():
+    rng = np.random.default_rng(8)
+    embeddings, labels, groups = two_classes(rng, 30)
+    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.98, bank_info={"images": 60})
+    again = OodSpec.from_dict(spec.to_dict())
+    assert again.class_offsets == pytest.approx(spec.class_offsets) and again.bank_info == {"images": 60}
+    assert again.at_rate(0.05).threshold == pytest.approx(spec.at_rate(0.05).threshold, abs=1e-5)
+    old = {key: value for key, value in spec.to_dict().items() if key not in ("class_offsets", "rate_table", "bank_info")}
+    legacy = OodSpec.from_dict(old)  # metadata written before these fields existed
+    assert legacy.class_offsets is None and legacy.rate_table is None and legacy.threshold == spec.threshold
+    np.testing.assert_allclose(legacy.score(embeddings[:3], labels[:3]), spec.score(embeddings[:3]), atol=1e-6)
+    with pytest.raises(ValueError, match="rate table"):
+        OodSpec(spec.bank, class_offsets=(0.0, 0.0), rate_table={"rates": [0.01, 0.02], "all": [0.1, 0.2],
+                                                                 "classes": [[0.1, 0.2]]})
+    dropped = spec.with_threshold(np.linspace(0, 1, 11), 0.9)  # a new calibration drops the old per-class rule
+    assert dropped.class_offsets is None and dropped.rate_table is None
+
+
+# A synthetic camera: images of stripes (class 0) and spots (class 1); the fake "network" sees the texture
+# and, like the real one, also the exposure. A darker, noisier shot of stripes must stay known once the bank
+# holds camera-changed copies; a new texture (a checkerboard) must stay unknown.
+
+SIDE = 32
+
+
+def stripes(phase: int) -> np.ndarray:
+    rows = 120 + 60 * (np.sin((np.arange(SIDE) + phase) * 2 * np.pi / 8) > 0)
+    return np.repeat(rows[:, None], SIDE, axis=1).astype(np.uint8)
+
+
+def spots(phase: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
+    return (120 + 80 * (((yy + phase) % 10 < 3) & ((xx + 2 * phase) % 10 < 3))).astype(np.uint8)
+
+
+def checkerboard(phase: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
+    return (120 + 60 * (((yy + phase) // 4 + xx // 4) % 2)).astype(np.uint8)
+
+
+def texture_embedding(pixels: np.ndarray) -> np.ndarray:
+    """Row-, column- and diagonal-gradient energy, and the mean gray level (what a camera change moves)."""
+    x = np.asarray(pixels, np.float64)
+    x = x.mean(axis=-1) if x.ndim == 4 else x
+    rows = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2))
+    cols = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
+    diag = np.abs(x[:, 1:, 1:] - x[:, :-1, :-1]).mean(axis=(1, 2))
+    level = x.mean(axis=(1, 2))
+    return np.stack([rows, cols, diag, level / 4.0, np.full_like(level, 20.0)], 1).astype(np.float32)
+
+
+def test_a_darker_noisier_shot_of_a_known_class_stays_known_and_a_new_class_is_unknown():
+    from edge_runtime.preprocessing import PreprocessConfig
+    from train.embeddings import BankCameras, camera_bank_spec
+
+    preprocess = PreprocessConfig(input_size=(SIDE, SIDE))
+    images = [stripes(p) for p in range(8)] + [spots(p) for p in range(8)]
+    labels = ["crazing"] * 8 + ["inclusion"] * 8
+    classes = ["crazing", "inclusion"]
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        return texture_embedding(pixels)
+
+    clean = camera_bank_spec(embed, images, labels, classes, preprocess, BankCameras(copies=0), k=2, quantile=0.95,
+                             progress=False)
+    cameras = BankCameras(copies=6, gain_range=(0.6, 1.5), blur_sigma_max=1.0, noise_std_max=6.0, seed=3)
+    banked = camera_bank_spec(embed, images, labels, classes, preprocess, cameras, k=2, quantile=0.95, progress=False)
+    assert len(banked.bank) == 7 * len(images) and banked.bank_info["cameras"]["copies"] == 6
+
+    rng = np.random.default_rng(11)
+    darker = np.clip(stripes(3).astype(np.float64) * 0.7 + rng.normal(0, 4, (SIDE, SIDE)), 0, 255).astype(np.uint8)
+    new = checkerboard(1)
+    query = embed(np.stack([darker, new]))
+    classes_of = np.array([0, 0])  # the fake classifier's best class for both
+    assert clean.score(query, classes_of)[0] > clean.threshold  # without camera copies: the darker shot is unknown
+    known, unknown = banked.score(query, classes_of) > banked.threshold
+    assert not known and unknown
+
+
+def test_bank_camera_copies_are_seeded_and_change_the_image():
+    from train.embeddings import BankCameras
+
+    cameras = BankCameras(copies=2, seed=0)
+    image = stripes(0)
+    first, again, other = cameras.copy(image, 5, 0), cameras.copy(image, 5, 0), cameras.copy(image, 5, 1)
+    assert first.dtype == np.uint8 and first.shape == image.shape
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, image) and not np.array_equal(first, other)
+    color = cameras.copy(np.dstack([image] * 3), 5, 0)
+    assert color.shape == (SIDE, SIDE, 3)
+
+
+def test_classifier_and_edge_classify_move_the_operating_point():
+    import inspect
+
+    from edge_runtime.classifier import Classifier
+    from edge_runtime.cli import build_parser, run
+    from edge_runtime.errors import MetadataError
+    from test_polarity import BrightnessBackend, brightness_embedding, gray
+    from test_runtime import tiny_metadata
+
+    bank = l2(brightness_embedding(np.array([190.0, 200.0, 210.0, 220.0, 230.0])))
+    table = {"rates": [0.01, 0.05, 0.2], "all": [0.5, 0.3, 1e-4]}
+    metadata = tiny_metadata("tflite_int8", dtype="uint8", in_graph=True)
+    metadata.extra["ood"] = OodSpec(bank, k=1, threshold=0.3, quantile=0.95, rate_table=table).to_dict()
+    model = Classifier(BrightnessBackend(), metadata)
+    image = gray(140)  # darker than every training image
+    score = model.predict(image).ood_score
+    assert 1e-4 < score < 0.3 and model.unknown_rate == pytest.approx(0.05)
+    assert not model.predict(image).unknown
+    model.unknown_rate = 0.2
+    assert model.ood.threshold == pytest.approx(1e-4) and model.predict(image).unknown
+    with pytest.raises(ValueError, match="range"):
+        model.unknown_rate = 0.5
+
+    old = tiny_metadata("tflite_int8", dtype="uint8", in_graph=True)
+    old.extra["ood"] = OodSpec(bank, k=1, threshold=0.3).to_dict()
+    with pytest.raises(MetadataError, match="re-export"):
+        Classifier(BrightnessBackend(), old).unknown_rate = 0.02
+
+    assert build_parser().parse_args(["a.png", "--unknown-rate", "0.01"]).unknown_rate == 0.01
+    assert inspect.signature(run).parameters["unknown_rate"].default is None
+
+
+def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypatch):
+    from edge_runtime.preprocessing import PreprocessConfig
+    from train import embeddings
+    from train.split import ManifestRow
+
+    rows = ([ManifestRow(f"a/train{i}.png", "crazing", "train", "0" * 64) for i in range(6)]
+            + [ManifestRow(f"b/train{i}.png", "inclusion", "train", "0" * 64) for i in range(6)]
+            + [ManifestRow(f"a/val{i}.png", "crazing", "val", "0" * 64) for i in range(3)]
+            + [ManifestRow(f"b/test{i}.png", "inclusion", "test", "0" * 64) for i in range(3)])
+    read = []
+
+    def fake_read(path):
+        read.append(str(path))
+        name = str(path)
+        return stripes(len(read)) if "/a/" in name else spots(len(read))
+
+    def fake_outputs(model, pixels, preprocess, **kwargs):
+        return np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)
+
+    monkeypatch.setattr(embeddings, "read_image", fake_read)
+    monkeypatch.setattr(embeddings, "keras_outputs", fake_outputs)
+    spec = embeddings.training_ood_spec(None, Path("/data"), rows, PreprocessConfig(input_size=(SIDE, SIDE)), k=2,
+                                        quantile=0.9, progress=False, classes=["crazing", "inclusion"])
+    assert sorted(read) == sorted(f"/data/{r.path}" for r in rows if r.split == "train")
+    assert len(spec.bank) == 12 * 3 and spec.k == 2 and len(spec.class_offsets) == 2
+    assert spec.bank_info["images"] == 12 and spec.bank_info["split"] == "train"
