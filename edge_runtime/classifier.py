@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.adapt import ADAPTED_THRESHOLD, AdaptedHead
 from edge_runtime.backends import Backend, load_backend
 from edge_runtime.engine_select import AUTO, load_auto
 from edge_runtime.errors import MetadataError
@@ -65,6 +66,8 @@ class Classifier:
         self.labels = list(metadata.labels)
         self._config = metadata.preprocess
         self.ood = ood_spec_of(metadata, backend.path)
+        self.adapted = adapted_head_of(metadata, backend.path)  # a head fitted by edge-adapt, if any
+        self.base_labels = self.adapted.base_labels if self.adapted else self.labels
         self.tiles: TileSpec | None = None  # set to classify every image by windows (predict_tiled)
         self._polarity = AS_IS
         try:
@@ -157,9 +160,9 @@ class Classifier:
         """Classify a large frame by its windows (see edge_runtime.tiles): one answer from the known windows."""
         windows = self.predict_batch(split(image, spec.boxes(*image.shape[:2])))
         scores = [w.ood_score for w in windows]
+        scored = self.threshold is not None
         combined = combine(np.stack([w.probabilities for w in windows]), spec.method,
-                           None if self.ood is None else np.array(scores, np.float32),
-                           None if self.ood is None else self.ood.threshold)
+                           np.array(scores, np.float32) if scored else None, self.threshold)
         return self._prediction(combined.probabilities, sum(w.preprocess_ms for w in windows),
                                 sum(w.inference_ms for w in windows), combined.ood_score,
                                 any(w.inverted for w in windows))
@@ -178,20 +181,34 @@ class Classifier:
                 inputs.append(self._model_input(invert_polarity(pixels)))
             prep_ms.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
-        outputs = self.backend.run_outputs(np.stack(inputs))
-        probabilities = _output_of_width(outputs, len(self.labels), self.path, "class probabilities")
-        scores = np.full(len(inputs), np.nan, np.float32)
-        if self.ood is not None:
-            embedding = _output_of_width(outputs, self.ood.width, self.path, "embedding", exclude=probabilities)
-            scores = self.ood.score(embedding, probabilities.argmax(axis=1))  # per-class rule: by the best class
+        probabilities, scores = self._answers(self.backend.run_outputs(np.stack(inputs)), len(inputs))
         inverted = np.zeros(len(images), bool)
         if both:  # inputs alternate: as captured, inverted
             inverted = choose_inverted(scores[0::2], scores[1::2])
             probabilities = pick(probabilities[0::2], probabilities[1::2], inverted)
             scores = pick(scores[0::2], scores[1::2], inverted)
         infer_ms = (time.perf_counter() - start) * 1000 / len(images)
-        return [self._prediction(p, ms, infer_ms, None if self.ood is None else float(score), bool(inv))
+        return [self._prediction(p, ms, infer_ms, None if self.threshold is None else float(score), bool(inv))
                 for p, ms, score, inv in zip(probabilities, prep_ms, scores, inverted)]
+
+    @property
+    def threshold(self) -> float | None:
+        """The unknown score's threshold (adapted models: 0, their scores being margins); None without one."""
+        if self.adapted is not None:
+            return ADAPTED_THRESHOLD
+        return None if self.ood is None else self.ood.threshold
+
+    def _answers(self, outputs: list[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (count, labels) and unknown scores (count,) from the graph's outputs."""
+        probabilities = _output_of_width(outputs, len(self.base_labels), self.path, "class probabilities")
+        if self.ood is None:
+            return probabilities, np.full(count, np.nan, np.float32)
+        embedding = _output_of_width(outputs, self.ood.width, self.path, "embedding", exclude=probabilities)
+        if self.adapted is not None:
+            feature = _output_of_width(outputs, self.adapted.width, self.path, f"'{self.adapted.feature}'",
+                                       exclude=probabilities)
+            return self.adapted.decide(probabilities, feature, embedding, self.ood)
+        return probabilities, self.ood.score(embedding, probabilities.argmax(axis=1))  # per-class rule: best class
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Read and classify an image file; an unreadable file raises ImageReadError naming it."""
@@ -201,7 +218,7 @@ class Classifier:
                     ood_score: float | None = None, inverted: bool = False) -> Prediction:
         order = np.argsort(-probabilities, kind="stable")
         best = int(order[0])
-        unknown = ood_score is not None and not ood_score <= self.ood.threshold  # NaN counts as unknown
+        unknown = ood_score is not None and not ood_score <= self.threshold  # NaN counts as unknown
         return Prediction(
             label=UNKNOWN_LABEL if unknown else self.labels[best],
             predicted=self.labels[best],
@@ -227,6 +244,21 @@ def ood_spec_of(metadata: ModelMetadata, path: str | Path = "model") -> OodSpec 
     except (KeyError, TypeError, ValueError) as exc:
         raise MetadataError(path, f"invalid 'ood' metadata ({exc}); re-export the model "
                             "with edge-export") from exc
+
+
+def adapted_head_of(metadata: ModelMetadata, path: str | Path = "model") -> AdaptedHead | None:
+    """The head ``edge-adapt`` fitted (None for exported models)."""
+    data = metadata.extra.get("adapted")
+    if data is None:
+        return None
+    try:
+        head = AdaptedHead.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MetadataError(path, f"invalid 'adapted' metadata ({exc}); run edge-adapt again") from exc
+    if head.labels != list(metadata.labels):
+        raise MetadataError(path, f"the adapted head answers {head.labels} but the metadata lists "
+                            f"{metadata.labels}; run edge-adapt again")
+    return head
 
 
 def _output_of_width(outputs: list[np.ndarray], width: int, path: Path, what: str,
@@ -270,8 +302,10 @@ def _metadata_for(backend: Backend, labels: list[str] | None) -> ModelMetadata:
 def _check_matches(backend: Backend, metadata: ModelMetadata) -> None:
     """Refuse metadata whose class count, input size or dtype disagree with the loaded graph."""
     problems = []
-    if backend.output_width > 0 and backend.output_width != len(metadata.labels):
-        problems.append(f"{len(metadata.labels)} labels but the model has {backend.output_width} outputs")
+    adapted = metadata.extra.get("adapted")
+    labels = adapted.get("base_labels", metadata.labels) if isinstance(adapted, dict) else metadata.labels
+    if backend.output_width > 0 and backend.output_width != len(labels):
+        problems.append(f"{len(labels)} labels but the model has {backend.output_width} outputs")
     if list(backend.input_shape[1:]) != list(metadata.input_shape[1:]):
         problems.append(f"input shape {metadata.input_shape} but the model takes {list(backend.input_shape)}")
     if backend.input_dtype.name != metadata.input_dtype:

@@ -70,3 +70,8 @@ class SourceLost(SourceError):
 
 class SinkError(EdgeRuntimeError):
     """An output cannot be opened or written."""
+
+
+class AdaptError(EdgeRuntimeError):
+    """Enrolment (edge-adapt) cannot go on: no usable images, a base model without the embedding, an output
+    that cannot be written."""

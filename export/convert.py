@@ -18,15 +18,33 @@ import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
 from train.embeddings import with_embedding
+from train.model import POOL_LAYER
 
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 
 
+def with_device_outputs(model):
+    """The model with every output the device reads, told apart by width: class probabilities, ``embedding``
+    (the unknown score's) and, when the model has the recipe's pooling layer, the backbone's pooled ``features``
+    (what edge-adapt fits a new line's classes on; more general than the embedding trained for NEU's six)."""
+    import keras
+
+    outputs = with_embedding(model).outputs
+    try:
+        pooled = model.get_layer(POOL_LAYER).output
+    except ValueError:
+        return keras.Model(model.input, outputs)
+    if pooled.shape[-1] in {o.shape[-1] for o in outputs}:  # same width as another output: not told apart
+        return keras.Model(model.input, outputs)
+    return keras.Model(model.input, [*outputs, pooled], name=f"{model.name}_device_outputs")
+
+
 def export_saved_model(model, directory: Path) -> Path:
-    """The float model (+ embedding output) as a SavedModel (normalised float input): source of fp32/fp16/dynamic/ONNX."""
-    with_embedding(model).export(str(directory), verbose=False)
+    """The float model with its device outputs as a SavedModel (normalised float input): source of
+    fp32/fp16/dynamic/ONNX."""
+    with_device_outputs(model).export(str(directory), verbose=False)
     return directory
 
 
@@ -42,7 +60,7 @@ def export_pixel_saved_model(model, directory: Path, preprocess: PreprocessConfi
     x = keras.layers.Normalization(
         mean=list(preprocess.mean), variance=[s * s for s in preprocess.std], name="caffe_normalize"
     )(x)
-    outputs = with_embedding(model)(x)
+    outputs = with_device_outputs(model)(x)
     keras.Model(pixels, outputs, name="pixels_to_probabilities").export(str(directory), verbose=False)
     return directory
 

@@ -1,0 +1,204 @@
+"""Adapted models: a head fitted on the device to a few labelled images of a new line (``edge-adapt``).
+
+An exported model has, besides its class probabilities, an ``embedding`` output (and, when exported with
+it, the backbone's pooled ``features``). Adapting leaves the graph as it is and adds to the metadata
+(``extra["adapted"]``, :class:`AdaptedHead`):
+
+* the enrolled images' features (square-rooted, then L2-normalised), their classes and sha256;
+* a multinomial logistic regression fitted on them (numpy, a fixed number of full-batch gradient steps, so
+  the same images give the same head);
+* the enrolled images' own unknown threshold: each image's cosine distance to its nearest *other* enrolled
+  image (leave-one-out), its ``quantile`` by :func:`edge_runtime.ood.threshold_from`. Never the images it is
+  later evaluated on.
+
+Deciding (:meth:`AdaptedHead.decide`): without ``keep_base`` (``--only-new``) the enrolled head answers, and
+an image farther than the threshold from every enrolled image is ``unknown``. With ``keep_base`` two experts
+answer, the base model (its class probabilities and unknown score, as exported) and the enrolled head: the one
+whose images lie nearer answers, nearness measured in one space for both (the ``embedding`` the base model's
+unknown score uses: nearest training image against nearest enrolled image), each with its own unknown rule.
+Images the base model was trained for thus keep its answers. Adapted scores are margins, the distance minus
+the answering expert's threshold: the threshold is 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.ood import OodSpec, l2_normalize, threshold_from
+
+ADAPTED_KIND = "enrolled_logistic"
+EMBEDDING, FEATURES = "embedding", "features"  # the graph outputs a head can read (told apart by width)
+ADAPTED_THRESHOLD = 0.0  # adapted unknown scores are margins: distance minus the expert's own threshold
+DEFAULT_QUANTILE = 0.99
+TEMPERATURE = 10.0  # logits = TEMPERATURE * cosine similarity: unit vectors need a scale to be separable
+L2_PENALTY = 1e-3
+STEPS = 300
+LEARNING_RATE = 0.5
+
+
+def transform(features: np.ndarray) -> np.ndarray:
+    """Signed square root, then L2 normalisation (post-ReLU features are heavy-tailed; this evens them)."""
+    x = np.asarray(features, np.float32)
+    x = np.sign(x) * np.sqrt(np.abs(x))
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (D, C) and bias (C,) of a softmax regression on unit-length rows ``x`` with labels ``y``."""
+    x = np.asarray(x, np.float64)
+    targets = np.eye(classes)[y]
+    weights, bias = np.zeros((x.shape[1], classes)), np.zeros(classes)
+    for _ in range(STEPS):
+        probabilities = _softmax(TEMPERATURE * (x @ weights) + bias)
+        gradient = (probabilities - targets) / len(x)
+        weights -= LEARNING_RATE * (TEMPERATURE * x.T @ gradient + L2_PENALTY * weights)
+        bias -= LEARNING_RATE * gradient.sum(0)
+    return weights.astype(np.float32), bias.astype(np.float32)
+
+
+def leave_one_out_distances(bank: np.ndarray, sha256: list[str]) -> np.ndarray:
+    """Each row's cosine distance to its nearest other row (byte-identical images do not count as others)."""
+    similarities = np.einsum("ij,kj->ik", bank, bank)
+    same = np.array(sha256)[:, None] == np.array(sha256)[None, :]
+    similarities[same] = -np.inf
+    return (1.0 - similarities.max(axis=1)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AdaptedHead:
+    """What ``edge-adapt`` adds to a model; stored as ``extra["adapted"]`` in its metadata."""
+
+    classes: list[str]  # the enrolled classes, in head-output order
+    base_labels: list[str]  # the graph's own class-probability output
+    keep_base: bool  # the base classes are still answered (not --only-new)
+    feature: str  # EMBEDDING or FEATURES
+    bank: np.ndarray  # (N, D) transformed features of the enrolled images
+    bank_labels: np.ndarray  # (N,) index into classes
+    gate: np.ndarray  # (N, E) the enrolled images' L2-normalised embeddings, beside the base model's bank
+    enrolled: list[dict[str, str]]  # per bank row: sha256, class, file, folder it came from
+    weights: np.ndarray
+    bias: np.ndarray
+    threshold: float  # cosine distance to the nearest enrolled image beyond which it is not known here
+    quantile: float = DEFAULT_QUANTILE
+    base_model_sha256: str = ""
+    kind: str = ADAPTED_KIND
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """The adapted model's classes: the base ones (when kept), then the enrolled ones that are new."""
+        kept = list(self.base_labels) if self.keep_base else []
+        return kept + [c for c in self.classes if c not in kept]
+
+    @property
+    def width(self) -> int:
+        return int(self.bank.shape[1])
+
+    def decide(self, probabilities: np.ndarray, feature: np.ndarray, embedding: np.ndarray,
+               base: OodSpec | None) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities over :attr:`labels`, adapted unknown scores) of a batch.
+
+        ``probabilities``: the graph's base-class output; ``feature``: the output the head reads;
+        ``embedding`` and ``base``: the base model's embedding output and unknown score (used with ``keep_base``).
+        """
+        x = transform(feature)
+        head = _softmax(TEMPERATURE * (x @ self.weights) + self.bias)
+        own = 1.0 - np.einsum("ij,kj->ik", x, self.bank).max(axis=1) - self.threshold
+        labels = self.labels
+        enrolled = np.zeros((len(x), len(labels)), np.float32)
+        enrolled[:, [labels.index(c) for c in self.classes]] = head
+        if not self.keep_base:
+            return enrolled, own.astype(np.float32)
+        if base is None:
+            raise ValueError("an adapted model that keeps its base classes needs the base unknown score")
+        padded = np.zeros_like(enrolled)
+        padded[:, : len(self.base_labels)] = probabilities
+        theirs = base.score(embedding, probabilities.argmax(axis=1)) - float(base.threshold)
+        e = l2_normalize(embedding)
+        nearest_trained = np.einsum("ij,kj->ik", e, base.bank).max(axis=1)
+        nearest_enrolled = np.einsum("ij,kj->ik", e, self.gate).max(axis=1)
+        use_enrolled = nearest_enrolled > nearest_trained
+        return (np.where(use_enrolled[:, None], enrolled, padded),
+                np.where(use_enrolled, own, theirs).astype(np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "classes": self.classes, "base_labels": self.base_labels,
+            "keep_base": self.keep_base, "feature": self.feature, "bank": _encode(self.bank.astype(np.float16)),
+            "bank_labels": self.bank_labels.astype(int).tolist(), "gate": _encode(self.gate.astype(np.float16)),
+            "enrolled": self.enrolled,
+            "weights": _encode(self.weights), "bias": self.bias.astype(float).tolist(),
+            "threshold": float(self.threshold), "quantile": self.quantile,
+            "base_model_sha256": self.base_model_sha256, "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdaptedHead":
+        """Parse ``extra["adapted"]``; raises KeyError/TypeError/ValueError when it is malformed."""
+        if data.get("kind") != ADAPTED_KIND:
+            raise ValueError(f"adapted head kind {data.get('kind')!r}; this runtime knows {ADAPTED_KIND!r}")
+        head = cls(
+            classes=[str(c) for c in data["classes"]], base_labels=[str(c) for c in data["base_labels"]],
+            keep_base=bool(data["keep_base"]), feature=str(data["feature"]),
+            bank=_decode(data["bank"]).astype(np.float32), bank_labels=np.asarray(data["bank_labels"], int),
+            gate=_decode(data["gate"]).astype(np.float32),
+            enrolled=[dict(e) for e in data["enrolled"]], weights=_decode(data["weights"]).astype(np.float32),
+            bias=np.asarray(data["bias"], np.float32), threshold=float(data["threshold"]),
+            quantile=float(data.get("quantile", DEFAULT_QUANTILE)),
+            base_model_sha256=str(data.get("base_model_sha256", "")), history=list(data.get("history", [])),
+        )
+        head._check()
+        return head
+
+    def _check(self) -> None:
+        rows, classes = len(self.bank), len(self.classes)
+        if self.feature not in (EMBEDDING, FEATURES):
+            raise ValueError(f"feature {self.feature!r} is neither {EMBEDDING!r} nor {FEATURES!r}")
+        if not (len(self.bank_labels) == len(self.enrolled) == len(self.gate) == rows) or self.weights.shape != (self.width, classes):
+            raise ValueError("bank, labels, enrolled images and head weights disagree in size")
+        if self.bias.shape != (classes,) or not (self.threshold > 0):
+            raise ValueError("bias size or threshold invalid")
+
+
+def build_head(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: list[dict[str, str]],
+               base_labels: list[str], keep_base: bool, feature: str, quantile: float = DEFAULT_QUANTILE,
+               base_model_sha256: str = "", history: list[dict[str, Any]] | None = None) -> AdaptedHead:
+    """Fit the head and its threshold on enrolled images' :func:`transform`-ed features (N, D), their
+    L2-normalised embeddings (N, E) and classes (N)."""
+    classes = list(dict.fromkeys(labels))
+    if len(labels) < 2:
+        raise ValueError("at least two enrolled images are needed (the unknown threshold compares each with "
+                         "the others)")
+    bank = np.asarray(rows, np.float32).astype(np.float16).astype(np.float32)  # as stored
+    bank_labels = np.array([classes.index(c) for c in labels])
+    weights, bias = fit_logistic(bank, bank_labels, len(classes))
+    distances = leave_one_out_distances(bank, [e["sha256"] for e in enrolled])
+    finite = distances[np.isfinite(distances)]
+    if finite.size == 0:
+        raise ValueError("every enrolled image is a copy of the same file; enrol different images")
+    threshold = max(threshold_from(finite, quantile), 1e-6)
+    gate = l2_normalize(gate).astype(np.float16).astype(np.float32)
+    return AdaptedHead(classes, list(base_labels), keep_base, feature, bank, bank_labels, gate, list(enrolled),
+                       weights, bias, threshold, quantile=quantile, base_model_sha256=base_model_sha256,
+                       history=list(history or []))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _encode(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode(text: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)

@@ -1,0 +1,229 @@
+"""``edge-adapt``: teach a model a new line from a few labelled images, on the device, without TensorFlow.
+
+    edge-adapt --data LABELLED_DIR --out line3.tflite --only-new     # the new line's classes only
+    edge-adapt --data MORE_IMAGES --model line3.tflite --out line3.tflite   # extend it later
+    edge-adapt --info line3.tflite
+
+``LABELLED_DIR`` holds one folder per class. A folder named like a class the model knows adds examples to it;
+other names add classes. The result is a model file of the base model's format (same graph, new metadata:
+:mod:`edge_runtime.adapt`) that edge-classify, Classifier.load, edge-bench and edge-export check take like
+any exported artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.adapt import DEFAULT_QUANTILE, EMBEDDING, FEATURES, AdaptedHead, build_head, transform
+from edge_runtime.classifier import Classifier
+from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
+from edge_runtime.errors import AdaptError, ImageReadError
+from edge_runtime.fileio import file_sha256
+from edge_runtime.metadata import read_metadata
+from edge_runtime.model_file import write_model
+from edge_runtime.preprocessing import is_image_file, read_image
+from edge_runtime.shipped import default_model_path
+
+log = logging.getLogger("edge-adapt")
+
+BATCH = 16
+
+
+@dataclasses.dataclass
+class Enrolment:
+    """Images read from a labelled folder: rows of transformed features, their classes and provenance."""
+
+    rows: list[np.ndarray] = dataclasses.field(default_factory=list)
+    gate: list[np.ndarray] = dataclasses.field(default_factory=list)  # embeddings, for choosing the expert
+    labels: list[str] = dataclasses.field(default_factory=list)
+    enrolled: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, only_new: bool = False,
+          quantile: float = DEFAULT_QUANTILE, threads: int | None = None) -> AdaptedHead:
+    """Enrol the class folders under ``data`` into ``model`` (default: the shipped one) and write ``out``."""
+    base_path = Path(model) if model is not None else default_model_path()
+    out = Path(out)
+    if out.suffix.lower() != base_path.suffix.lower():
+        raise AdaptError(f"--out '{out}' must have the base model's suffix '{base_path.suffix}' (the adapted model "
+                         "is the same graph with new metadata)")
+    classifier = Classifier.load(base_path, engine=None, threads=threads)
+    if classifier.ood is None:
+        raise AdaptError(f"model '{base_path}' has no embedding output and unknown score, which enrolment needs; "
+                         "use a model exported by edge-export (or the shipped default model)")
+    previous = classifier.adapted
+    feature = previous.feature if previous else _feature_output(classifier)
+    folders = _class_folders(Path(data))
+    started = time.perf_counter()
+    new = _enrol(classifier, folders, feature, previous)
+    rows, gate, labels, enrolled = _merge(previous, new, only_new)
+    keep_base = not only_new and (previous.keep_base if previous else True)
+    base_labels = previous.base_labels if previous else list(classifier.labels)
+    history = [*(previous.history if previous else []),
+               {"added": len(new.labels), "from": str(Path(data)), "only_new": only_new,
+                "classes": {c: new.labels.count(c) for c in dict.fromkeys(new.labels)},
+                "skipped": len(new.skipped), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    head = build_head(np.stack(rows), np.stack(gate), labels, enrolled, base_labels, keep_base, feature, quantile,
+                      previous.base_model_sha256 if previous else file_sha256(base_path), history)
+    extra = {k: v for k, v in classifier.metadata.extra.items() if k not in ("adapted", "polarity")}
+    meta = dataclasses.replace(classifier.metadata, labels=head.labels, extra={**extra, "adapted": head.to_dict()})
+    try:
+        write_model(out, base_path.read_bytes(), meta)
+    except OSError as exc:
+        raise AdaptError(f"cannot write '{out}': {exc.strerror or exc}; choose a writable --out") from exc
+    log.info("wrote %s: %d classes %s from %d enrolled images (%d new, %d skipped), unknown beyond cosine distance "
+             "%.4f to the nearest enrolled image, in %.1f s", out, len(head.labels), head.labels, len(labels),
+             len(new.labels), len(new.skipped), head.threshold, time.perf_counter() - started)
+    return head
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    if not root.is_dir():
+        raise AdaptError(f"--data '{root}' is not a folder; give a folder with one sub-folder of images per class")
+    folders = {d.name: sorted(p for p in d.rglob("*") if p.is_file() and is_image_file(p))
+               for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    if not folders:
+        raise AdaptError(f"'{root}' has no class folders; put each class's images in a sub-folder named after it")
+    empty = [name for name, files in folders.items() if not files]
+    if empty:
+        raise AdaptError(f"class folder(s) {', '.join(str(root / n) for n in empty)} hold no image files "
+                         f"({', '.join(sorted({'.jpg', '.png', '.bmp', '.tif'}))}, ...); add images or remove them")
+    return folders
+
+
+def _feature_output(classifier: Classifier) -> str:
+    """FEATURES when the graph has the backbone's pooled output beside class probabilities and embedding."""
+    probe = np.zeros((1, *classifier.metadata.input_shape[1:]), dtype=classifier.backend.input_dtype)
+    widths = [o.shape[1] for o in classifier.backend.run_outputs(probe) if o.ndim == 2]
+    known = {len(classifier.base_labels), classifier.ood.width}
+    return FEATURES if any(w not in known for w in widths) else EMBEDDING
+
+
+def _feature_of(classifier: Classifier, outputs: list[np.ndarray], feature: str) -> np.ndarray:
+    if feature == EMBEDDING:
+        return next(o for o in outputs if o.ndim == 2 and o.shape[1] == classifier.ood.width)
+    known = {len(classifier.base_labels), classifier.ood.width}
+    return max((o for o in outputs if o.ndim == 2 and o.shape[1] not in known), key=lambda o: o.shape[1])
+
+
+def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
+           previous: AdaptedHead | None) -> Enrolment:
+    """Features of every readable image; unreadable files and copies already enrolled are skipped (logged)."""
+    result = Enrolment()
+    seen = {e["sha256"]: e["class"] for e in (previous.enrolled if previous else [])}
+    for name, files in folders.items():
+        pending: list[tuple[Path, np.ndarray, str]] = []
+        for path in files:
+            try:
+                image, digest = read_image(path), file_sha256(path)
+            except (ImageReadError, OSError) as exc:
+                log.warning("skipped: %s", exc)
+                result.skipped.append(str(path))
+                continue
+            if digest in seen:
+                log.warning("skipped '%s': the same image is already enrolled as '%s'", path, seen[digest])
+                continue
+            seen[digest] = name
+            pending.append((path, classifier.prepare(image), digest))
+        if not pending:
+            raise AdaptError(f"class folder '{path.parent}' has no readable new image; add readable images "
+                             "(the skipped files are listed above)")
+        for start in range(0, len(pending), BATCH):
+            chunk = pending[start:start + BATCH]
+            outputs = classifier.backend.run_outputs(np.stack([x for _, x, _ in chunk]))
+            embeddings = _feature_of(classifier, outputs, EMBEDDING)
+            rows = transform(_feature_of(classifier, outputs, feature))
+            for (path, _, digest), row, embedding in zip(chunk, rows, embeddings):
+                result.rows.append(row)
+                result.gate.append(embedding)
+                result.labels.append(name)
+                result.enrolled.append({"sha256": digest, "class": name, "file": path.name,
+                                        "folder": str(path.parent)})
+        log.info("%-30s %4d image(s) enrolled", name, sum(1 for c in result.labels if c == name))
+    return result
+
+
+def _merge(previous: AdaptedHead | None, new: Enrolment,
+           only_new: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[dict[str, str]]]:
+    """Rows, embeddings, labels and provenance of the adapted model: the earlier enrolment (its classes in DIR
+    only, with ``only_new``) followed by the new images."""
+    rows, gate, labels, enrolled = [], [], [], []
+    if previous is not None:
+        for row, embedding, index, record in zip(previous.bank, previous.gate, previous.bank_labels,
+                                                 previous.enrolled):
+            name = previous.classes[int(index)]
+            if not only_new or name in new.labels:
+                rows.append(row)
+                gate.append(embedding)
+                labels.append(name)
+                enrolled.append(record)
+    return rows + new.rows, gate + new.gate, labels + new.labels, enrolled + new.enrolled
+
+
+def info(path: str | Path) -> dict[str, Any]:
+    """What an adapted model knows: classes, their image counts and folders, base model, threshold, history."""
+    meta = read_metadata(path)
+    data = meta.extra.get("adapted")
+    if data is None:
+        return {"model": str(path), "adapted": False, "classes": meta.labels}
+    head = AdaptedHead.from_dict(data)
+    classes = {}
+    for name in head.labels:
+        records = [e for e in head.enrolled if e["class"] == name]
+        classes[name] = {"images": len(records), "folders": sorted({e.get("folder", "") for e in records}),
+                         "from_base_model": head.keep_base and name in head.base_labels}
+    return {"model": str(path), "adapted": True, "classes": classes, "keep_base_classes": head.keep_base,
+            "feature": head.feature, "unknown_distance": head.threshold, "quantile": head.quantile,
+            "base_model_sha256": head.base_model_sha256, "history": head.history}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-adapt", formatter_class=HelpFormatter,
+        description="Teach a model a new line from a few labelled images (one sub-folder per class), on the "
+                    "device. Writes a model file that edge-classify --model takes. Needs a model with the "
+                    "embedding output (every edge-export artifact and the shipped default model have it).")
+    parser.add_argument("--data", help="folder with one sub-folder of images per class (a known class's name adds "
+                        "examples to it; other names add classes)")
+    parser.add_argument("--out", help="the adapted model to write (same suffix as the base model; may be --model "
+                        "itself, replaced atomically)")
+    parser.add_argument("--model", default=None, help="base model: an exported artifact or an adapted model to "
+                        "extend (default: the shipped default model)")
+    parser.add_argument("--only-new", action="store_true", help="keep only the classes of --data (a new plant); "
+                        "without it the model's own classes stay")
+    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="share of the enrolled images "
+                        "whose leave-one-out distance lies inside the unknown threshold")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    parser.add_argument("--info", metavar="MODEL", help="print what an adapted model knows (JSON) and exit")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.info:
+        json.dump(info(args.info), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not args.data or not args.out:
+        parser.error("--data and --out are required (or --info MODEL)")
+    if not 0.0 < args.quantile <= 1.0:
+        parser.error(f"--quantile must be in (0, 1], got {args.quantile}")
+    adapt(args.data, args.out, args.model, args.only_new, args.quantile, args.threads)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(sys.argv[1:] if argv is None else argv, {}, _main, log)

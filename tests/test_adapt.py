@@ -1,0 +1,229 @@
+"""edge-adapt: a few labelled images per class teach a model a new line, on the device, without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime import Classifier, MetadataError, ModelLoadError
+from edge_runtime.adapt import EMBEDDING, FEATURES, AdaptedHead, build_head, leave_one_out_distances, transform
+from edge_runtime.adapt_cli import adapt, info, main
+from edge_runtime.metadata import read_metadata
+from edge_runtime.model_file import write_model
+from edge_runtime.ood import build_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 16
+BASE = ["crazing", "inclusion", "patches"]
+# one colour per class: the base model's three, and three a "new line" brings
+COLOURS = {"crazing": (200, 40, 40), "inclusion": (40, 200, 40), "patches": (40, 40, 200),
+           "red_iron": (30, 120, 230), "slag": (230, 230, 30), "oxide": (120, 30, 160)}
+
+
+def _image(name: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.array(COLOURS[name], np.float32)
+    return np.clip(base + rng.normal(0, 6, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+
+
+def _folders(root: Path, classes: list[str], per_class: int, first_seed: int = 0) -> Path:
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cv2.imwrite(str(root / name / f"{name}_{first_seed + i}.png"), _image(name, 1000 * first_seed + i + hash(name) % 97))
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> SimpleNamespace:
+    """A tiny float TFLite with the exported outputs (3 probabilities, an 8-wide embedding, 12-wide pooled
+    features), its unknown-score bank built from its own embeddings of the base classes' images."""
+    import keras
+    import tensorflow as tf
+
+    from test_runtime import tiny_metadata
+
+    base = tmp_path_factory.mktemp("adapt_base")
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 64.0)(inputs)
+    x = keras.layers.Conv2D(12, 3, activation="relu")(x)  # the runtime's caffe normalisation comes first
+    pooled = keras.layers.GlobalAveragePooling2D()(x)
+    embedding = keras.layers.Dense(8, activation="relu")(pooled)
+    probabilities = keras.layers.Dense(len(BASE), activation="softmax")(embedding)
+    classes = keras.Model(inputs, probabilities)
+    classes.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    images = np.stack([_image(c, s) for c in BASE for s in range(10)]).astype(np.float32)
+    classes.fit(images, np.repeat(np.arange(len(BASE)), 10), epochs=40, batch_size=10, verbose=0)  # a trained base
+    keras.Model(inputs, [probabilities, embedding, pooled]).export(str(base / "saved"), verbose=False)
+    flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(base / "saved")).convert()
+    bare = base / "bare.tflite"
+    write_model(bare, flatbuffer, tiny_metadata("tflite_fp32"))
+    classifier = Classifier.load(bare)
+    train = [_image(c, s) for c in BASE for s in range(10)]
+    val = [_image(c, 100 + s) for c in BASE for s in range(4)]
+
+    def embed(images):
+        outputs = classifier.backend.run_outputs(np.stack([classifier.prepare(i) for i in images]))
+        return next(o for o in outputs if o.shape[1] == 8)
+
+    spec = build_spec(embed(train), embed(val), k=1, quantile=0.95)
+    meta = tiny_metadata("tflite_fp32")
+    meta.extra["ood"] = spec.to_dict()
+    model = write_model(base / "base.tflite", flatbuffer, meta)
+    return SimpleNamespace(path=model, bare=bare, root=base)
+
+
+def test_only_new_keeps_just_the_new_lines_classes_and_recognises_unseen_images_of_them(base_model, tmp_path):
+    data = _folders(tmp_path / "line", ["red_iron", "slag", "oxide"], 4)
+    head = adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True)
+    assert head.feature == FEATURES and not head.keep_base
+    classifier = Classifier.load(tmp_path / "line.tflite")
+    assert classifier.labels == ["oxide", "red_iron", "slag"]
+    for name in ["red_iron", "slag", "oxide"]:
+        answers = [classifier.predict(_image(name, 500 + s)) for s in range(5)]
+        assert [a.label for a in answers] == [name] * 5
+
+
+def test_without_only_new_the_base_classes_stay_and_a_known_name_adds_examples(base_model, tmp_path):
+    data = _folders(tmp_path / "line", ["inclusion", "slag"], 3)
+    adapt(data, tmp_path / "both.tflite", base_model.path)
+    classifier = Classifier.load(tmp_path / "both.tflite")
+    assert classifier.labels == BASE + ["slag"]  # inclusion was extended, not added twice
+    assert classifier.predict(_image("slag", 777)).label == "slag"
+    base = Classifier.load(base_model.path)
+    for name in BASE:  # what the base model answered, the adapted one still answers
+        image = _image(name, 901)
+        assert classifier.predict(image).predicted == base.predict(image).predicted
+
+
+def test_an_image_of_a_class_nobody_enrolled_is_unknown(base_model, tmp_path):
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 4)
+    adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True)
+    classifier = Classifier.load(tmp_path / "line.tflite")
+    answer = classifier.predict(_image("oxide", 5))
+    assert answer.unknown and answer.label == "unknown" and answer.ood_score > classifier.threshold == 0.0
+
+
+def test_adapting_an_adapted_model_extends_it_and_info_says_where_each_class_came_from(base_model, tmp_path):
+    first = adapt(_folders(tmp_path / "a", ["red_iron", "slag"], 3), tmp_path / "line.tflite", base_model.path,
+                  only_new=True)
+    second = adapt(_folders(tmp_path / "b", ["slag", "oxide"], 2, first_seed=50), tmp_path / "line.tflite",
+                   tmp_path / "line.tflite")
+    assert second.labels == ["red_iron", "slag", "oxide"] and not second.keep_base
+    assert len(second.enrolled) == len(first.enrolled) + 4
+    assert second.base_model_sha256 == first.base_model_sha256 and len(second.history) == 2
+    about = info(tmp_path / "line.tflite")
+    assert {n: c["images"] for n, c in about["classes"].items()} == {"red_iron": 3, "slag": 5, "oxide": 2}
+    assert about["classes"]["slag"]["folders"] == sorted([str(tmp_path / "a" / "slag"), str(tmp_path / "b" / "slag")])
+
+
+def test_the_metadata_records_images_base_model_and_digest(base_model, tmp_path):
+    from edge_runtime.fileio import file_sha256
+
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 2)
+    adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True)
+    meta = read_metadata(tmp_path / "line.tflite")
+    head = AdaptedHead.from_dict(meta.extra["adapted"])
+    assert head.base_model_sha256 == file_sha256(base_model.path)
+    assert sorted((e["class"], e["sha256"]) for e in head.enrolled) == sorted(
+        (p.parent.name, file_sha256(p)) for p in data.rglob("*.png"))
+    assert meta.graph_sha256 == read_metadata(base_model.path).graph_sha256  # the same graph, new metadata
+    again = AdaptedHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    assert again.labels == head.labels and np.array_equal(again.bank, head.bank) and again.threshold == head.threshold
+
+
+def test_the_threshold_comes_from_the_enrolled_images_only():
+    rng = np.random.default_rng(0)
+    rows = transform(np.abs(rng.normal(size=(6, 12))))
+    enrolled = [{"sha256": str(i), "class": c} for i, c in enumerate("aabbcc")]
+    head = build_head(rows, rows, list("aabbcc"), enrolled, BASE, False, EMBEDDING, quantile=1.0)
+    loo = leave_one_out_distances(head.bank, [e["sha256"] for e in enrolled])
+    assert head.threshold == pytest.approx(loo.max())  # quantile 1: the farthest leave-one-out distance
+    duplicates = [{"sha256": "same", "class": c} for c in "ab"]  # one file enrolled twice is not a neighbour
+    with pytest.raises(ValueError, match="copy of the same file"):
+        build_head(rows[:2], rows[:2], ["a", "b"], duplicates, BASE, False, EMBEDDING)
+
+
+def test_a_crash_while_writing_leaves_the_previous_model(base_model, tmp_path, monkeypatch):
+    out = tmp_path / "line.tflite"
+    adapt(_folders(tmp_path / "a", ["red_iron", "slag"], 2), out, base_model.path, only_new=True)
+    before = out.read_bytes()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert main(["--data", str(_folders(tmp_path / "b", ["oxide"], 2)), "--model", str(out), "--out", str(out)]) == 2
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "line.tflite"]
+
+
+def test_a_changed_byte_in_an_adapted_model_is_refused(base_model, tmp_path):
+    out = tmp_path / "line.tflite"
+    adapt(_folders(tmp_path / "a", ["red_iron", "slag"], 2), out, base_model.path, only_new=True)
+    data = bytearray(out.read_bytes())
+    data[len(data) // 4] ^= 0x01
+    out.write_bytes(bytes(data))
+    with pytest.raises((ModelLoadError, MetadataError)):
+        Classifier.load(out)
+
+
+@pytest.mark.parametrize("case", ["no_folder", "no_classes", "empty_class", "unreadable_class", "no_embedding",
+                                  "wrong_suffix", "unwritable"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(base_model, tmp_path, caplog, case):
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 2)
+    out, model = tmp_path / "out" / "line.tflite", base_model.path
+    if case == "no_folder":
+        data = tmp_path / "missing"
+    elif case == "no_classes":
+        data = tmp_path / "flat"
+        data.mkdir()
+    elif case == "empty_class":
+        (data / "oxide").mkdir()
+    elif case == "unreadable_class":
+        (data / "oxide").mkdir()
+        (data / "oxide" / "broken.png").write_bytes(b"not an image")
+    elif case == "no_embedding":
+        model = base_model.bare
+    elif case == "wrong_suffix":
+        out = tmp_path / "line.onnx"
+    elif case == "unwritable":
+        (tmp_path / "out").write_text("a file where the folder should be")
+    assert main(["--data", str(data), "--model", str(model), "--out", str(out)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    expected = {"no_folder": "missing", "no_classes": "no class folders", "empty_class": "oxide",
+                "unreadable_class": "oxide", "no_embedding": "bare.tflite", "wrong_suffix": "suffix",
+                "unwritable": "line.tflite"}[case]
+    assert expected in errors[0]
+    assert not out.exists() or case == "unwritable"
+
+
+def test_unreadable_files_are_listed_skipped_and_counted(base_model, tmp_path, caplog):
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 3)
+    (data / "slag" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    head = adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True)
+    assert len(head.enrolled) == 6 and head.history[-1]["skipped"] == 1
+    assert "truncated.png" in caplog.text
+
+
+def test_an_adapted_model_runs_through_edge_classify_and_edge_export_check(base_model, tmp_path):
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 3)
+    out = tmp_path / "line.tflite"
+    adapt(data, out, base_model.path, only_new=True)
+    check = _folders(tmp_path / "check", ["red_iron", "slag"], 3, first_seed=40)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    records = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--folder", str(check), "--recursive",
+                              "--model", str(out), "--engine", "litert", "--output", str(tmp_path / "r.jsonl")],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert records.returncode == 0, records.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["label"] == Path(r["file"]).parent.name for r in rows)
+    from export.cli import main as export_main
+
+    assert export_main(["check", str(out), "--data", str(check), "--no-progress"]) == 0
