@@ -14,6 +14,9 @@ out-of-distribution data the score is later tested against.
 Models exported since the bank holds camera-changed copies of the training images (train/embeddings.py) also
 carry, all optional so that older metadata still loads:
 
+* ``bank_labels``: the class of every bank row. Given the image's predicted class, the neighbours are sought
+  among that class's rows only: an image that a camera change pushed to a wrong class lies far from that
+  class's training images, so it is answered unknown instead of confidently wrong.
 * ``class_offsets``: the per-class rule. Each class has its own threshold, the same quantile of its own
   calibration scores (a class whose images vary more, like pitted_surface, gets a higher one); the score is
   reported relative to it, ``score - class_offsets[predicted class]``, with the offsets measured from the
@@ -53,6 +56,7 @@ class OodSpec:
     class_offsets: tuple[float, ...] | None = None  # per-class threshold minus the all-class one (None: one rule)
     rate_table: dict[str, Any] | None = None  # {"rates", "all", "classes"}: calibration thresholds per unknown rate
     bank_info: dict[str, Any] | None = None  # how the bank was built (images, camera copies), for the record
+    bank_labels: np.ndarray | None = None  # (N,) class index of every bank row: neighbours of the predicted class
 
     def __post_init__(self) -> None:
         if self.kind != OOD_KIND:
@@ -61,6 +65,11 @@ class OodSpec:
             raise ValueError(f"the OOD bank must be (N >= k, D) with k >= 1; got {self.bank.shape}, k={self.k}")
         if self.class_offsets is not None:
             object.__setattr__(self, "class_offsets", tuple(float(v) for v in self.class_offsets))
+        if self.bank_labels is not None:
+            labels = np.asarray(self.bank_labels, np.int64).reshape(-1)
+            if len(labels) != len(self.bank):
+                raise ValueError(f"{len(labels)} bank labels for {len(self.bank)} bank rows")
+            object.__setattr__(self, "bank_labels", labels)
         if self.rate_table is not None:
             _check_rate_table(self.rate_table, self.class_offsets)
 
@@ -76,8 +85,12 @@ class OodSpec:
     def score(self, embeddings: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """OOD scores (N,) of embeddings (N, D): 1 - cosine similarity to the k-th nearest training embedding;
         with the per-class rule and ``classes`` (each image's predicted class index), relative to that class's
-        threshold (minus its offset), so that ``score > threshold`` is the decision either way."""
-        scores = knn_cosine_score(embeddings, self.bank, self.k)
+        threshold (minus its offset), so that ``score > threshold`` is the decision either way. With
+        ``bank_labels`` and ``classes``, the neighbours are the predicted class's bank rows only."""
+        if classes is not None and self.bank_labels is not None:
+            scores = knn_cosine_score(embeddings, self.bank, self.k, self.bank_labels, classes)
+        else:
+            scores = knn_cosine_score(embeddings, self.bank, self.k)
         if classes is not None and self.class_offsets is not None:
             offsets = np.asarray(self.class_offsets, np.float32)
             index = np.asarray(classes, dtype=np.int64).reshape(-1)
@@ -86,8 +99,9 @@ class OodSpec:
         return scores
 
     def with_threshold(self, validation_scores: np.ndarray, quantile: float | None = None) -> "OodSpec":
-        """A copy whose threshold is the ``quantile`` of the given in-distribution (validation) scores; the
-        per-class rule and the rate table, which belong to the old calibration, are dropped."""
+        """A copy whose threshold is the ``quantile`` of the given in-distribution (validation) scores (plain
+        scores, ``score(embeddings)``); the per-class rule (offsets, class neighbours) and the rate table, which
+        belong to the old calibration, are dropped."""
         quantile = self.quantile if quantile is None else quantile
         return OodSpec(self.bank, self.k, threshold_from(validation_scores, quantile), quantile, self.feature, self.kind,
                        bank_info=self.bank_info)
@@ -127,19 +141,22 @@ class OodSpec:
                                   for key, value in self.rate_table.items()}
         if self.bank_info is not None:
             data["bank_info"] = self.bank_info
+        if self.bank_labels is not None:
+            data["bank_labels"] = [int(v) for v in self.bank_labels]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OodSpec":
         """Parse ``extra["ood"]``; raises ValueError/KeyError when it is malformed. Fields added later
-        (``class_offsets``, ``rate_table``, ``bank_info``) are optional."""
+        (``class_offsets``, ``rate_table``, ``bank_info``, ``bank_labels``) are optional."""
         raw = base64.b64decode(data["bank_npy_base64"], validate=True)
         bank = np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
         offsets = data.get("class_offsets")
         return cls(bank, int(data["k"]), float(data["threshold"]), float(data.get("quantile", 0.95)),
                    str(data.get("feature", "embedding")), str(data.get("kind", OOD_KIND)),
                    None if offsets is None else tuple(float(v) for v in offsets),
-                   data.get("rate_table"), data.get("bank_info"))
+                   data.get("rate_table"), data.get("bank_info"),
+                   None if data.get("bank_labels") is None else np.asarray(data["bank_labels"], np.int64))
 
 
 RATES = tuple(np.round(np.concatenate([np.arange(0.002, 0.02, 0.002), np.arange(0.02, 0.2001, 0.005)]), 4).tolist())
@@ -169,14 +186,23 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
-    """1 - cosine similarity to the k-th most similar row of ``bank`` (rows assumed L2-normalised).
+def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int, bank_labels: np.ndarray | None = None,
+                     classes: np.ndarray | None = None) -> np.ndarray:
+    """1 - cosine similarity to the k-th most similar row of ``bank`` (rows assumed L2-normalised); with
+    ``bank_labels`` and ``classes`` (one per embedding), among the rows of that class only (a class with fewer
+    than k rows, or one the bank does not know: among all rows).
 
     ``einsum`` rather than ``@`` on purpose: ``@`` goes to the multi-threaded BLAS, whose worker threads keep
     spinning after the call and took the cores from the inference engine (measured: full-int8 TFLite on 2
     threads 11.2 ms per frame instead of 5.3 ms); einsum's own loop needs 0.07 ms for 1,656 x 512.
     """
     similarities = np.einsum("ij,kj->ik", l2_normalize(np.atleast_2d(embeddings)), np.asarray(bank, np.float32))
+    if bank_labels is not None and classes is not None:
+        labels = np.asarray(bank_labels).reshape(1, -1)
+        wanted = np.asarray(classes).reshape(-1, 1)
+        other = labels != wanted
+        enough = (~other).sum(axis=1) >= k
+        similarities[other & enough[:, None]] = -np.inf
     kth = np.partition(similarities, similarities.shape[1] - k, axis=1)[:, similarities.shape[1] - k]
     return (1.0 - kth).astype(np.float32)
 
@@ -207,10 +233,12 @@ def build_spec(train_embeddings: np.ndarray, validation_embeddings: np.ndarray, 
     return spec.with_threshold(spec.score(validation_embeddings))
 
 
-def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, labels: np.ndarray | None = None,
+                       chunk: int = 1024) -> np.ndarray:
     """Leave-one-out scores of the bank's own rows: each row against the bank without the rows of its
-    ``group`` (the same training image: itself and its camera-changed copies). These are scores of images the
-    bank has not seen, clean and camera-changed, from the training split alone."""
+    ``group`` (the same training image: itself and its camera-changed copies), among the rows of its own class
+    when ``labels`` are given (as the device scores with ``bank_labels``). These are scores of images the bank
+    has not seen, clean and camera-changed, from the training split alone."""
     bank = np.asarray(bank, np.float32)
     groups = np.asarray(groups)
     if len(bank) != len(groups):
@@ -219,8 +247,11 @@ def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, chunk: int 
     for start in range(0, len(bank), chunk):
         similarities = np.einsum("ij,kj->ik", l2_normalize(bank[start : start + chunk]), bank)
         similarities[groups[start : start + chunk, None] == groups[None, :]] = -np.inf
+        if labels is not None:
+            labels = np.asarray(labels)
+            similarities[labels[start : start + chunk, None] != labels[None, :]] = -np.inf
         if not np.isfinite(similarities).sum(axis=1).min() >= k:
-            raise ValueError(f"fewer than k={k} bank rows outside some image's own group")
+            raise ValueError(f"fewer than k={k} bank rows outside some image's own group (and class)")
         kth = np.partition(similarities, similarities.shape[1] - k, axis=1)[:, similarities.shape[1] - k]
         out[start : start + chunk] = 1.0 - kth
     return out
@@ -228,14 +259,15 @@ def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, chunk: int 
 
 def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np.ndarray, n_classes: int,
                           k: int = 2, quantile: float = 0.98, per_class: bool = True,
-                          bank_info: dict[str, Any] | None = None) -> OodSpec:
+                          bank_info: dict[str, Any] | None = None, class_neighbours: bool = True) -> OodSpec:
     """The unknown score from the training split alone: bank = ``embeddings`` (every training image and its
     camera-changed copies; ``groups`` names the source image of each row, ``labels`` its class index), threshold
     = the ``quantile`` of the leave-one-out :func:`calibration_scores` (halfway rule of :func:`threshold_from`),
-    per class when ``per_class`` (see the module docstring). No validation or test image is read."""
+    per class when ``per_class``; neighbours among the predicted class's rows when ``class_neighbours`` (see the
+    module docstring). No validation or test image is read."""
     labels = np.asarray(labels)
     bank = l2_normalize(embeddings).astype(np.float16).astype(np.float32)
-    scores = calibration_scores(bank, groups, k)
+    scores = calibration_scores(bank, groups, k, labels if class_neighbours else None)
     rates = list(RATES)
     table: dict[str, Any] = {"rates": rates, "all": [threshold_from(scores, 1.0 - r) for r in rates]}
     offsets = None
@@ -247,7 +279,8 @@ def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np
         overall = threshold_from(scores, quantile)
         offsets = tuple(threshold_from(scores[labels == c], quantile) - overall for c in range(n_classes))
     return OodSpec(bank, k=k, threshold=threshold_from(scores, quantile), quantile=quantile,
-                   class_offsets=offsets, rate_table=table, bank_info=bank_info)
+                   class_offsets=offsets, rate_table=table, bank_info=bank_info,
+                   bank_labels=labels.astype(np.int64) if class_neighbours else None)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

@@ -163,7 +163,8 @@ def test_calibrated_thresholds_come_from_the_bank_alone_per_class():
     embeddings, labels, groups = two_classes(rng)
     spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.9)
     # inputs: the thresholds are the quantiles of the bank's own leave-one-out scores, nothing else is read
-    scores = calibration_scores(spec.bank, groups, 2)
+    scores = calibration_scores(spec.bank, groups, 2, labels)
+    np.testing.assert_array_equal(spec.bank_labels, labels)
     assert spec.threshold == pytest.approx(threshold_from(scores, 0.9))
     for c in (0, 1):
         assert spec.threshold + spec.class_offsets[c] == pytest.approx(threshold_from(scores[labels == c], 0.9))
@@ -178,7 +179,7 @@ def test_calibrated_thresholds_come_from_the_bank_alone_per_class():
 def test_per_class_rule_decides_by_the_predicted_class():
     rng = np.random.default_rng(6)
     embeddings, labels, groups = two_classes(rng)
-    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95)
+    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95, class_neighbours=False)
     raw_threshold_1 = spec.threshold + spec.class_offsets[1]
     raw_threshold_0 = spec.threshold + spec.class_offsets[0]
     # a query whose raw score lies between the two class thresholds
@@ -194,9 +195,28 @@ def test_per_class_rule_decides_by_the_predicted_class():
     assert spec.score(query, np.array([1]))[0] <= spec.threshold  # known as the spread-out class
     assert spec.score(query, np.array([0]))[0] > spec.threshold  # unknown as the tight class
     assert spec.score(query, np.array([7]))[0] == pytest.approx(raw)  # a class the rule does not know: plain score
-    one_rule = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95, per_class=False)
+    one_rule = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95, per_class=False,
+                                     class_neighbours=False)
     assert one_rule.class_offsets is None and "classes" not in one_rule.rate_table
     assert one_rule.score(query, np.array([0]))[0] == pytest.approx(raw)
+
+
+def test_neighbours_of_the_predicted_class_flag_an_image_pushed_to_a_wrong_class():
+    """An image of class 1 that a camera change made the classifier call class 0: near class 1's training
+    images (plain score low), far from class 0's: unknown instead of confidently wrong."""
+    rng = np.random.default_rng(9)
+    embeddings, labels, groups = two_classes(rng)
+    spec = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95)
+    plain = build_calibrated_spec(embeddings, groups, labels, 2, k=2, quantile=0.95, per_class=False,
+                                  class_neighbours=False)
+    image = embeddings[labels == 1][:1] + rng.normal(0, 0.1, (1, 16))
+    assert spec.score(image, np.array([1]))[0] <= spec.threshold  # called its own class: known
+    assert spec.score(image, np.array([0]))[0] > spec.threshold  # called the wrong class: unknown
+    assert plain.score(image, np.array([0]))[0] <= plain.threshold  # the plain neighbours do not see it
+    assert knn_cosine_score(image, spec.bank, 2, spec.bank_labels, np.array([5]))[0] == pytest.approx(
+        knn_cosine_score(image, spec.bank, 2)[0])  # a class without bank rows: all rows
+    with pytest.raises(ValueError, match="bank labels"):
+        OodSpec(spec.bank, bank_labels=np.zeros(3))
 
 
 def test_operating_point_moves_with_the_stored_rate_table():
@@ -207,7 +227,7 @@ def test_operating_point_moves_with_the_stored_rate_table():
     assert spec.at_rate(0.02).class_offsets == pytest.approx(spec.class_offsets, abs=1e-6)
     strict, loose = spec.at_rate(0.1), spec.at_rate(0.005)
     assert strict.threshold < spec.threshold < loose.threshold and strict.rate == pytest.approx(0.1)
-    scores = calibration_scores(spec.bank, groups, 2)
+    scores = calibration_scores(spec.bank, groups, 2, labels)
     for c in (0, 1):
         relative = scores[labels == c] - strict.class_offsets[c]
         assert np.mean(relative > strict.threshold) == pytest.approx(0.1, abs=0.02)
@@ -230,9 +250,12 @@ def test_new_fields_round_trip_and_old_metadata_still_loads():
     again = OodSpec.from_dict(spec.to_dict())
     assert again.class_offsets == pytest.approx(spec.class_offsets) and again.bank_info == {"images": 60}
     assert again.at_rate(0.05).threshold == pytest.approx(spec.at_rate(0.05).threshold, abs=1e-5)
-    old = {key: value for key, value in spec.to_dict().items() if key not in ("class_offsets", "rate_table", "bank_info")}
-    legacy = OodSpec.from_dict(old)  # metadata written before these fields existed
-    assert legacy.class_offsets is None and legacy.rate_table is None and legacy.threshold == spec.threshold
+    np.testing.assert_array_equal(again.bank_labels, spec.bank_labels)
+    np.testing.assert_allclose(again.score(embeddings[:5], labels[:5]), spec.score(embeddings[:5], labels[:5]), atol=1e-6)
+    new_fields = ("class_offsets", "rate_table", "bank_info", "bank_labels")
+    legacy = OodSpec.from_dict({key: value for key, value in spec.to_dict().items() if key not in new_fields})
+    assert legacy.class_offsets is None and legacy.rate_table is None and legacy.bank_labels is None
+    assert legacy.threshold == spec.threshold  # metadata written before these fields existed still loads
     np.testing.assert_allclose(legacy.score(embeddings[:3], labels[:3]), spec.score(embeddings[:3]), atol=1e-6)
     with pytest.raises(ValueError, match="rate table"):
         OodSpec(spec.bank, class_offsets=(0.0, 0.0), rate_table={"rates": [0.01, 0.02], "all": [0.1, 0.2],
