@@ -196,13 +196,20 @@ def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int, bank_labe
     spinning after the call and took the cores from the inference engine (measured: full-int8 TFLite on 2
     threads 11.2 ms per frame instead of 5.3 ms); einsum's own loop needs 0.07 ms for 1,656 x 512.
     """
-    similarities = np.einsum("ij,kj->ik", l2_normalize(np.atleast_2d(embeddings)), np.asarray(bank, np.float32))
-    if bank_labels is not None and classes is not None:
-        labels = np.asarray(bank_labels).reshape(1, -1)
-        wanted = np.asarray(classes).reshape(-1, 1)
-        other = labels != wanted
-        enough = (~other).sum(axis=1) >= k
-        similarities[other & enough[:, None]] = -np.inf
+    queries, bank = l2_normalize(np.atleast_2d(embeddings)), np.asarray(bank, np.float32)
+    if bank_labels is None or classes is None:
+        return _kth_score(queries, bank, k)
+    labels, wanted = np.asarray(bank_labels).reshape(-1), np.asarray(classes).reshape(-1)
+    scores = np.empty(len(queries), np.float32)
+    for cls in np.unique(wanted):  # only the class's own rows are compared: a sixth of the work for NEU
+        rows = labels == cls
+        at = wanted == cls
+        scores[at] = _kth_score(queries[at], bank[rows] if rows.sum() >= k else bank, k)
+    return scores
+
+
+def _kth_score(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    similarities = np.einsum("ij,kj->ik", queries, bank)
     kth = np.partition(similarities, similarities.shape[1] - k, axis=1)[:, similarities.shape[1] - k]
     return (1.0 - kth).astype(np.float32)
 
