@@ -1,0 +1,133 @@
+"""How well edge-adapt learns a new line from n labelled images per class: accuracy against n, spread over draws.
+
+    python -m benchmarks.fewshot --data ../shared/datasets/xsdd --shots 1 2 5 10 20 --draws 10 \\
+        --figure docs/figures/adapt_xsdd.png
+
+Every image under ``--data`` (one folder per class) goes through the model once; then, for each draw, n images
+per class are enrolled exactly as ``edge-adapt --only-new`` does (:func:`edge_runtime.adapt.build_head` on the
+same outputs) and every *other* image is answered by :meth:`AdaptedHead.decide`, as the adapted model would
+answer it; ``unknown`` counts as wrong. The unknown answer's honesty is measured by leaving one class out of
+the enrolment: its images should be ``unknown`` (AUROC of the adapted score, share caught at the threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.adapt import DEFAULT_QUANTILE, EMBEDDING, build_head, transform
+from edge_runtime.adapt_cli import _class_folders, _feature_of, _feature_output
+from edge_runtime.classifier import Classifier
+from edge_runtime.cli_support import setup_logging
+from edge_runtime.ood import auroc
+from edge_runtime.preprocessing import read_image
+
+log = logging.getLogger("fewshot")
+
+
+def outputs_of(classifier: Classifier, files: list[Path], feature: str, batch: int = 16):
+    """(raw features, embeddings) of every file, in order."""
+    features, embeddings = [], []
+    for start in range(0, len(files), batch):
+        pixels = np.stack([classifier.prepare(read_image(f)) for f in files[start:start + batch]])
+        outputs = classifier.backend.run_outputs(pixels)
+        features.append(_feature_of(classifier, outputs, feature))
+        embeddings.append(_feature_of(classifier, outputs, EMBEDDING))
+    return np.concatenate(features), np.concatenate(embeddings)
+
+
+def evaluate(features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: list[str], shots: int,
+             draws: int, quantile: float, feature: str) -> dict[str, float]:
+    """Mean and spread over draws of accuracy, unknown rate, and the held-out-class figures."""
+    rows = transform(features)
+    accuracy, unknown, held_auroc, held_caught = [], [], [], []
+    for draw in range(draws):
+        rng = np.random.default_rng(draw)
+        enrolled = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
+                                   for c in range(len(classes))])
+        others = np.setdiff1d(np.arange(len(labels)), enrolled)
+
+        def head_of(index: np.ndarray):
+            names = [classes[labels[i]] for i in index]
+            return build_head(rows[index], embeddings[index], names,
+                              [{"sha256": str(i), "class": n} for i, n in zip(index, names)], [], False, feature,
+                              quantile)
+
+        head = head_of(enrolled)
+        probabilities, scores = head.decide(np.zeros((len(others), 0)), features[others], embeddings[others], None)
+        truth = np.array([head.labels.index(classes[labels[i]]) for i in others])
+        accuracy.append(np.mean((probabilities.argmax(1) == truth) & (scores <= 0)))
+        unknown.append(np.mean(scores > 0))
+        for held in range(len(classes)):
+            kept = enrolled[labels[enrolled] != held]
+            _, scores = head_of(kept).decide(np.zeros((len(others), 0)), features[others], embeddings[others], None)
+            new = labels[others] == held
+            held_auroc.append(auroc(scores[~new], scores[new]))
+            held_caught.append(np.mean(scores[new] > 0))
+    return {"shots": shots, "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
+            "unknown": float(np.mean(unknown)), "held_out_auroc": float(np.nanmean(held_auroc)),
+            "held_out_caught": float(np.mean(held_caught))}
+
+
+def draw_figure(results: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shots = [r["shots"] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(shots, [100 * r["accuracy"] for r in results], yerr=[100 * r["accuracy_std"] for r in results],
+                marker="o", capsize=4, label="right (unknown counts as wrong)")
+    ax.plot(shots, [100 * r["unknown"] for r in results], marker="s", label="answered unknown")
+    ax.set_xscale("log")
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.set_xlabel("labelled images per class")
+    ax.set_ylabel("% of the other images")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right")
+    ax.set_title(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fewshot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="one folder of images per class")
+    parser.add_argument("--model", default=None, help="base model (default: the shipped one)")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--figure", type=Path, default=None, help="PNG of accuracy against labelled images")
+    args = parser.parse_args(argv)
+    setup_logging()
+    classifier = Classifier.load(args.model, threads=args.threads)
+    feature = _feature_output(classifier)
+    folders = _class_folders(Path(args.data))
+    classes = list(folders)
+    files = [f for name in classes for f in folders[name]]
+    labels = np.array([classes.index(f.parent.name) for f in files])
+    log.info("%d images of %d classes through %s (head on '%s')", len(files), len(classes), classifier.path, feature)
+    features, embeddings = outputs_of(classifier, files, feature)
+    results = [evaluate(features, embeddings, labels, classes, n, args.draws, args.quantile, feature)
+               for n in args.shots]
+    print("| labelled per class | right (mean ± std over draws) | unknown | held-out class AUROC | held-out caught |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['shots']} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} % | "
+              f"{100 * r['unknown']:.1f} % | {r['held_out_auroc']:.3f} | {100 * r['held_out_caught']:.1f} % |")
+    if args.figure:
+        draw_figure(results, args.figure, f"{Path(args.data).name}: {classifier.path.name}, head on '{feature}', "
+                                          f"{args.draws} draws")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
