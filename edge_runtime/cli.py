@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--engine", choices=[AUTO, *sorted(ENGINES)], default=defaults["engine"],
                      help="inference engine. auto: the fastest on this machine among the engine/model pairs that "
                      "passed the export's accuracy gates (the shipped models, or the engines recorded as passing in "
-                     "--model's metadata), measured once (about a second) and cached per machine in "
+                     "--model's metadata), measured once and cached per machine in "
                      "~/.cache/steel-edge-inspect/engine-choice.json ($EDGE_RUNTIME_CACHE_DIR overrides); records "
                      "name the engine and model file used")
     mod.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")

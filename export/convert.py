@@ -120,18 +120,16 @@ ONNX_QUANTIZERS = ("nncf", "ort")
 def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable[np.ndarray]],
               quantizer: str = "nncf", float_first_conv: bool = True) -> list[str]:
     """Static QDQ int8 of an fp32 ONNX model, calibrated on the given float inputs: uint8 activations, int8
-    per-channel weights reduced to 7 bits (x86 CPUs without VNNI sum u8*s8 pairs in saturating 16 bits; with
-    full 8-bit weights NEU accuracy fell from 100 % to 96.5 % on such a CPU, measured on an AVX2 EPYC).
+    per-channel weights reduced to 7 bits (x86 CPUs without VNNI sum u8*s8 pairs in saturating 16 bits, which
+    full 8-bit weights overflow).
 
     ``quantizer="nncf"`` (default): NNCF post-training quantisation, which also corrects each layer's bias for
     the quantisation error; its signed activations are then stored as uint8 (:func:`activations_to_uint8`,
-    exact) because ONNX Runtime's fast kernels are u8*s8. Measured on NEU + X-SDD: top-1 agreement with float
-    95.6 % against 92.8 % for ``"ort"`` (ONNX Runtime's ``quantize_static``), NEU equal.
+    exact) because ONNX Runtime's fast kernels are u8*s8. ``"ort"``: ONNX Runtime's ``quantize_static``.
 
     ``float_first_conv`` (default) keeps the first convolution in float: quantising it rounds the normalised
-    input to a grid that is not the pixels' own and the 7×7×3 filters to 7 bits. On the AVX2-trained reference
-    model that layer alone made about a quarter of the unknown-score error (median |Δscore| against float
-    0.0049 → 0.0035); answer agreement 98.69 → 99.15 % on ONNX Runtime, latency unchanged within noise.
+    input to a grid that is not the pixels' own and the 7×7×3 filters to 7 bits, the largest single source of
+    the unknown score's error against float. The measurements behind these choices: docs/quantisation.md.
     Returns the names of the nodes left in float.
     """
     import onnx
