@@ -213,17 +213,21 @@ def test_unreadable_files_are_listed_skipped_and_counted(base_model, tmp_path, c
 
 
 def test_an_adapted_model_runs_through_edge_classify_and_edge_export_check(base_model, tmp_path):
-    data = _folders(tmp_path / "line", ["red_iron", "slag"], 3)
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 6)
     out = tmp_path / "line.tflite"
     adapt(data, out, base_model.path, only_new=True)
     check = _folders(tmp_path / "check", ["red_iron", "slag"], 3, first_seed=40)
+    in_process = Classifier.load(out)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     records = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "--folder", str(check), "--recursive",
                               "--model", str(out), "--engine", "litert", "--output", str(tmp_path / "r.jsonl")],
                              env=env, capture_output=True, text=True, timeout=120)
     assert records.returncode == 0, records.stderr
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(r["label"] == Path(r["file"]).parent.name for r in rows)
+    assert len(rows) == 6 and all(r["predicted"] == Path(r["file"]).parent.name for r in rows)
+    for row in rows:  # the same answers as the Python API gives
+        answer = in_process.predict_file(row["file"])
+        assert (row["label"], row["unknown"]) == (answer.label, answer.unknown)
     from export.cli import main as export_main
 
     assert export_main(["check", str(out), "--data", str(check), "--no-progress"]) == 0
