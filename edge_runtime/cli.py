@@ -36,7 +36,7 @@ from edge_runtime.sinks.images import AnnotatedFrameWriter, Display, SortInto
 from edge_runtime.sources import open_source
 from edge_runtime.sources.base import CAPTURE_BACKENDS, SourceOptions
 from edge_runtime.sources.features import TRIGGERS, CameraConfig, parse_settings
-from edge_runtime.sources.genicam import CAMERA_KINDS, camera_summary_text
+from edge_runtime.sources.camera import CAMERA_KINDS, camera_summary_text
 from edge_runtime.polarity import POLARITY_MODES
 from edge_runtime.tiles import TileSpec
 

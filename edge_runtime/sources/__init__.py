@@ -33,7 +33,8 @@ from edge_runtime.sources.base import (
     redact_url,
 )
 from edge_runtime.sources.files import FilesSource, FolderSource, WatchedFolderSource
-from edge_runtime.sources.genicam import CAMERA_KINDS, CameraConfig, open_camera_source
+from edge_runtime.sources.camera import CAMERA_KINDS, CameraSource
+from edge_runtime.sources.features import CameraConfig
 from edge_runtime.sources.live import LiveSource, camera_opener, stream_opener
 from edge_runtime.sources.video import VideoFileSource
 
@@ -55,7 +56,7 @@ def open_source(
     """
     options = options or SourceOptions()
     common = {"should_stop": should_stop}
-    if kind in CAMERA_KINDS:  # GenICam: spec is the GenTL producer (genicam) or the address (gige); see genicam.py
+    if kind in CAMERA_KINDS:  # GenICam: spec is the GenTL producer (genicam) or the address (gige); see camera.py
         return open_camera_source(kind, spec, options, camera, should_stop)
     kind = kind or guess_kind(spec)
     if kind == "camera":
@@ -73,3 +74,19 @@ def open_source(
             return LiveSource(f"stream:{redact_url(text)}", stream_opener(text, options), options, **common)
         return VideoFileSource(text, options, **common)
     raise ValueError(f"unknown source kind {kind!r}; use camera, video, folder or files")
+
+
+def open_camera_source(kind: str, spec: object, options: SourceOptions | None = None,
+                       config: CameraConfig | None = None, should_stop: StopCheck = never_stop) -> CameraSource:
+    """``kind`` "genicam" (``spec``: producer .cti, folder, or None for $GENICAM_GENTL64_PATH) or "gige"
+    (``spec``: the camera's address), set up by ``config``."""
+    config = config or CameraConfig()
+    if kind == "genicam":
+        from edge_runtime.sources.genicam import genicam_source
+
+        return genicam_source(None if spec in (None, "") else str(spec), config, options, should_stop)
+    if kind == "gige":
+        from edge_runtime.sources.gige import gige_source
+
+        return gige_source(str(spec or ""), config, options, should_stop)
+    raise ValueError(f"unknown camera kind {kind!r}; use {' or '.join(CAMERA_KINDS)}")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from edge_runtime.errors import SourceError
 from edge_runtime.sources.base import SourceOptions, StopCheck, never_stop
 from edge_runtime.sources.features import CameraConfig
-from edge_runtime.sources.genicam import CameraCapture, CameraSource, Device, DeviceLost, Grab, open_camera
+from edge_runtime.sources.camera import CameraCapture, CameraSource, Device, DeviceLost, Grab, open_camera
 from edge_runtime.sources.pixels import pixel_format, to_image
 
 log = logging.getLogger(__name__)
