@@ -68,6 +68,11 @@ class SourceLost(SourceError):
     """A live source stopped delivering frames and did not come back within the reconnect attempts."""
 
 
+class DeviceLost(RuntimeError):
+    """Inside a camera source: the camera stopped answering or cannot be found now. Never reaches the user: the
+    live source reopens the camera with back-off, and raises SourceLost when it stays away."""
+
+
 class SinkError(EdgeRuntimeError):
     """An output cannot be opened or written."""
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.errors import SourceError
+from edge_runtime.errors import DeviceLost, SourceError
 from edge_runtime.sources.base import SourceOptions
 from edge_runtime.sources.features import (
     CameraConfig,
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 TRIGGER_WAIT_S = 1.0  # longest single wait for a triggered frame before the camera is asked whether it is there
 MIN_FRAME_TIMEOUT_S = 1.0
-
-
-class DeviceLost(RuntimeError):
-    """The camera stopped answering, or cannot be found now (reopened with back-off, like a lost stream)."""
 
 
 @dataclass

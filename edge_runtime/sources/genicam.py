@@ -21,9 +21,9 @@ import struct
 import threading
 from collections.abc import Callable
 
-from edge_runtime.errors import SourceError
+from edge_runtime.errors import DeviceLost, SourceError
 from edge_runtime.sources.base import SourceOptions, StopCheck, never_stop
-from edge_runtime.sources.camera import CameraCapture, CameraSource, Device, DeviceLost, Grab, open_camera
+from edge_runtime.sources.camera import CameraCapture, CameraSource, Device, Grab, open_camera
 from edge_runtime.sources.features import CameraConfig
 from edge_runtime.sources.pixels import pixel_format, to_image
 
