@@ -112,10 +112,10 @@ Stage 2: {metadata["unfreeze"]} unfrozen (BatchNorm frozen), Adam 1e-4. EarlySto
 ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).
 
 **Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier. The runtime
-compares it with the embeddings of all {report.get("ood", {}).get("bank", "the")} training images (cosine similarity
-to the {report.get("ood", {}).get("k", 5)}-th nearest) and answers `unknown` above a threshold chosen on the NEU
-**validation** split only ({100 * report.get("ood", {}).get("quantile", 0.95):.0f} % of the float model's validation images
-stay below it; each artifact moves it by its median score shift from the float model on the same images; NEU test
+compares it with a bank of {report.get("ood", {}).get("bank", "the training")} embeddings (cosine similarity to the
+{report.get("ood", {}).get("k", 5)}-th nearest; see docs/unknown.md for the bank and the per-class rule) and answers
+`unknown` above a threshold chosen on {report.get("ood", {}).get("threshold_from", "the NEU validation split only")}
+({100 * (1 - report.get("ood", {}).get("quantile", 0.95)):.1f} % of in-domain images answered `unknown`; NEU test
 images flagged by the float model: {_share(neu_flagged)}). Records keep the best class in `predicted` and the score
 in `ood_score`.
 
