@@ -193,8 +193,8 @@ def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int, bank_labe
     than k rows, or one the bank does not know: among all rows).
 
     ``einsum`` rather than ``@`` on purpose: ``@`` goes to the multi-threaded BLAS, whose worker threads keep
-    spinning after the call and took the cores from the inference engine (measured: full-int8 TFLite on 2
-    threads 11.2 ms per frame instead of 5.3 ms); einsum's own loop needs 0.07 ms for 1,656 x 512.
+    spinning after the call and take the cores from the inference engine, doubling its time per frame
+    (docs/runtime.md); einsum's own loop is fast enough for banks of a few thousand rows.
     """
     queries, bank = l2_normalize(np.atleast_2d(embeddings)), np.asarray(bank, np.float32)
     if bank_labels is None or classes is None:
