@@ -13,16 +13,20 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
+import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from edge_runtime.errors import ModelLoadError
-from edge_runtime.fileio import write_bytes_atomic
+from edge_runtime.fileio import CHUNK_BYTES, write_bytes_atomic
 from edge_runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, embed_tflite_metadata, strip_tflite_metadata
 from edge_runtime.onnx_metadata import (
     METADATA_PROPS_FIELD,
     decode_metadata_entry,
     encode_metadata_entry,
     top_level_fields,
+    top_level_spans,
 )
 
 log = logging.getLogger(__name__)
@@ -30,14 +34,41 @@ log = logging.getLogger(__name__)
 
 def graph_sha256(data: bytes, suffix: str) -> str:
     """Digest of a model file's bytes without its metadata (``suffix`` ".tflite" or ".onnx")."""
-    digest = hashlib.sha256()
+    return _graph_digest(io.BytesIO(data), len(data), suffix)
+
+
+def graph_sha256_of_file(path: str | Path) -> str:
+    """:func:`graph_sha256` of a file, read in chunks (a model never sits in memory whole)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        return _graph_digest(handle, os.fstat(handle.fileno()).st_size, path.suffix)
+
+
+def _graph_digest(stream: BinaryIO, size: int, suffix: str) -> str:
     if suffix.lower() == ".onnx":
-        for field, raw in top_level_fields(data):
-            if field != METADATA_PROPS_FIELD:
-                digest.update(raw)
+        spans = [(start, end) for field, start, end in top_level_spans(stream, size) if field != METADATA_PROPS_FIELD]
     else:
-        digest.update(strip_tflite_metadata(data))
+        spans = [(0, _tflite_graph_end(stream, size))]
+    digest = hashlib.sha256()
+    for start, end in spans:
+        stream.seek(start)
+        while start < end:
+            block = stream.read(min(CHUNK_BYTES, end - start))
+            if not block:
+                raise ValueError("the file ended early")
+            digest.update(block)
+            start += len(block)
     return digest.hexdigest()
+
+
+def _tflite_graph_end(stream: BinaryIO, size: int) -> int:
+    """Where a TFLite file's flatbuffer ends: at its appended metadata archive, if it has one."""
+    try:
+        with zipfile.ZipFile(stream) as archive:  # reads the archive's directory only
+            offsets = [info.header_offset for info in archive.infolist()]
+    except zipfile.BadZipFile:
+        return size
+    return min(offsets) if offsets else size
 
 
 def model_bytes(data: bytes, meta: ModelMetadata, suffix: str) -> bytes:
@@ -70,7 +101,7 @@ def verify_graph(path: str | Path, meta: ModelMetadata) -> None:
         log.debug("'%s' carries no graph digest (exported before digests): not verified", path)
         return
     try:
-        actual = graph_sha256(path.read_bytes(), path.suffix)
+        actual = graph_sha256_of_file(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(path, f"cannot verify the model's digest ({exc}); re-export or re-copy it") from exc
     if actual != meta.graph_sha256:

@@ -40,18 +40,24 @@ def read_metadata_props(path: str | Path) -> dict[str, str]:
     return props
 
 
+def top_level_spans(stream: BinaryIO, size: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each top-level field of a serialized ModelProto read from ``stream``,
+    without reading the fields' contents (a model's weights are seeked over)."""
+    while stream.tell() < size:
+        start = stream.tell()
+        field, wire_type = _read_tag(stream)
+        _skip(stream, wire_type, size)
+        yield field, start, stream.tell()
+
+
 def top_level_fields(data: bytes) -> Iterator[tuple[int, bytes]]:
     """Each top-level field of a serialized ModelProto as (field number, its raw bytes, tag included).
 
     Joining the raw bytes of every field gives ``data`` back; dropping or adding fields edits the model without
     parsing its graph. Raises ValueError for a malformed message.
     """
-    stream = io.BytesIO(data)
-    while stream.tell() < len(data):
-        start = stream.tell()
-        field, wire_type = _read_tag(stream)
-        _skip(stream, wire_type, len(data))
-        yield field, data[start:stream.tell()]
+    for field, start, end in top_level_spans(io.BytesIO(data), len(data)):
+        yield field, data[start:end]
 
 
 def encode_metadata_entry(key: str, value: str) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 
 from edge_runtime import Classifier, ModelLoadError
 from edge_runtime.metadata import read_metadata
-from edge_runtime.model_file import graph_sha256, write_model
+from edge_runtime.model_file import graph_sha256, graph_sha256_of_file, write_model
 from edge_runtime.onnx_metadata import read_metadata_props
 
 
@@ -50,7 +50,7 @@ def _flip_a_bit_in_the_weights(path: Path) -> None:
 def test_a_written_model_loads_and_carries_the_digest_of_its_graph(tiny_edge_models, tmp_path: Path, kind: str):
     path = _stamped(getattr(tiny_edge_models, kind), tmp_path / f"m.{kind}")
     meta = read_metadata(path)
-    assert meta.graph_sha256 == graph_sha256(path.read_bytes(), path.suffix)
+    assert meta.graph_sha256 == graph_sha256(path.read_bytes(), path.suffix) == graph_sha256_of_file(path)
     assert Classifier.load(path).labels == tiny_edge_models.labels
 
 
