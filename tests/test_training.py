@@ -81,6 +81,27 @@ def test_split_is_the_same_for_the_same_data_and_seed(trained_run: Path, tmp_pat
     )
 
 
+def test_the_seed_changes_training_not_the_split_unless_asked(trained_run: Path, tmp_path: Path):
+    data = TrainedRun.open(trained_run).metadata["data_root"]
+    common = ["--data", data, "--runs", str(tmp_path / "runs"), *TINY_ARGS, "--epochs-stage2", "0"]
+    assert main([*common, "--name", "seed7", "--seed", "7"]) == 0
+    assert main([*common, "--name", "split7", "--split-seed", "7"]) == 0
+    split = read_manifest(trained_run / "split_manifest.csv")
+    assert read_manifest(tmp_path / "runs" / "seed7" / "split_manifest.csv") == split
+    assert read_manifest(tmp_path / "runs" / "split7" / "split_manifest.csv") != split
+    for name, seeds in [("seed7", (7, 0)), ("split7", (0, 7))]:
+        meta = json.loads((tmp_path / "runs" / name / "metadata.json").read_text())
+        config = json.loads((tmp_path / "runs" / name / "config.json").read_text())
+        assert (meta["seed"], meta["split_seed"]) == (config["seed"], config["split_seed"]) == seeds
+
+
+def test_a_run_made_with_one_seed_for_everything_resumes_with_its_split():
+    from train.training_run import TrainOptions
+
+    assert TrainOptions.from_dict({"data": "d", "run_dir": "r", "seed": 5}).split_seed == 5
+    assert TrainOptions.from_dict({"data": "d", "run_dir": "r", "seed": 5, "split_seed": 0}).split_seed == 0
+
+
 def test_resume_finishes_an_interrupted_run_without_redoing_stage_1(trained_run: Path, tmp_path: Path):
     run = tmp_path / "runs" / "interrupted"
     shutil.copytree(trained_run, run)

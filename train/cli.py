@@ -40,7 +40,9 @@ def build_fit_parser() -> argparse.ArgumentParser:
     src.add_argument("--folds", type=int, default=0, help="K-fold cross-validation with K folds (0: single split)")
     src.add_argument("--val-per-class", type=int, default=12, help="validation images per class")
     src.add_argument("--test-per-class", type=int, default=12, help="test images per class")
-    src.add_argument("--seed", type=int, default=0, help="seed for split, augmentation and initialisation")
+    src.add_argument("--seed", type=int, default=0, help="seed for initialisation and augmentation (retrain with "
+                     "another to see the recipe's spread; the split stays)")
+    src.add_argument("--split-seed", type=int, default=0, help="seed for which images are validation and test")
     src.add_argument("--cache-dir", help="trunk-feature cache (default: RUNS/.feature-cache)")
 
     rec = p.add_argument_group("recipe")
@@ -109,7 +111,8 @@ def _fit(argv: list[str]) -> int:
             epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2,
             batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
             aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
-            folds=args.folds, seed=args.seed, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
+            folds=args.folds, seed=args.seed, split_seed=args.split_seed, skip_bad=args.skip_bad,
+            cache_dir=args.cache_dir,
             contrast=args.contrast, camera_augment=args.camera_augment, polarity_augment=args.polarity_augment,
             progress=not args.no_progress,
         )

@@ -77,7 +77,8 @@ class TrainOptions:
     val_per_class: int = 12
     test_per_class: int = 12
     folds: int = 0
-    seed: int = 0
+    seed: int = 0  # initialisation and augmentation
+    split_seed: int = 0  # which images are validation and test: changes only when asked
     skip_bad: bool = False
     cache_dir: str | None = None
     progress: bool = True  # not stored in config.json (see _prepare)
@@ -85,7 +86,9 @@ class TrainOptions:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        data = {k: v for k, v in data.items() if k in names}
+        data.setdefault("split_seed", data.get("seed", 0))  # runs made before: one seed drew the split too
+        return cls(**data)
 
     def fit_settings(self) -> FitSettings:
         return FitSettings(
@@ -165,7 +168,8 @@ def train_run(options: TrainOptions) -> dict:
         verify_files(rows, dataset.root)
         log.info("resuming with the existing split manifest %s", manifest)
     else:
-        rows = stratified_split(dataset, hashes, options.val_per_class, options.test_per_class, options.seed)
+        rows = stratified_split(dataset, hashes, options.val_per_class, options.test_per_class,
+                                  options.split_seed)
         write_manifest(manifest, rows)
     _log_split(rows)
 
@@ -182,6 +186,7 @@ def train_run(options: TrainOptions) -> dict:
         "weights": options.weights,
         "unfreeze": options.unfreeze,
         "seed": options.seed,
+        "split_seed": options.split_seed,
         "data_root": str(dataset.root),
         "data_layout": dataset.layout,
         "split_manifest": MANIFEST_NAME,
@@ -241,7 +246,7 @@ def cross_validate(options: TrainOptions) -> dict:
     same computation as the full model on the image, without re-running the frozen trunk).
     """
     run_dir, weights, dataset, hashes = _prepare(options)
-    folds = kfold_splits(dataset, hashes, options.folds, options.val_per_class, options.seed)
+    folds = kfold_splits(dataset, hashes, options.folds, options.val_per_class, options.split_seed)
     index = {name: i for i, name in enumerate(dataset.classes)}
     per_fold = []
     for k, rows in enumerate(folds):
