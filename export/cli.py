@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.polarity import AS_IS, POLARITY_MODES
@@ -149,6 +150,15 @@ def _export(argv: list[str]) -> int:
         status = "PASS" if row["passed"] else "FAIL: " + "; ".join(row["failures"])
         print(f"{row['format']:16s} {row['engine']:12s} {status}")
     print(f"export + checks: {report['timings']['total_seconds']:.0f} s on {report['machine']}")
+    if not report["passed"]:
+        out = Path(report["report_files"][0]).parent
+        passing = list(dict.fromkeys(r["format"] for r in report["artifacts"] if r["passed"]))
+        log.error("some artifacts failed their gates (see FAIL above; the failing ones are in %s). Next: %s; for "
+                  "a failing int8 format, export it again with more calibration images (--calibration-count) or "
+                  "another recipe (--int8-input, --onnx-quantizer), then re-check it on your own labelled images "
+                  "with 'edge-export check FILE --data DIR'", out / "rejected",
+                  f"'edge-export ship {out} --formats {' '.join(passing)}' installs the passing ones" if passing
+                  else "no artifact passed: check the run's own accuracy (metrics.json) before exporting again")
     return 0 if report["passed"] else 1
 
 

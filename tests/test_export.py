@@ -237,6 +237,10 @@ def test_failing_gate_exits_nonzero_names_the_artifact_and_keeps_the_others(
     code = main([str(tiny_run), "--out", str(out), "--formats", "tflite_fp32", "tflite_fp16", "--no-progress"])
     assert code == 1
     assert "tflite_fp16 FAILS" in caplog.text and "tflite_fp32 FAILS" not in caplog.text
+    hint = f"edge-export ship {out} --formats tflite_fp32"  # what to do next: ship the passing ones
+    assert hint in caplog.text
+    assert main(["ship", str(out), "--formats", "tflite_fp32", "--dest", str(tmp_path / "shipped")]) == 0
+    assert (tmp_path / "shipped" / "default.tflite").is_file()
     assert (out / "rejected" / "model_fp16.tflite").is_file()
     assert (out / "model_fp32.tflite").is_file()
     rows = {a["format"]: a for a in report(out)["artifacts"]}
