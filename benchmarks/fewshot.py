@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.adapt import DEFAULT_QUANTILE, EMBEDDING, build_head, transform
-from edge_runtime.adapt_cli import _class_folders, _feature_of, _feature_output
+from edge_runtime.adapt_cli import _class_folders, feature_output
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import setup_logging
 from edge_runtime.ood import auroc
@@ -33,9 +33,9 @@ def outputs_of(classifier: Classifier, files: list[Path], feature: str, batch: i
     features, embeddings = [], []
     for start in range(0, len(files), batch):
         pixels = np.stack([classifier.prepare(read_image(f)) for f in files[start:start + batch]])
-        outputs = classifier.backend.run_outputs(pixels)
-        features.append(_feature_of(classifier, outputs, feature))
-        embeddings.append(_feature_of(classifier, outputs, EMBEDDING))
+        outputs = classifier.device_outputs(pixels)
+        features.append(outputs[feature])
+        embeddings.append(outputs[EMBEDDING])
     return np.concatenate(features), np.concatenate(embeddings)
 
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     classifier = Classifier.load(args.model, threads=args.threads)
-    feature = _feature_output(classifier)
+    feature = feature_output(classifier)
     folders = _class_folders(Path(args.data))
     classes = list(folders)
     files = [f for name in classes for f in folders[name]]

@@ -207,14 +207,11 @@ def measure(classifier, images: list[np.ndarray], labels: list[str], nuisances=(
 def raw_outputs(classifier, images: list[np.ndarray], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and embeddings of decoded images (as captured), so that every operating point can be
     scored without running the model again."""
-    from edge_runtime.classifier import _output_of_width
-
     probabilities, embeddings = [], []
     for start in range(0, len(images), batch):
-        outputs = classifier.backend.run_outputs(np.stack([classifier.prepare(i) for i in images[start : start + batch]]))
-        p = _output_of_width(outputs, len(classifier.labels), classifier.path, "class probabilities")
-        probabilities.append(p)
-        embeddings.append(_output_of_width(outputs, classifier.ood.width, classifier.path, "embedding", exclude=p))
+        outputs = classifier.device_outputs(np.stack([classifier.prepare(i) for i in images[start : start + batch]]))
+        probabilities.append(outputs["probabilities"])
+        embeddings.append(outputs["embedding"])
     return np.concatenate(probabilities), np.concatenate(embeddings)
 
 

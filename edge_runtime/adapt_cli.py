@@ -62,7 +62,7 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
         raise AdaptError(f"model '{base_path}' has no embedding output and unknown score, which enrolment needs; "
                          "use a model exported by edge-export (or the shipped default model)")
     previous = classifier.adapted
-    feature = previous.feature if previous else _feature_output(classifier)
+    feature = previous.feature if previous else feature_output(classifier)
     folders = _class_folders(Path(data))
     started = time.perf_counter()
     new = _enrol(classifier, folders, feature, previous)
@@ -101,19 +101,10 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return folders
 
 
-def _feature_output(classifier: Classifier) -> str:
+def feature_output(classifier: Classifier) -> str:
     """FEATURES when the graph has the backbone's pooled output beside class probabilities and embedding."""
     probe = np.zeros((1, *classifier.metadata.input_shape[1:]), dtype=classifier.backend.input_dtype)
-    widths = [o.shape[1] for o in classifier.backend.run_outputs(probe) if o.ndim == 2]
-    known = {len(classifier.base_labels), classifier.ood.width}
-    return FEATURES if any(w not in known for w in widths) else EMBEDDING
-
-
-def _feature_of(classifier: Classifier, outputs: list[np.ndarray], feature: str) -> np.ndarray:
-    if feature == EMBEDDING:
-        return next(o for o in outputs if o.ndim == 2 and o.shape[1] == classifier.ood.width)
-    known = {len(classifier.base_labels), classifier.ood.width}
-    return max((o for o in outputs if o.ndim == 2 and o.shape[1] not in known), key=lambda o: o.shape[1])
+    return FEATURES if FEATURES in classifier.device_outputs(probe) else EMBEDDING
 
 
 def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
@@ -140,9 +131,8 @@ def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
                              "(the skipped files are listed above)")
         for start in range(0, len(pending), BATCH):
             chunk = pending[start:start + BATCH]
-            outputs = classifier.backend.run_outputs(np.stack([x for _, x, _ in chunk]))
-            embeddings = _feature_of(classifier, outputs, EMBEDDING)
-            rows = transform(_feature_of(classifier, outputs, feature))
+            outputs = classifier.device_outputs(np.stack([x for _, x, _ in chunk]))
+            embeddings, rows = outputs[EMBEDDING], transform(outputs[feature])
             for (path, _, digest), row, embedding in zip(chunk, rows, embeddings):
                 result.rows.append(row)
                 result.gate.append(embedding)

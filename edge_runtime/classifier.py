@@ -181,7 +181,7 @@ class Classifier:
                 inputs.append(self._model_input(invert_polarity(pixels)))
             prep_ms.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
-        probabilities, scores = self._answers(self.backend.run_outputs(np.stack(inputs)), len(inputs))
+        probabilities, scores = self._answers(self.device_outputs(np.stack(inputs)), len(inputs))
         inverted = np.zeros(len(images), bool)
         if both:  # inputs alternate: as captured, inverted
             inverted = choose_inverted(scores[0::2], scores[1::2])
@@ -198,17 +198,31 @@ class Classifier:
             return ADAPTED_THRESHOLD
         return None if self.ood is None else self.ood.threshold
 
-    def _answers(self, outputs: list[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities (count, labels) and unknown scores (count,) from the graph's outputs."""
-        probabilities = _output_of_width(outputs, len(self.base_labels), self.path, "class probabilities")
+    def device_outputs(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs for a batch of prepared inputs (:meth:`prepare`), by name: ``probabilities`` (the
+        graph's own classes), ``embedding`` (models with the unknown score) and ``features`` (the backbone's
+        pooled output, in exports that have it). Outputs are told apart by width, not by position."""
+        outputs = self.backend.run_outputs(inputs)
+        named = {"probabilities": _output_of_width(outputs, len(self.base_labels), self.path, "class probabilities")}
+        if self.ood is not None:
+            named["embedding"] = _output_of_width(outputs, self.ood.width, self.path, "embedding",
+                                                  exclude=named["probabilities"])
+            others = [o for o in outputs if o.ndim == 2 and all(o is not n for n in named.values())]
+            if others:
+                named["features"] = max(others, key=lambda o: o.shape[1])
+        return named
+
+    def _answers(self, outputs: dict[str, np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (count, labels) and unknown scores (count,) from :meth:`device_outputs`."""
+        probabilities = outputs["probabilities"]
         if self.ood is None:
             return probabilities, np.full(count, np.nan, np.float32)
-        embedding = _output_of_width(outputs, self.ood.width, self.path, "embedding", exclude=probabilities)
         if self.adapted is not None:
-            feature = _output_of_width(outputs, self.adapted.width, self.path, f"'{self.adapted.feature}'",
-                                       exclude=probabilities)
-            return self.adapted.decide(probabilities, feature, embedding, self.ood)
-        return probabilities, self.ood.score(embedding, probabilities.argmax(axis=1))  # per-class rule: best class
+            if self.adapted.feature not in outputs:
+                raise MetadataError(self.path, f"the adapted head reads the '{self.adapted.feature}' output, which "
+                                    "this model does not have; run edge-adapt again on its base model")
+            return self.adapted.decide(probabilities, outputs[self.adapted.feature], outputs["embedding"], self.ood)
+        return probabilities, self.ood.score(outputs["embedding"], probabilities.argmax(axis=1))  # per-class rule
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Read and classify an image file; an unreadable file raises ImageReadError naming it."""

@@ -49,9 +49,7 @@ def rebuild(model: str | Path, data_root: str | Path, out: str | Path, manifest:
         parts = []
         for start in range(0, len(pixels), batch):
             inputs = np.stack([classifier._model_input(p) for p in pixels[start : start + batch]])
-            outputs = classifier.backend.run_outputs(inputs)
-            parts.append(next(o for o in outputs if o.ndim == 2 and o.shape[1] == classifier.ood.width
-                              and o.shape[1] != len(classifier.labels)))
+            parts.append(classifier.device_outputs(inputs)["embedding"])
         return np.concatenate(parts)
 
     spec = camera_bank_spec(embed, images, [r.label for r in rows], classifier.labels, classifier.metadata.preprocess,
