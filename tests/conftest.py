@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -95,3 +96,18 @@ def tiny_edge_models(tmp_path_factory):
     tflite.write_bytes(embed_tflite_metadata(flatbuffer, tiny_metadata("tflite_fp32")))
     onnx_path = write_onnx(model, base / "tiny.onnx", tiny_metadata("onnx_fp32"))
     return SimpleNamespace(tflite=tflite, onnx=onnx_path, labels=list(LABELS))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON Lines file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def classify(args: list, model: Path, tmp_path: Path) -> tuple[int, list[dict], dict | None]:
+    """Run edge-classify in-process with ``args`` into records and a summary: (exit code, records, summary)."""
+    from edge_runtime.cli import main
+
+    out, summary = tmp_path / "records.jsonl", tmp_path / "summary.json"
+    code = main([*map(str, args), "--model", str(model), "--output", str(out), "--summary", str(summary)])
+    records = read_jsonl(out) if out.exists() else []
+    return code, records, json.loads(summary.read_text()) if summary.exists() else None

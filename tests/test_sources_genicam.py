@@ -7,16 +7,15 @@ tested on small arrays against values worked out by hand; it needs neither harve
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import classify
 from edge_runtime.cli import main
 from edge_runtime.errors import SourceError
 from edge_runtime.sources import open_source
@@ -126,17 +125,6 @@ def viky() -> str:
     if producer is None:
         pytest.skip("the genicam package has no simulated producer (viky.cti) on this platform")
     return producer
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def classify(args: list, model: Path, tmp_path: Path) -> tuple[int, list[dict], dict | None]:
-    out, summary = tmp_path / "records.jsonl", tmp_path / "summary.json"
-    code = main([*map(str, args), "--model", str(model), "--output", str(out), "--summary", str(summary)])
-    records = read_jsonl(out) if out.exists() else []
-    return code, records, json.loads(summary.read_text()) if summary.exists() else None
 
 
 def test_frames_from_the_simulated_producer_reach_records_with_the_camera_and_its_settings(viky, tiny_edge_models,

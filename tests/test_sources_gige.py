@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from edge_runtime.cli import main
+from conftest import REPO, classify, read_jsonl
 from edge_runtime.errors import SourceError
 from edge_runtime.sources.pixels import PIXEL_FORMATS
 
@@ -103,17 +102,6 @@ def fake_camera(aravis, tmp_path):
         yield camera
     finally:
         camera.kill()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def classify(args: list, model: Path, tmp_path: Path) -> tuple[int, list[dict], dict | None]:
-    out, summary = tmp_path / "records.jsonl", tmp_path / "summary.json"
-    code = main([*map(str, args), "--model", str(model), "--output", str(out), "--summary", str(summary)])
-    records = read_jsonl(out) if out.exists() else []
-    return code, records, json.loads(summary.read_text()) if summary.exists() else None
 
 
 def test_the_pfnc_codes_agree_with_aravis(aravis):
