@@ -248,11 +248,11 @@ def export_run(options: ExportOptions) -> dict:
         "image_groups": {g: sum(i.group == g for i in data.items) for g in data.groups},
         "unreadable": data.errors,
         "passed": all_passed,
-        "timings": {"convert_seconds": round(convert_seconds, 1),
-                    "unknown_score_bank_seconds": round(bank_seconds, 1),
+        "timings": {"convert_seconds": round(convert_seconds, 3),
+                    "unknown_score_bank_seconds": round(bank_seconds, 3),
                     "float_reference_seconds": round(reference_seconds, 3),
-                    "check_seconds": round(time.perf_counter() - checked, 1),
-                    "total_seconds": round(time.perf_counter() - started, 1)},
+                    "check_seconds": round(time.perf_counter() - checked, 3),
+                    "total_seconds": round(time.perf_counter() - started, 3)},
         "machine": cpu_description(),
         "notes": _notes(options, data),
         "figures": [str(f) for f in figures],
@@ -307,7 +307,7 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
     except Exception as exc:  # a broken artifact is reported in its row; the others go on
         log.error("%s on %s: %s", item.path.name, engine, exc)
         comparison, failures = None, [f"could not be evaluated: {exc}"]
-    row.update(load_seconds=round(load_seconds, 3), check_seconds=round(time.perf_counter() - started, 1),
+    row.update(load_seconds=round(load_seconds, 3), check_seconds=round(time.perf_counter() - started, 3),
                comparison=comparison, failures=failures, passed=not failures)
     if comparison is None:
         row["error"] = failures[0]
