@@ -86,6 +86,7 @@ class Backend:
     package = ""
     module = ""
     extra = "edge"
+    resizable = False  # True: the engine resizes a batch-1 graph input to larger batches (see max_batch)
 
     def __init__(
         self,
@@ -106,6 +107,8 @@ class Backend:
         self.output_width = self.output_widths[self.primary_output]
         self.input_quantization = input_quantization
         self.output_quantizations = list(output_quantizations or [(0.0, 0)] * len(self.output_widths))
+        # images per engine call for a batch-1 graph of a ``resizable`` engine; 1 keeps one call per image
+        self.max_batch = 1
         if len(self.input_shape) != 4 or self.input_shape[3] != 3:
             raise ModelLoadError(
                 path, f"the model input has shape {list(self.input_shape)}; expected NHWC with 3 channels"
@@ -141,8 +144,9 @@ class Backend:
         if fixed <= 0 or fixed == len(batch):
             outputs = self._invoke(inputs)
         elif fixed == 1:
-            per_image = [self._invoke(inputs[i : i + 1]) for i in range(len(batch))]
-            outputs = [np.concatenate(parts) for parts in zip(*per_image)]
+            step = self.max_batch if self.resizable else 1
+            per_call = [self._invoke(inputs[i : i + step]) for i in range(0, len(batch), step)]
+            outputs = [np.concatenate(parts) for parts in zip(*per_call)]
         else:
             raise ValueError(f"model '{self.path}' takes batches of exactly {fixed} images, got {len(batch)}")
         return [dequantize(o, q) for o, q in zip(outputs, self.output_quantizations)]
@@ -198,6 +202,7 @@ class LiteRTBackend(Backend):
     suffixes = (".tflite",)
     package = "ai-edge-litert"
     module = "ai_edge_litert.interpreter"
+    resizable = True
 
     def __init__(self, path: Path, threads: int) -> None:
         interpreter_class = _import_engine(type(self)).Interpreter
@@ -213,6 +218,7 @@ class LiteRTBackend(Backend):
             raise ModelLoadError(path, f"expected one input and at least one output, found {len(inputs)} and "
                                  f"{len(self._outputs)}")
         self._input = inputs[0]
+        self._batch = int(self._input["shape"][0])
         super().__init__(
             path,
             threads,
@@ -224,6 +230,10 @@ class LiteRTBackend(Backend):
         )
 
     def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
+        if len(batch) != self._batch:  # batches of the same size follow each other: resize only on a change
+            self._interpreter.resize_tensor_input(self._input["index"], [len(batch), *self.input_shape[1:]])
+            self._interpreter.allocate_tensors()
+            self._batch = len(batch)
         self._interpreter.set_tensor(self._input["index"], batch)
         self._interpreter.invoke()
         return [self._interpreter.get_tensor(o["index"]).copy() for o in self._outputs]

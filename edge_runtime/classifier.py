@@ -113,6 +113,16 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier('{self.path}', engine={self.backend.name}, labels={self.labels})"
 
+    def replica(self, threads: int, max_batch: int = 1) -> "Classifier":
+        """The same model file, engine and settings (tiles, polarity, unknown threshold) on a backend of its own
+        with ``threads`` threads, taking up to ``max_batch`` images per engine call (``Backend.max_batch``): one
+        per thread for parallel inference (see edge_runtime.throughput)."""
+        backend = load_backend(self.path, self.backend.name, threads)
+        backend.max_batch = max(1, int(max_batch))
+        twin = type(self)(backend, self.metadata)
+        twin.tiles, twin.polarity, twin.ood = self.tiles, self.polarity, self.ood
+        return twin
+
     @property
     def polarity(self) -> str:
         """Test-time polarity (edge_runtime.polarity): ``"as-is"``, or ``"auto"`` (both readings of every

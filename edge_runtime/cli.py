@@ -34,10 +34,11 @@ from edge_runtime.sinks.base import Sink
 from edge_runtime.sinks.files import open_record_writer, read_done_files
 from edge_runtime.sinks.images import AnnotatedFrameWriter, Display, SortInto
 from edge_runtime.sources import open_source
-from edge_runtime.sources.base import CAPTURE_BACKENDS, SourceOptions
+from edge_runtime.sources.base import CAPTURE_BACKENDS, SourceOptions, is_stream_url
 from edge_runtime.sources.features import TRIGGERS, CameraConfig, parse_settings
 from edge_runtime.sources.camera import CAMERA_KINDS, camera_summary_text
 from edge_runtime.polarity import POLARITY_MODES
+from edge_runtime.throughput import AUTO as AUTO_MODE, MAX_REQUESTS, MODES, THROUGHPUT
 from edge_runtime.tiles import TileSpec
 
 log = logging.getLogger("edge-classify")
@@ -162,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "~/.cache/steel-edge-inspect/engine-choice.json ($EDGE_RUNTIME_CACHE_DIR overrides); records "
                      "name the engine and model file used")
     mod.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
+    mod.add_argument("--mode", choices=MODES, default=defaults["mode"],
+                     help="latency: one frame at a time on all --threads, each as soon as it comes (cameras and streams "
+                     "keep only the newest frame). throughput: --requests copies of the model share "
+                     "the threads and classify consecutive images at once while the next ones are decoded; records "
+                     "stay in input order (folders, image files, video files: more images per second). auto: "
+                     "throughput for folders read once, image files and video files, latency for the others")
+    mod.add_argument("--requests", type=_positive_int, metavar="N",
+                     help="throughput mode: parallel inference requests, each with --threads/N threads and chunks of "
+                     "up to 4 images (default: LiteRT 1 request, batching on every thread; ONNX Runtime and OpenVINO "
+                     f"one single-threaded request per --threads thread, at most {MAX_REQUESTS})")
     mod.add_argument("--tiles", metavar="SPEC",
                      help="classify large frames by windows: 'auto' (squares of the short edge; 2048x1000 -> 3), "
                      "ROWSxCOLS (e.g. 1x4) or a window size in pixels; the frame's answer combines the windows "
@@ -244,6 +255,8 @@ def run(
     model: str | Path | None = None,
     engine: str | None = AUTO,
     threads: int | None = None,
+    mode: str = AUTO_MODE,
+    requests: int | None = None,
     tiles: str | None = None,
     tile_aggregate: str = "max",
     polarity: str | None = None,
@@ -280,6 +293,7 @@ def run(
     spec, kind = _source_spec(inputs, camera, video, folder, genicam, gige)
     camera_config = _camera_config(kind, device, settings, trigger, fps, width, height)
     _check_arguments(kind, watch, recursive, sort_into, min_confidence, frames, duration)
+    _check_mode(mode, kind, video)
     line = LineOptions(mqtt, mqtt_queue, mqtt_tls_ca, mqtt_tls_cert, mqtt_tls_key, alarms, opcua, serve)
     line_options = {"mqtt": mqtt, "opcua": opcua, "serve": serve}
     stop = stop or StopFlag()
@@ -322,7 +336,7 @@ def run(
             if duration is not None:
                 stop.deadline = time.monotonic() + duration
             result = run_pipeline(source, classifier, sinks, info, min_confidence=min_confidence,
-                                  max_frames=frames, stop=stop)
+                                  max_frames=frames, stop=stop, mode=mode, requests=requests)
             camera_report = _camera_report(source, result)
             outputs.finished(result)
         result.outputs.update(outputs.summary())
@@ -378,6 +392,17 @@ def _check_arguments(kind: str, watch: bool, recursive: bool, sort_into: object,
         raise ValueError(f"--frames must be >= 1, got {frames}")
     if duration is not None and not duration > 0:
         raise ValueError(f"--duration must be > 0 s, got {duration}")
+
+
+def _check_mode(mode: str, kind: str, video: str | None) -> None:
+    """Refuse --mode throughput for live sources (cameras, streams, devices), which keep only the newest frame."""
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    live = kind in ("camera", *CAMERA_KINDS) or (kind == "video" and video is not None and (
+        is_stream_url(video) or video.startswith("/dev/")))
+    if mode == THROUGHPUT and live:
+        raise ValueError("--mode throughput applies to folders, image files and video files; a camera or stream is "
+                         "classified newest frame first (--mode latency or auto)")
 
 
 def _write_summary(path: Path, summary: Summary, model: ModelInfo, camera: dict[str, Any] | None = None) -> None:

@@ -4,7 +4,8 @@
 never an exception), hands every result to every sink, and returns a :class:`Summary`. It stops at the end
 of the input, after ``max_frames`` results, or as soon as the :class:`StopFlag` is set (SIGINT/SIGTERM via
 :func:`stop_on_signals`, ``--duration``, q in the window); a lost stream or an output that cannot be written
-ends it with ``Summary.failed``. Signal handlers only set the flag: outputs are flushed and closed by the
+ends it with ``Summary.failed``. ``mode`` ``throughput`` classifies an ordered input with several inference
+requests at once (:mod:`edge_runtime.throughput`); the results, and so the records, come in input order either way. Signal handlers only set the flag: outputs are flushed and closed by the
 caller's ``with`` blocks, never by ``sys.exit`` inside the loop.
 """
 
@@ -24,11 +25,20 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_runtime.classifier import Classifier
+from edge_runtime.classifier import Classifier, Prediction
 from edge_runtime.errors import EdgeRuntimeError, SinkError, SourceError
 from edge_runtime.records import ModelInfo, Result, make_record
 from edge_runtime.sinks.base import Sink
 from edge_runtime.sources.base import Frame, Source
+from edge_runtime.throughput import (
+    BATCH,
+    LATENCY,
+    THROUGHPUT,
+    choose_mode,
+    default_requests,
+    ordered_parallel,
+    threads_per_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,26 @@ def classify_frame(frame: Frame, classifier: Classifier, min_confidence: float |
     except FRAME_ERRORS as exc:
         return Result(frame, None, f"cannot classify {_what(frame)}: {exc}",
                       latency_ms=(clock() - frame.captured) * 1000)
+    return _classified(frame, prediction, min_confidence, clock)
+
+
+def classify_frames(frames: list[Frame], classifier: Classifier, min_confidence: float | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> list[Result]:
+    """The Results of :func:`classify_frame` for each of ``frames``, the readable ones in one backend call (tiled
+    classifiers frame by frame). A frame that makes the batch fail is found by classifying them one by one."""
+    readable = [frame for frame in frames if frame.image is not None]
+    if classifier.tiles is not None or len(readable) < 2:
+        return [classify_frame(frame, classifier, min_confidence, clock) for frame in frames]
+    try:
+        predictions = iter(classifier.predict_batch([frame.image for frame in readable]))
+    except FRAME_ERRORS:
+        return [classify_frame(frame, classifier, min_confidence, clock) for frame in frames]
+    return [classify_frame(frame, classifier, min_confidence, clock) if frame.image is None
+            else _classified(frame, next(predictions), min_confidence, clock) for frame in frames]
+
+
+def _classified(frame: Frame, prediction: Prediction, min_confidence: float | None,
+                clock: Callable[[], float]) -> Result:
     uncertain = min_confidence is not None and not prediction.confidence >= min_confidence  # NaN is uncertain
     return Result(frame, prediction, None, uncertain, (clock() - frame.captured) * 1000)
 
@@ -261,25 +291,44 @@ def run_pipeline(
     stop: StopFlag | None = None,
     status_interval_s: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
+    mode: str = LATENCY,
+    requests: int | None = None,
+    batch: int = BATCH,
 ) -> Summary:
-    """Classify every frame of an entered ``source`` into ``sinks`` until the input ends or a stop; see module."""
+    """Classify every frame of an entered ``source`` into ``sinks`` until the input ends or a stop; see module.
+
+    ``mode``: ``latency`` (one frame at a time on ``classifier``), ``throughput`` (``requests`` replicas of
+    ``classifier`` sharing its threads, chunks of up to ``batch`` frames) or ``auto`` (throughput for the
+    sources that allow it, see :func:`edge_runtime.throughput.choose_mode`). ``requests`` defaults to
+    :func:`edge_runtime.throughput.default_requests` of the classifier's threads.
+    """
     stop = stop or StopFlag()
     sinks = list(sinks)
+    replicas = None
+    if choose_mode(mode, source) == THROUGHPUT:
+        replicas = _replicas(classifier, requests, batch)
+    elif requests is not None:
+        log.warning("%s is classified in latency mode, one frame at a time: requests=%d is not used", source.name,
+                    requests)
     tally = _Tally(clock)
     next_status = clock() + status_interval_s
     reason, failed = "end of input", False
     try:
-        frames_in = prefetched(iter(source)) if getattr(source, "prefetch", False) else iter(source)
-        with closing(frames_in) as frames:
-            for frame in frames:
-                result = classify_frame(frame, classifier, min_confidence, clock)
+        if replicas is None:
+            frames_in = prefetched(iter(source)) if getattr(source, "prefetch", False) else iter(source)
+            results_in = _one_at_a_time(frames_in, classifier, min_confidence, clock)
+        else:
+            results_in = ordered_parallel(iter(source), replicas, lambda chunk, replica: classify_frames(
+                chunk, replica, min_confidence, clock), batch=batch, limit=max_frames)
+        with closing(results_in) as results:
+            for result in results:
                 result.record = make_record(result, model)
                 for sink in sinks:
                     sink.emit(result)
                 tally.add(result)
                 if result.error:
                     log.warning("%s", result.error)
-                del frame, result  # do not hold a large image while waiting for the next one
+                del result  # do not hold a large image while waiting for the next one
                 if max_frames is not None and tally.summary.frames >= max_frames:
                     stop.request("--frames reached")
                 if stop.is_set():
@@ -296,6 +345,30 @@ def run_pipeline(
     if not failed and stop.is_set():
         reason = str(stop.reason)
     return tally.finish(source, reason, failed)
+
+
+def _one_at_a_time(frames: Iterator[Frame], classifier: Classifier, min_confidence: float | None,
+                   clock: Callable[[], float]) -> Iterator[Result]:
+    """Latency mode: each frame classified as it comes, on the caller's thread."""
+    with closing(frames):
+        for frame in frames:
+            result = classify_frame(frame, classifier, min_confidence, clock)
+            del frame
+            yield result
+            del result  # do not hold a large image while waiting for the next one
+
+
+def _replicas(classifier: Classifier, requests: int | None, batch: int) -> list[Classifier]:
+    """Throughput mode's classifiers: ``requests`` copies sharing the classifier's threads."""
+    total = classifier.backend.threads
+    count = default_requests(total, classifier.backend.name) if requests is None else int(requests)
+    if count < 1:
+        raise ValueError(f"requests must be >= 1, got {requests}")
+    threads = threads_per_request(total, count)
+    replicas = [classifier.replica(threads, batch) for _ in range(count)]
+    log.info("throughput mode: %d inference request(s) of %d thread(s), chunks of up to %d frames",
+             count, threads, batch)
+    return replicas
 
 
 def _log_status(tally: _Tally, source: Source) -> None:

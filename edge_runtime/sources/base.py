@@ -172,6 +172,9 @@ class Source:
     """Base of every source: context manager, iterable of Frames, ``stats``, ``name``."""
 
     prefetch = False  # True for ordered sources that the pipeline may read ahead (see pipeline.prefetched)
+    # True for finite inputs read in order as fast as they are classified (folders read once, image files,
+    # video files): --mode auto classifies them in throughput mode (edge_runtime.throughput)
+    throughput = False
 
     def __init__(self, name: str, options: SourceOptions, should_stop: StopCheck = never_stop,
                  sleep: Callable[[float], object] | None = None, clock: Callable[[], float] = time.monotonic,

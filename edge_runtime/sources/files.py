@@ -218,6 +218,8 @@ def looks_complete(path: str, size: int) -> bool:
 class FilesSource(Source):
     """An explicit list of image files (globs expanded, folders listed), read in order; resumable via ``done``."""
 
+    throughput = True
+
     def __init__(self, inputs: Sequence[str | Path], options: SourceOptions | None = None,
                  name: str = "files", **kwargs) -> None:
         super().__init__(name, options or SourceOptions(), **kwargs)
@@ -375,6 +377,8 @@ class FolderWatcher:
 
 class WatchedFolderSource(FilesSource):
     """Yields each new file of a folder once it is completely written; runs until stopped."""
+
+    throughput = False  # files arrive one by one and each answer is wanted as soon as the file is written
 
     def __init__(self, folder: str | Path, options: SourceOptions | None = None, **kwargs) -> None:
         self.folder = os.path.abspath(folder)

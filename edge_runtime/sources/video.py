@@ -22,6 +22,7 @@ class VideoFileSource(Source):
     """
 
     prefetch = True
+    throughput = True
 
     def __init__(self, path: str | Path, options: SourceOptions | None = None, **kwargs) -> None:
         self.path = os.path.abspath(path)
