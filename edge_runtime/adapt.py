@@ -5,6 +5,9 @@ it, the backbone's pooled ``features``). Adapting leaves the graph as it is and 
 (``extra["adapted"]``, :class:`AdaptedHead`):
 
 * the enrolled images' features (square-rooted, then L2-normalised), their classes and sha256;
+* their centre (the mean of the class means; zero with a single class): the head and the unknown distance
+  work on features centred on it and L2-normalised again, which spreads a new line's images, all alike in
+  the base model's eyes, over the sphere;
 * a multinomial logistic regression fitted on them (numpy, a fixed number of full-batch gradient steps, so
   the same images give the same head);
 * the enrolled images' own unknown threshold: each image's cosine distance to its nearest *other* enrolled
@@ -48,6 +51,19 @@ def transform(features: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def centre_of(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The mean of the class means of :func:`transform`-ed ``rows`` (zero with fewer than two classes)."""
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        return np.zeros(rows.shape[1], np.float32)
+    return np.mean([rows[labels == c].mean(axis=0) for c in classes], axis=0).astype(np.float32)
+
+
+def centred(rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """``rows`` moved by ``-centre`` and L2-normalised again."""
+    return l2_normalize(np.asarray(rows, np.float32) - centre)
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Weights (D, C) and bias (C,) of a softmax regression on unit-length rows ``x`` with labels ``y``."""
     x = np.asarray(x, np.float64)
@@ -88,6 +104,7 @@ class AdaptedHead:
     base_model_sha256: str = ""
     kind: str = ADAPTED_KIND
     history: list[dict[str, Any]] = field(default_factory=list)
+    centre: np.ndarray | None = None  # centre_of(bank, bank_labels); None: heads written before it (no centring)
 
     @property
     def labels(self) -> list[str]:
@@ -106,9 +123,11 @@ class AdaptedHead:
         ``probabilities``: the graph's base-class output; ``feature``: the output the head reads;
         ``embedding`` and ``base``: the base model's embedding output and unknown score (used with ``keep_base``).
         """
-        x = transform(feature)
+        x, bank = transform(feature), self.bank
+        if self.centre is not None:
+            x, bank = centred(x, self.centre), centred(bank, self.centre)
         head = _softmax(TEMPERATURE * (x @ self.weights) + self.bias)
-        own = 1.0 - np.einsum("ij,kj->ik", x, self.bank).max(axis=1) - self.threshold
+        own = 1.0 - np.einsum("ij,kj->ik", x, bank).max(axis=1) - self.threshold
         labels = self.labels
         enrolled = np.zeros((len(x), len(labels)), np.float32)
         enrolled[:, [labels.index(c) for c in self.classes]] = head
@@ -135,6 +154,7 @@ class AdaptedHead:
             "weights": _encode(self.weights), "bias": self.bias.astype(float).tolist(),
             "threshold": float(self.threshold), "quantile": self.quantile,
             "base_model_sha256": self.base_model_sha256, "history": self.history,
+            **({} if self.centre is None else {"centre": _encode(self.centre.astype(np.float32))}),
         }
 
     @classmethod
@@ -151,6 +171,7 @@ class AdaptedHead:
             bias=np.asarray(data["bias"], np.float32), threshold=float(data["threshold"]),
             quantile=float(data.get("quantile", DEFAULT_QUANTILE)),
             base_model_sha256=str(data.get("base_model_sha256", "")), history=list(data.get("history", [])),
+            centre=_decode(data["centre"]).astype(np.float32) if "centre" in data else None,
         )
         head._check()
         return head
@@ -163,6 +184,8 @@ class AdaptedHead:
             raise ValueError("bank, labels, enrolled images and head weights disagree in size")
         if self.bias.shape != (classes,) or not (self.threshold > 0):
             raise ValueError("bias size or threshold invalid")
+        if self.centre is not None and self.centre.shape != (self.width,):
+            raise ValueError("centre and bank disagree in width")
 
 
 def build_head(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: list[dict[str, str]],
@@ -176,8 +199,9 @@ def build_head(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: 
                          "the others)")
     bank = np.asarray(rows, np.float32).astype(np.float16).astype(np.float32)  # as stored
     bank_labels = np.array([classes.index(c) for c in labels])
-    weights, bias = fit_logistic(bank, bank_labels, len(classes))
-    distances = leave_one_out_distances(bank, [e["sha256"] for e in enrolled])
+    centre = centre_of(bank, bank_labels)
+    weights, bias = fit_logistic(centred(bank, centre), bank_labels, len(classes))
+    distances = leave_one_out_distances(centred(bank, centre), [e["sha256"] for e in enrolled])
     finite = distances[np.isfinite(distances)]
     if finite.size == 0:
         raise ValueError("every enrolled image is a copy of the same file; enrol different images")
@@ -185,7 +209,7 @@ def build_head(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: 
     gate = l2_normalize(gate).astype(np.float16).astype(np.float32)
     return AdaptedHead(classes, list(base_labels), keep_base, feature, bank, bank_labels, gate, list(enrolled),
                        weights, bias, threshold, quantile=quantile, base_model_sha256=base_model_sha256,
-                       history=list(history or []))
+                       history=list(history or []), centre=centre)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

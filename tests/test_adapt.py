@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from edge_runtime import Classifier, MetadataError, ModelLoadError
-from edge_runtime.adapt import EMBEDDING, FEATURES, AdaptedHead, build_head, leave_one_out_distances, transform
+from edge_runtime.adapt import (EMBEDDING, FEATURES, AdaptedHead, build_head, centred, leave_one_out_distances,
+                                 transform)
 from edge_runtime.adapt_cli import adapt, info, main
 from edge_runtime.metadata import read_metadata
 from edge_runtime.model_file import write_model
@@ -147,11 +148,30 @@ def test_the_threshold_comes_from_the_enrolled_images_only():
     rows = transform(np.abs(rng.normal(size=(6, 12))))
     enrolled = [{"sha256": str(i), "class": c} for i, c in enumerate("aabbcc")]
     head = build_head(rows, rows, list("aabbcc"), enrolled, BASE, False, EMBEDDING, quantile=1.0)
-    loo = leave_one_out_distances(head.bank, [e["sha256"] for e in enrolled])
+    loo = leave_one_out_distances(centred(head.bank, head.centre), [e["sha256"] for e in enrolled])
     assert head.threshold == pytest.approx(loo.max())  # quantile 1: the farthest leave-one-out distance
     duplicates = [{"sha256": "same", "class": c} for c in "ab"]  # one file enrolled twice is not a neighbour
     with pytest.raises(ValueError, match="copy of the same file"):
         build_head(rows[:2], rows[:2], ["a", "b"], duplicates, BASE, False, EMBEDDING)
+
+
+def test_the_head_works_on_features_centred_on_the_enrolled_classes():
+    rng = np.random.default_rng(1)
+    common = 5.0 * np.abs(rng.normal(size=32))  # what every image of the new line shares, in the base model's eyes
+    a, b = (np.abs(common + rng.normal(scale=0.3, size=(4, 32)) + shift) for shift in (0.0, 0.4 * np.eye(32)[0]))
+    rows = transform(np.concatenate([a, b, a[:1] + 0.0]))  # class a has one more image than b
+    labels = list("aaaabbbb") + ["a"]
+    head = build_head(rows, rows, labels, [{"sha256": str(i), "class": c} for i, c in enumerate(labels)], BASE,
+                      False, EMBEDDING)
+    assert np.allclose(head.centre, (rows[[0, 1, 2, 3, 8]].mean(0) + rows[4:8].mean(0)) / 2, atol=1e-3)
+    probabilities, _ = head.decide(np.zeros((2, len(BASE))), np.stack([a[1], b[1]]), None, None)
+    assert [head.labels[i] for i in probabilities.argmax(1)] == ["a", "b"]
+    one_class = build_head(rows[:4], rows[:4], list("aaaa"), [{"sha256": str(i), "class": "a"} for i in range(4)],
+                           BASE, True, EMBEDDING)
+    assert not one_class.centre.any()  # a single class has no centre to move to
+    legacy = AdaptedHead.from_dict({k: v for k, v in head.to_dict().items() if k != "centre"})
+    assert legacy.centre is None  # heads written before centring decide on the features as they are
+    assert AdaptedHead.from_dict(head.to_dict()).centre == pytest.approx(head.centre)
 
 
 def test_a_crash_while_writing_leaves_the_previous_model(base_model, tmp_path, monkeypatch):
