@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import engine_for
+from edge_runtime.backends import default_threads, engine_for
 from edge_runtime.errors import ImageReadError
 from edge_runtime.polarity import AS_IS
 from edge_runtime.preprocessing import PreprocessConfig, is_image_file, prepare_pixels, read_image
@@ -204,29 +204,73 @@ class ArtifactOutputs:
     labels: list[str]
 
 
+def check_workers(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """How the checks run an artifact: ``(workers, threads per worker)``.
+
+    The checks want throughput, not one image's latency: every core runs its own copy of the model on its own
+    share of the images (what OpenVINO's THROUGHPUT hint does with streams), instead of one copy whose threads
+    meet after every layer. Up to 4 copies (memory); ``threads`` (``--threads``) sets each copy's threads."""
+    cores = cores or default_threads()
+    if threads:
+        return max(1, min(4, cores // threads)), threads
+    workers = max(1, min(4, cores))
+    return workers, max(1, cores // workers)
+
+
 def artifact_outputs(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
                      progress: bool = True, labels: list[str] | None = None,
-                     engine: str | None = None, polarity: str | None = None) -> ArtifactOutputs:
+                     engine: str | None = None, polarity: str | None = None,
+                     workers: int | None = None) -> ArtifactOutputs:
     """Probabilities and unknown scores from an artifact through ``edge_runtime.Classifier`` (on ``engine``,
-    default: the file's usual engine; test-time ``polarity``, default: the artifact's own setting)."""
+    default: the file's usual engine; test-time ``polarity``, default: the artifact's own setting).
+
+    The images go in chunks of ``batch`` to ``workers`` copies of the classifier running side by side (default:
+    :func:`check_workers`), each chunk through ``Classifier.predict_batch`` as on the device; every image's
+    result is the same whichever copy runs it (tests/test_export_speed.py). ``load_seconds`` is one copy's."""
+    from concurrent.futures import ThreadPoolExecutor
+    from queue import SimpleQueue
+
     from tqdm.auto import tqdm
 
     from edge_runtime.classifier import Classifier
 
+    default_workers, per_worker = check_workers(threads)
+    workers = max(1, min(workers or default_workers, -(-len(data.pixels) // batch) or 1))
+    engine = engine or engine_for(path)
+
+    def load() -> Classifier:
+        classifier = Classifier.load(path, engine=engine, threads=per_worker if workers > 1 else threads,
+                                     labels=labels)
+        if polarity:
+            classifier.polarity = polarity
+        return classifier
+
     started = time.perf_counter()
-    classifier = Classifier.load(path, engine=engine or engine_for(path), threads=threads, labels=labels)
+    first = load()
     load_seconds = time.perf_counter() - started
-    if polarity:
-        classifier.polarity = polarity
+    idle: SimpleQueue = SimpleQueue()
+    for classifier in [first, *(load() for _ in range(workers - 1))]:
+        idle.put(classifier)
+
+    def run(start: int) -> list:
+        classifier = idle.get()  # a copy nobody else is using (they are not thread-safe)
+        try:
+            return classifier.predict_batch(list(data.pixels[start : start + batch]))
+        finally:
+            idle.put(classifier)
+
     predictions = []
-    for start in tqdm(range(0, len(data.pixels), batch), desc=Path(path).name, unit="batch", disable=not progress):
-        predictions += classifier.predict_batch(list(data.pixels[start : start + batch]))
-    width = len(classifier.labels)
+    starts = range(0, len(data.pixels), batch)
+    with ThreadPoolExecutor(workers) as pool:  # the engines release the GIL while they infer
+        for chunk in tqdm(pool.map(run, starts), total=len(starts), desc=Path(path).name, unit="batch",
+                          disable=not progress):
+            predictions += chunk
+    width = len(first.labels)
     probabilities = np.stack([p.probabilities for p in predictions]) if predictions else np.zeros((0, width))
     scores = None
-    if classifier.ood is not None:
+    if first.ood is not None:
         scores = np.array([p.ood_score for p in predictions], dtype=np.float32)
-    return ArtifactOutputs(probabilities, scores, load_seconds, list(classifier.labels))
+    return ArtifactOutputs(probabilities, scores, load_seconds, list(first.labels))
 
 
 def artifact_probabilities(path: Path, data: EvalData, threads: int | None = None, batch: int = 16,
@@ -340,6 +384,7 @@ class Reference:
     answers: np.ndarray | None  # class index or UNKNOWN_ANSWER, with the float model's unknown threshold
     unknown: dict | None  # unknown_summary of the float model
     scores: np.ndarray | None = None  # the float model's unknown scores
+    groups: dict[str, dict] | None = None  # score() of the float model's probabilities, computed once
 
 
 def answers(probabilities: np.ndarray, scores: np.ndarray | None = None, threshold: float | None = None) -> np.ndarray:
@@ -351,13 +396,14 @@ def answers(probabilities: np.ndarray, scores: np.ndarray | None = None, thresho
 
 
 def compare(items: list[EvalImage], classes: list[str], reference: np.ndarray, candidate: np.ndarray,
-            reference_answers: np.ndarray | None = None, candidate_answers: np.ndarray | None = None) -> dict:
+            reference_answers: np.ndarray | None = None, candidate_answers: np.ndarray | None = None,
+            reference_groups: dict[str, dict] | None = None) -> dict:
     """Accuracy of both, drop in percentage points per group, top-1 agreement and max |Δprobability|.
 
     With both models' answers (class or unknown, see :func:`answers`) also ``answer_agreement``: the share of
     images on which the two report the same thing (an image both call unknown agrees whatever its top class).
     """
-    ref_scores = score(items, classes, reference)
+    ref_scores = reference_groups if reference_groups is not None else score(items, classes, reference)
     cand_scores = score(items, classes, candidate)
     groups = {}
     for group, cand in cand_scores.items():

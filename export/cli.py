@@ -80,6 +80,10 @@ def build_export_parser() -> argparse.ArgumentParser:
                    help="recompute the Keras model's outputs (unknown-score bank, float reference) instead of "
                    "reusing them from RUN_DIR/cache/, where they are keyed by the model file's and the input "
                    "pixels' hashes")
+    p.add_argument("--onnx-after-tflite", action="store_true",
+                   help="make the ONNX formats after the TFLite ones instead of in a second process beside them "
+                   "(slower; for machines short of memory: that process holds TensorFlow, then NNCF, while this "
+                   "one converts)")
     _gates(p)
     _common(p)
     return p
@@ -142,7 +146,7 @@ def _export(argv: list[str]) -> int:
         neu=args.neu, gc10=args.gc10, xsdd=args.xsdd, gates=_gates_from(args), threads=args.threads,
         int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, polarity=args.polarity,
         progress=not args.no_progress, cache=not args.no_cache, bias_correction=not args.no_bias_correction,
-        onnx_float_first_conv=not args.onnx_int8_first_conv,
+        onnx_float_first_conv=not args.onnx_int8_first_conv, onnx_beside_tflite=not args.onnx_after_tflite,
         ood_quantile=1.0 - args.unknown_rate, ood_camera_copies=args.bank_copies,
     ))
     print(open(report["report_files"][0]).read())

@@ -8,9 +8,13 @@ uint8 activations and int8 per-channel weights, reduced to 7 bits (S8S8 and dyna
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,7 +22,6 @@ import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
 from train.embeddings import with_embedding
-from train.model import POOL_LAYER
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ def with_device_outputs(model):
     (the unknown score's) and, when the model has the recipe's pooling layer, the backbone's pooled ``features``
     (what edge-adapt fits a new line's classes on; more general than the embedding trained for NEU's six)."""
     import keras
+
+    from train.model import POOL_LAYER  # imports Keras: not at module level (OnnxJob's process needs none)
 
     outputs = with_embedding(model).outputs
     try:
@@ -112,6 +117,79 @@ def onnx_fp32(saved_model: Path, output: Path) -> Path:
     if result.returncode != 0 or not output.is_file():
         raise RuntimeError(f"tf2onnx failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return output
+
+
+class OnnxJob:
+    """The ONNX formats made in a process of their own: :func:`onnx_fp32`, then (with ``int8``) :func:`onnx_int8`
+    calibrated on ``calibration``'s inputs, the same calls as in this process. Started before the TFLite
+    conversions, it runs beside them: the TFLite converter and its int8 calibration use one core, tf2onnx one
+    core, NNCF's statistics ONNX Runtime's threads; on a 2-core CPU they overlap (docs/export.md, "Where the
+    time goes"). :meth:`result` waits for it."""
+
+    def __init__(self, saved_model: Path, fp32: Path, work: Path, int8: Path | None = None,
+                 calibration: Callable[[], Iterable[np.ndarray]] | None = None, quantizer: str = "nncf",
+                 float_first_conv: bool = True) -> None:
+        self._result_file = Path(work) / "onnx_job.json"
+        cmd = [sys.executable, "-m", "export.convert", "--saved-model", str(saved_model), "--fp32", str(fp32),
+               "--result", str(self._result_file)]
+        if int8 is not None:
+            if quantizer not in ONNX_QUANTIZERS:
+                raise ValueError(f"quantizer must be one of {ONNX_QUANTIZERS}, got {quantizer!r}")
+            inputs = Path(work) / "onnx_calibration.npy"
+            np.save(inputs, np.stack([np.asarray(x, np.float32) for x in calibration()]))
+            cmd += ["--int8", str(int8), "--calibration", str(inputs), "--quantizer", quantizer]
+            if not float_first_conv:
+                cmd.append("--quantize-first-conv")
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                           if p)}
+        self.seconds: float | None = None  # the job's own wall time, once finished
+        self._started = time.perf_counter()
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: tf2onnx and NNCF log a lot
+        self._process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, text=True, env=env)
+
+    def result(self) -> dict:
+        """``{"fp32": path, "int8": path or None, "float_nodes": [...]}`` once the job has finished; RuntimeError
+        with the end of its log if it failed."""
+        code = self._process.wait()
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self._started
+        if code != 0 or not self._result_file.is_file():
+            self._stderr.seek(0)
+            raise RuntimeError(f"the ONNX conversion failed (exit {code}):\n{self._stderr.read()[-3000:]}")
+        return json.loads(self._result_file.read_text())
+
+    def close(self) -> None:
+        """Stop it if it still runs (an export that failed elsewhere) and release its log."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait()
+        self._stderr.close()
+
+
+def _onnx_job_main(argv: list[str] | None = None) -> int:
+    """Entry point of :class:`OnnxJob`'s process."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m export.convert", description="ONNX formats of a SavedModel")
+    parser.add_argument("--saved-model", required=True)
+    parser.add_argument("--fp32", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--int8")
+    parser.add_argument("--calibration", help=".npy of float model inputs (N, H, W, 3)")
+    parser.add_argument("--quantizer", default="nncf", choices=ONNX_QUANTIZERS)
+    parser.add_argument("--quantize-first-conv", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    fp32 = onnx_fp32(Path(args.saved_model), Path(args.fp32))
+    result = {"fp32": str(fp32), "int8": None, "float_nodes": None}
+    if args.int8:
+        inputs = np.load(args.calibration)
+        result["float_nodes"] = onnx_int8(fp32, Path(args.int8), lambda: iter(inputs), args.quantizer,
+                                          not args.quantize_first_conv)
+        result["int8"] = args.int8
+    Path(args.result).write_text(json.dumps(result))
+    return 0
 
 
 ONNX_QUANTIZERS = ("nncf", "ort")
@@ -224,3 +302,7 @@ def activations_to_uint8(model):
         if info.name in outputs and info.type.tensor_type.elem_type == TensorProto.INT8:
             info.type.tensor_type.elem_type = TensorProto.UINT8
     return model
+
+
+if __name__ == "__main__":
+    sys.exit(_onnx_job_main())

@@ -17,10 +17,10 @@ from edge_runtime.ood import OodSpec
 from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.system import cpu_description
 from export import checks, convert
-from export.bias_correction import correct_int8_biases
+from export.bias_correction import BiasCorrection, correct_int8_biases
 from export.calibration import CalibrationSet, calibration_rows
 from export.crossplant_figures import write_crossplant_figures
-from export.formats import ExportFormat, parse_formats
+from export.formats import FORMATS, ExportFormat, parse_formats
 from export.report import write_report
 from train.embeddings import BankCameras, training_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
@@ -53,6 +53,7 @@ class ExportOptions:
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
     bias_correction: bool = True  # full-int8 TFLite: correct each layer's bias for weight rounding
     onnx_float_first_conv: bool = True  # ONNX int8: keep the first convolution in float (convert.onnx_int8)
+    onnx_beside_tflite: bool = True  # make the ONNX formats in a second process while the TFLite ones convert
 
 
 @dataclass
@@ -97,12 +98,25 @@ def _write(built: Built) -> None:
 
 
 def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Path, options: ExportOptions,
-                    calibration: CalibrationSet | None, ood: OodSpec | None = None) -> list[Built]:
-    """Convert the run's Keras ``model`` to every format in ``formats``, metadata embedded."""
+                    calibration: CalibrationSet | None, ood: OodSpec | None = None,
+                    timings: dict | None = None) -> list[Built]:
+    """Convert the run's Keras ``model`` to every format in ``formats``, metadata embedded. ``timings`` gets
+    ``onnx_process_seconds``: the wall time of the process that makes the ONNX formats beside the TFLite
+    conversions (convert.OnnxJob; each Built's ``seconds`` is the time its format added to the export)."""
     work = Path(tempfile.mkdtemp(prefix="edge-export-", dir=out))
     built: list[Built] = []
+    names = [f.name for f in formats]
+    onnx = None
     try:
         float_dir = convert.export_saved_model(model, work / "float")
+        if {"onnx_fp32", "onnx_int8"} & set(names):  # made in their own process, beside the TFLite conversions
+            onnx = convert.OnnxJob(
+                float_dir, out / FORMATS["onnx_fp32"].filename if "onnx_fp32" in names else work / "model_fp32.onnx",
+                work, out / FORMATS["onnx_int8"].filename if "onnx_int8" in names else None,
+                calibration.as_float if "onnx_int8" in names else None, options.onnx_quantizer,
+                options.onnx_float_first_conv)
+            if not options.onnx_beside_tflite:
+                onnx.result()  # one conversion at a time: finished before the TFLite ones start
         calib_note = {}
         if calibration is not None:
             calib_note = {"calibration": {"images": len(calibration.rows), "split": "train",
@@ -126,17 +140,12 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                     source, inputs, dtype = float_dir, calibration.as_float, "int8"
                 payload = convert.tflite_int8(source, inputs, dtype)
                 if options.bias_correction:
-                    fp32 = next((b.payload for b in built if b.fmt.name == "tflite_fp32" and source == float_dir), None)
-                    payload, corrected = correct_int8_biases(payload, fp32 or convert.tflite_fp32(source), inputs())
+                    payload, corrected = _bias_corrected(payload, built, source, inputs)
                     notes["bias_correction"] = corrected.to_dict()
             elif fmt.name == "onnx_fp32":
-                convert.onnx_fp32(float_dir, path)
+                onnx.result()
             elif fmt.name == "onnx_int8":
-                fp32 = out / "model_fp32.onnx"
-                if not fp32.is_file():
-                    fp32 = convert.onnx_fp32(float_dir, work / "model_fp32.onnx")
-                notes["float_nodes"] = convert.onnx_int8(fp32, path, calibration.as_float, options.onnx_quantizer,
-                                                         options.onnx_float_first_conv)
+                notes["float_nodes"] = onnx.result()["float_nodes"]
             extra = {**(calib_note if fmt.quantized and fmt.name != "tflite_dynamic" else {}), **notes}
             if ood is not None:
                 extra = {**extra, "ood": ood.to_dict()}
@@ -148,8 +157,28 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
             log.info("%s: %.1f MB in %.0f s", path.name, path.stat().st_size / 1e6, item.seconds)
             built.append(item)
     finally:
+        if onnx is not None:
+            onnx.close()
         shutil.rmtree(work, ignore_errors=True)
+    if onnx is not None and onnx.seconds is not None:
+        log.info("ONNX formats: %.0f s in their own process, beside the TFLite conversions", onnx.seconds)
+        if timings is not None:
+            timings["onnx_process_seconds"] = round(onnx.seconds, 3)
     return built
+
+
+def _bias_corrected(payload: bytes, built: list[Built], source: Path, inputs) -> tuple[bytes, BiasCorrection]:
+    """Bias correction of a full-int8 flatbuffer against an fp32 conversion of the same weights: the
+    tflite_fp32 artifact already built when there is one (the pixel-input SavedModel holds the same layers and
+    weights, which correct_int8_biases verifies weight by weight; measured: the same corrected bytes), otherwise
+    an fp32 conversion of ``source``."""
+    fp32 = next((b.payload for b in built if b.fmt.name == "tflite_fp32"), None)
+    if fp32 is not None:
+        try:
+            return correct_int8_biases(payload, fp32, inputs())
+        except ValueError as exc:  # layers that do not correspond: convert the int8 model's own source
+            log.info("bias correction: the tflite_fp32 artifact does not match (%s); converting %s", exc, source)
+    return correct_int8_biases(payload, convert.tflite_fp32(source), inputs())
 
 
 def export_run(options: ExportOptions) -> dict:
@@ -173,25 +202,33 @@ def export_run(options: ExportOptions) -> dict:
         calibration = CalibrationSet(chosen, data_root, run.preprocess)
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
     cache = run.output_cache() if options.cache else None
+    setup_seconds = time.perf_counter() - started
     ood = training_ood_spec(model, data_root, rows, run.preprocess, options.ood_k, options.ood_quantile,
                             options.progress, cache, BankCameras(copies=options.ood_camera_copies),
                             run.classes, options.ood_per_class)
-    bank_seconds = time.perf_counter() - started
-    built = build_artifacts(run, model, formats, out, options, calibration, ood)
-    convert_seconds = time.perf_counter() - started
+    bank_seconds = time.perf_counter() - started - setup_seconds
+    converting = time.perf_counter()
+    background: dict = {}
+    built = build_artifacts(run, model, formats, out, options, calibration, ood, background)
+    convert_seconds = time.perf_counter() - converting
 
     checked = time.perf_counter()
     items = checks.standard_eval_images(run, options.neu and Path(options.neu), _path(options.gc10),
                                         _path(options.xsdd))
     data = checks.load_eval_data(items, run.preprocess, options.progress)
+    decode_seconds = time.perf_counter() - checked
+    referenced = time.perf_counter()
     reference, reference_scores_ood = checks.float_outputs(model, data, run.preprocess, ood, options.polarity,
                                                            options.progress, cache)
-    reference_seconds = time.perf_counter() - checked
+    reference_seconds = time.perf_counter() - referenced
+    # the float model's unknown threshold is the bank's (training split, leave-one-out), computed once in
+    # training_ood_spec; every artifact's is that one moved by its median shift on NEU validation
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options, ood.threshold)
     reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
     figures = write_crossplant_figures(out, data, run.classes, reference, reference_scores_ood,
                                        reference_unknown["threshold"])
-    reference_set = checks.Reference(reference, reference_answers, reference_unknown, reference_scores_ood)
+    reference_set = checks.Reference(reference, reference_answers, reference_unknown, reference_scores_ood,
+                                     checks.score(data.items, run.classes, reference))
     rows_out, all_passed = [], True
     rejected = out / "rejected"
     for item in built:
@@ -223,7 +260,7 @@ def export_run(options: ExportOptions) -> dict:
                       [e for e, ok in verdicts.items() if not ok], [e for e, ok in verdicts.items() if ok])
         rows_out += engine_rows
 
-    reference_scores = checks.score(data.items, run.classes, reference)
+    reference_scores = reference_set.groups
     report = {
         "run_dir": str(run.directory),
         "source_model_sha256": run.model_sha256,
@@ -248,11 +285,8 @@ def export_run(options: ExportOptions) -> dict:
         "image_groups": {g: sum(i.group == g for i in data.items) for g in data.groups},
         "unreadable": data.errors,
         "passed": all_passed,
-        "timings": {"convert_seconds": round(convert_seconds, 3),
-                    "unknown_score_bank_seconds": round(bank_seconds, 3),
-                    "float_reference_seconds": round(reference_seconds, 3),
-                    "check_seconds": round(time.perf_counter() - checked, 3),
-                    "total_seconds": round(time.perf_counter() - started, 3)},
+        "timings": _timings(started, setup_seconds, bank_seconds, convert_seconds, built, decode_seconds,
+                            reference_seconds, checked, rows_out, cache is not None) | background,
         "machine": cpu_description(),
         "notes": _notes(options, data),
         "figures": [str(f) for f in figures],
@@ -261,6 +295,24 @@ def export_run(options: ExportOptions) -> dict:
     md, js = write_report(report, out)
     report["report_files"] = [str(md), str(js)]
     return report
+
+
+def _timings(started: float, setup: float, bank: float, convert: float, built: list[Built], decode: float,
+             reference: float, checked: float, rows: list[dict], cached: bool) -> dict:
+    """Where the time went, stage by stage (seconds; docs/export.md, "Where the time goes")."""
+    now = time.perf_counter()
+    return {
+        "setup_seconds": round(setup, 3),  # reading the run and the calibration images, loading the Keras model
+        "unknown_score_bank_seconds": round(bank, 3),
+        "convert_seconds": round(convert, 3),
+        "conversions": {b.fmt.name: round(b.seconds, 3) for b in built},
+        "eval_images_decode_seconds": round(decode, 3),
+        "float_reference_seconds": round(reference, 3),
+        "check_seconds": round(now - checked, 3),  # decoding, float reference and every artifact x engine check
+        "checks": {f"{r['format']} on {r['engine']}": r["check_seconds"] for r in rows},
+        "total_seconds": round(now - started, 3),
+        "keras_output_cache": cached,
+    }
 
 
 def installed_engines(path: Path, preferred: str) -> list[str]:
@@ -298,7 +350,7 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
             unknown = _unknown(data.items, run.classes, probabilities, outputs.ood_scores, options, threshold)
             candidate_answers = checks.answers(probabilities, outputs.ood_scores, unknown["threshold"])
         comparison = checks.compare(data.items, run.classes, reference.probabilities, probabilities,
-                                    reference.answers if unknown else None, candidate_answers)
+                                    reference.answers if unknown else None, candidate_answers, reference.groups)
         if unknown:
             comparison["unknown"] = unknown
         failures = options.gates.failures(comparison, reference.unknown)

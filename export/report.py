@@ -92,15 +92,25 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
 
 
 def _timings(report: dict) -> str:
-    """Where the export's time went: conversion, checks, and the Keras float work inside each."""
+    """Where the export's time went, stage by stage: the Keras unknown-score bank, each conversion, decoding the
+    check images, the Keras float reference and each artifact x engine check."""
     t = report["timings"]
-    bank = reference = ""
+    cached = " (--no-cache)" if t.get("keras_output_cache") is False else ""
+    parts = []
     if "unknown_score_bank_seconds" in t:
-        bank = f" (Keras unknown-score bank {t['unknown_score_bank_seconds']:.0f} s)"
+        parts.append(f"Keras unknown-score bank {t['unknown_score_bank_seconds']:.0f} s{cached}")
+    conversions = t.get("conversions") or {}
+    each = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in conversions.items())
+    each = f" ({each})" if each else ""
+    parts.append(f"conversion {t['convert_seconds']:.0f} s{each}")
+    inside = []
+    if "eval_images_decode_seconds" in t:
+        inside.append(f"decoding the images {t['eval_images_decode_seconds']:.0f} s")
     if "float_reference_seconds" in t:
-        reference = f"Keras float reference {t['float_reference_seconds']:.0f} s"
-    per_row = ", ".join(f"{r['format']} on {r['engine']} {r['check_seconds']:.0f} s"
-                        for r in report["artifacts"] if "check_seconds" in r)
-    inside = "; ".join(x for x in (reference, per_row) if x)
-    return (f"conversion {t['convert_seconds']:.0f} s{bank}, checks {t['check_seconds']:.0f} s"
-            f"{f' ({inside})' if inside else ''}, total {t['total_seconds']:.0f} s")
+        inside.append(f"Keras float reference {t['float_reference_seconds']:.0f} s")
+    checks = t.get("checks") or {f"{r['format']} on {r['engine']}": r["check_seconds"]
+                                 for r in report["artifacts"] if "check_seconds" in r}
+    inside += [f"{name} {seconds:.0f} s" for name, seconds in checks.items()]
+    inner = f" ({', '.join(inside)})" if inside else ""
+    parts.append(f"checks {t['check_seconds']:.0f} s{inner}")
+    return "; ".join(parts) + f"; total {t['total_seconds']:.0f} s"

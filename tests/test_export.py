@@ -15,8 +15,10 @@ from conftest import NEU_CLASSES, SHARED, write_class_folders
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
 from edge_runtime.model_file import graph_sha256, write_model
+from export import checks
 from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
+from export.export_run import installed_engines
 from export.formats import FORMATS
 from train.data import check_images, discover
 from train.run_dir import TrainedRun
@@ -127,10 +129,99 @@ def test_report_has_a_row_per_artifact_with_the_promised_columns(exported: Path)
 def test_the_report_says_where_the_time_went(exported: Path):
     data = report(exported)
     timings = data["timings"]
-    assert 0 < timings["unknown_score_bank_seconds"] <= timings["convert_seconds"] <= timings["total_seconds"]
-    assert 0 < timings["float_reference_seconds"] <= timings["check_seconds"]
-    assert all(a["check_seconds"] >= 0 for a in data["artifacts"]) and sum(a["check_seconds"] for a in data["artifacts"]) > 0
-    assert "Keras float reference" in (exported / "export_report.md").read_text()
+    stages = (timings["unknown_score_bank_seconds"], timings["convert_seconds"], timings["check_seconds"])
+    assert all(t > 0 for t in stages) and sum(stages) <= timings["total_seconds"]
+    assert set(timings["conversions"]) == set(FORMATS)
+    assert abs(sum(timings["conversions"].values()) - timings["convert_seconds"]) <= 0.1 * timings["convert_seconds"]
+    assert 0 < timings["eval_images_decode_seconds"] + timings["float_reference_seconds"] <= timings["check_seconds"]
+    pairs = {f"{a['format']} on {a['engine']}": a["check_seconds"] for a in data["artifacts"]}
+    assert timings["checks"] == pairs and sum(pairs.values()) > 0
+    md = (exported / "export_report.md").read_text()
+    assert "Keras float reference" in md and "Keras unknown-score bank" in md and "tflite_int8 on litert" in md
+
+
+def _eval_data(run_dir: Path) -> checks.EvalData:
+    run = TrainedRun.open(run_dir)
+    return checks.load_eval_data(checks.standard_eval_images(run, None, None, None), run.preprocess, progress=False)
+
+
+@pytest.mark.parametrize("polarity", [None, "auto"])
+def test_the_checks_batched_side_by_side_path_equals_one_image_at_a_time(tiny_run: Path, exported: Path, polarity):
+    """The checks run chunks of images on several copies of each artifact at once (export.checks.artifact_outputs);
+    every engine must give each image what Classifier.predict gives it alone."""
+    from edge_runtime.classifier import Classifier
+
+    data = _eval_data(tiny_run)
+    assert len(data.pixels) % 5  # a short last chunk too
+    for fmt in FORMATS.values():
+        path = exported / fmt.filename
+        for engine in installed_engines(path, fmt.engine):
+            batched = checks.artifact_outputs(path, data, batch=5, progress=False, engine=engine, workers=3,
+                                              polarity=polarity)
+            alone = Classifier.load(path, engine=engine)
+            if polarity:
+                alone.polarity = polarity
+            single = [alone.predict(image) for image in data.pixels]
+            where = f"{fmt.name} on {engine}"
+            np.testing.assert_allclose(batched.probabilities, np.stack([p.probabilities for p in single]),
+                                       rtol=0, atol=1e-6, err_msg=where)
+            np.testing.assert_allclose(batched.ood_scores, [p.ood_score for p in single], rtol=0, atol=1e-6,
+                                       err_msg=where)
+            threshold = alone.threshold
+            assert list(checks.answers(batched.probabilities, batched.ood_scores, threshold)) == [
+                checks.UNKNOWN_ANSWER if p.unknown else p.index for p in single], where
+            assert batched.labels == alone.labels
+
+
+def test_check_workers_use_every_core_once():
+    assert checks.check_workers(None, cores=2) == (2, 1)
+    assert checks.check_workers(None, cores=1) == (1, 1)
+    assert checks.check_workers(None, cores=16) == (4, 4)
+    assert checks.check_workers(2, cores=2) == (1, 2)  # --threads 2 on 2 cores: one copy, as before
+
+
+def test_the_float_unknown_threshold_is_computed_once(tiny_run: Path, tmp_path: Path, monkeypatch):
+    """One leave-one-out calibration (the bank's) gives the float threshold; nothing recomputes it from the
+    check images, and the report's float threshold is that one."""
+    from train import embeddings
+
+    calibrations, recomputed = [], []
+    build = embeddings.build_calibrated_spec
+
+    def counting_build(*args, **kwargs):
+        calibrations.append(build(*args, **kwargs))
+        return calibrations[-1]
+
+    monkeypatch.setattr(embeddings, "build_calibrated_spec", counting_build)
+    monkeypatch.setattr(checks, "unknown_threshold", lambda *a, **k: recomputed.append(a))
+    out = tmp_path / "once"
+    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_fp32", "onnx_fp32", "--no-cache",
+                 "--max-drop-neu", "100", "--max-drop-cross", "100", "--min-agreement", "0", "--no-progress"]) == 0
+    assert len(calibrations) == 1 and not recomputed
+    data = report(out)
+    assert data["float_reference"]["unknown"]["threshold"] == pytest.approx(calibrations[0].threshold, abs=0)
+    for fmt in ("tflite_fp32", "onnx_fp32"):
+        ood = read_metadata(out / FORMATS[fmt].filename).extra["ood"]
+        assert ood["checked_on"] == FORMATS[fmt].engine  # set by its own engine's check, kept by the others
+
+
+def test_onnx_formats_made_after_the_tflite_ones_equal_those_made_beside_them(tiny_run: Path, exported: Path,
+                                                                           tmp_path: Path):
+    import onnxruntime as ort
+
+    out = tmp_path / "after"
+    assert main([str(tiny_run), "--out", str(out), "--formats", "onnx_fp32", "onnx_int8", "--onnx-after-tflite",
+                 "--calibration-count", "24", "--max-drop-neu", "100", "--max-drop-cross", "100",
+                 "--min-agreement", "0", "--no-progress"]) == 0
+    x = np.random.default_rng(0).normal(0, 60, (5, SIZE, SIZE, 3)).astype(np.float32)
+    for fmt in ("onnx_fp32", "onnx_int8"):
+        results = []
+        for folder in (exported, out):
+            session = ort.InferenceSession(str(folder / FORMATS[fmt].filename), providers=["CPUExecutionProvider"])
+            results.append(session.run(None, {session.get_inputs()[0].name: x}))
+        for ours, theirs in zip(*results):
+            np.testing.assert_array_equal(ours, theirs, err_msg=fmt)
+    assert report(out)["timings"]["onnx_process_seconds"] > 0
 
 
 def test_a_second_export_reuses_the_float_models_outputs_unless_told_not_to(tiny_run: Path, exported: Path,

@@ -20,12 +20,12 @@ def model_calls(monkeypatch) -> list[int]:
     """Stands in for the Keras model: records the batch sizes it was run on."""
     calls: list[int] = []
 
-    def both(x, training=False):
+    def both(x):
         calls.append(len(x))
         flat = np.asarray(x, np.float32).reshape(len(x), -1)
         return np.repeat(flat.mean(1, keepdims=True), 6, 1), flat[:, :4]
 
-    monkeypatch.setattr(embeddings, "with_embedding", lambda model: both)
+    monkeypatch.setattr(embeddings, "graph_outputs", lambda model, shape: both)
     return calls
 
 
@@ -101,3 +101,30 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path: Path, model_ca
         probabilities, _ = outputs(KerasOutputCache(blocked / "cache", "model-sha"), pixels())
     assert probabilities.shape == (5, 6)
     assert "could not write the Keras output cache" in caplog.text
+
+
+def _small_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.Dense(5, activation="relu")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_the_traced_graph_gives_the_eager_models_outputs_and_belongs_to_its_model():
+    from edge_runtime.preprocessing import normalize
+
+    x = normalize(pixels(n=7), PREPROCESS)
+    first, second = _small_model(0), _small_model(1)
+    for model in (first, second, first):  # the second model gets its own graph, the first keeps its own
+        eager = embeddings.with_embedding(model)(x, training=False)
+        traced = embeddings.graph_outputs(model, x.shape[1:])
+        assert embeddings.graph_outputs(model, x.shape[1:]) is traced  # built once per model
+        for ours, theirs in zip(traced(x), eager):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(traced(x[:3])[1]), np.asarray(eager[1])[:3], rtol=1e-5, atol=1e-6)
+    p1 = embeddings.keras_outputs(first, pixels(n=7), PREPROCESS, batch=3, progress=False)[0]
+    p2 = embeddings.keras_outputs(second, pixels(n=7), PREPROCESS, batch=3, progress=False)[0]
+    assert not np.allclose(p1, p2)
