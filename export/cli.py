@@ -31,8 +31,16 @@ def _gates(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-drop-neu", type=float, default=0.5, help="max top-1 drop vs float on NEU, pp")
     g.add_argument("--max-drop-cross", type=float, default=2.0,
                    help="max drop vs float on each cross-plant set (GC10, X-SDD; folders for 'check'), pp")
-    g.add_argument("--min-agreement", type=float, default=99.0, help="min agreement with float, %%: of the reported answer (class, or unknown above the "
-                   "model's unknown threshold); top-1 class for models without the unknown score")
+    g.add_argument("--min-agreement", type=float, default=99.0,
+                   help="min agreement with float on the model's own held-out images (all images for 'check'), %%: of "
+                   "the reported answer (class, or unknown above the model's unknown threshold); top-1 class for "
+                   "models without the unknown score")
+    g.add_argument("--min-foreign-agreement", type=float, default=95.0,
+                   help="min agreement with float on another plant's images (GC10, X-SDD), %%")
+    g.add_argument("--max-drop-caught", type=float, default=2.0,
+                   help="max drop vs float in images of new classes answered unknown, pp")
+    g.add_argument("--max-rise-confident-wrong", type=float, default=2.0,
+                   help="max rise vs float in another plant's images named as a wrong class, pp")
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -133,7 +141,9 @@ def build_ship_parser() -> argparse.ArgumentParser:
 def _gates_from(args):
     from export.checks import Gates
 
-    return Gates(args.max_drop_neu, args.max_drop_cross, args.min_agreement)
+    return Gates(args.max_drop_neu, args.max_drop_cross, args.min_agreement,
+                 max_drop_caught_pp=args.max_drop_caught, max_rise_confident_wrong_pp=args.max_rise_confident_wrong,
+                 min_foreign_agreement_pct=args.min_foreign_agreement)
 
 
 def _export(argv: list[str]) -> int:

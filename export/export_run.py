@@ -334,7 +334,7 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
     row = {"format": item.fmt.name, "file": str(item.path), "engine": engine,
            "quantized": item.fmt.quantized, "convert_seconds": round(item.seconds, 1)}
     started = time.perf_counter()
-    load_seconds = 0.0
+    load_seconds, margins = 0.0, []
     try:
         outputs = checks.artifact_outputs(item.path, data, options.threads, progress=options.progress, engine=engine)
         probabilities, load_seconds, labels = outputs.probabilities, outputs.load_seconds, outputs.labels
@@ -353,18 +353,25 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
                                     reference.answers if unknown else None, candidate_answers, reference.groups)
         if unknown:
             comparison["unknown"] = unknown
-        failures = options.gates.failures(comparison, reference.unknown)
+        margins = options.gates.margins(comparison, reference.unknown)
+        failures = checks.failing(margins)
         if labels != run.classes:
             failures.append(f"label order {labels} differs from the model's {run.classes}")
     except Exception as exc:  # a broken artifact is reported in its row; the others go on
         log.error("%s on %s: %s", item.path.name, engine, exc)
         comparison, failures = None, [f"could not be evaluated: {exc}"]
     row.update(load_seconds=round(load_seconds, 3), check_seconds=round(time.perf_counter() - started, 3),
-               comparison=comparison, failures=failures, passed=not failures)
+               comparison=comparison, margins=margins, failures=failures, passed=not failures)
     if comparison is None:
         row["error"] = failures[0]
-    log.info("%-16s %-12s %s", item.fmt.name, engine, "PASS" if not failures else "FAIL: " + "; ".join(failures))
+    log.info("%-16s %-12s %s%s", item.fmt.name, engine, "PASS" if not failures else "FAIL: " + "; ".join(failures),
+             "" if not margins else " (closest gate: " + _closest(margins) + ")")
     return row
+
+
+def _closest(margins: list[dict]) -> str:
+    nearest = min(margins, key=lambda m: m["margin"] / max(abs(m["limit"]), 1e-9))
+    return f"{nearest['gate']} {nearest['figure']:g}, limit {nearest['limit']:g}"
 
 
 def _unknown(items, classes, probabilities, scores, options: ExportOptions, threshold: float | None = None) -> dict:

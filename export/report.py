@@ -49,8 +49,7 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         "",
         f"Source model sha256 `{report['source_model_sha256']}`; split manifest sha256 "
         f"`{report['split_manifest_sha256']}`. Calibration: {report['calibration']['images']} training-split "
-        f"images ({report['calibration']['per_class']} per class). Gates: NEU drop ≤ {report['gates']['max_drop_neu_pp']} pp, "
-        f"cross-plant drop ≤ {report['gates']['max_drop_cross_pp']} pp, agreement ≥ {report['gates']['min_agreement_pct']} %.",
+        f"images ({report['calibration']['per_class']} per class). Gates: {_gates(report['gates'])}.",
         "Evaluated through edge_runtime (its preprocessing and interpreters), against the Keras float model on "
         "the same images.",
         "",
@@ -80,6 +79,7 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
             f"{_count(g.get('xsdd'))} | {_pct(c.get('answer_agreement'))} | {_pct(c['agreement'])} | "
             f"{_unknown_cells(c.get('unknown'))} | {c['max_abs_dprob']:.4f} | {verdict} |"
         )
+    lines += _margin_table(report["artifacts"])
     if ref.get("unknown"):
         lines += ["", "What the float model answers, per source class (with the unknown threshold):", ""]
         lines += called_as_table(ref["unknown"]["called_as"])
@@ -89,6 +89,31 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     md_path.write_text("\n".join(lines) + "\n")
     return md_path, json_path
+
+
+def _gates(gates: dict) -> str:
+    text = (f"NEU drop ≤ {gates['max_drop_neu_pp']} pp, cross-plant drop ≤ {gates['max_drop_cross_pp']} pp, "
+            f"answer agreement on NEU ≥ {gates['min_agreement_pct']} %")
+    if "min_foreign_agreement_pct" in gates:
+        text += (f", on other plants ≥ {gates['min_foreign_agreement_pct']} %, AUROC drop ≤ {gates['max_drop_auroc']}, "
+                 f"new classes caught drop ≤ {gates['max_drop_caught_pp']} pp, confidently wrong rise ≤ "
+                 f"{gates['max_rise_confident_wrong_pp']} pp")
+    return text
+
+
+def _margin_table(rows: list[dict]) -> list[str]:
+    """Each gate's figure and its distance to the limit (margin; negative fails), per artifact and engine."""
+    checked = [r for r in rows if r.get("margins")]
+    if not checked:
+        return []
+    gates = list(dict.fromkeys(m["gate"] for r in checked for m in r["margins"]))
+    lines = ["", "Gate margins (figure, then how far inside its limit; a negative margin fails):", "",
+             "| artifact | " + " | ".join(gates) + " |", "|---|" + "---:|" * len(gates)]
+    for r in checked:
+        by_gate = {m["gate"]: m for m in r["margins"]}
+        cells = [f"{by_gate[g]['figure']:.2f} ({by_gate[g]['margin']:+.2f})" if g in by_gate else "–" for g in gates]
+        lines.append(f"| {r['format']} ({r['engine']}) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _timings(report: dict) -> str:
