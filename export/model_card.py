@@ -111,9 +111,10 @@ GAP → Dense 512 relu → Dropout 0.5 → Dense 6 softmax on ResNet-50 (include
 Stage 2: {metadata["unfreeze"]} unfrozen (BatchNorm frozen), Adam 1e-4. EarlyStopping / ModelCheckpoint /
 ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).
 
-**Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier. The runtime
-compares it with a bank of {report.get("ood", {}).get("bank", "the training")} embeddings (cosine similarity to the
-{report.get("ood", {}).get("k", 5)}-th nearest; see docs/unknown.md for the bank and the per-class rule) and answers
+**Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier (and, in exports
+that have it, the backbone's pooled 2,048 `features`, which `edge-adapt` uses). The runtime
+compares it with a bank of {report.get("ood", {}).get("bank", "the training")} embeddings (cosine distance to the
+k-th nearest, k = {report.get("ood", {}).get("k", 5)}; see docs/unknown.md for the bank and the per-class rule) and answers
 `unknown` above a threshold chosen on {report.get("ood", {}).get("threshold_from", "the NEU validation split only")}
 ({100 * (1 - report.get("ood", {}).get("quantile", 0.95)):.1f} % of in-domain images answered `unknown`; NEU test
 images flagged by the float model: {_share(neu_flagged)}). Records keep the best class in `predicted` and the score

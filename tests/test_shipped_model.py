@@ -29,6 +29,11 @@ def test_the_default_model_classifies_the_manifest_test_images_correctly():
     with open(MODELS / "split_manifest.csv", newline="") as handle:
         test_rows = [r for r in csv.DictReader(handle) if r["split"] == "test"][::6]  # 12 of the 72
     classifier = Classifier.load()
+    answers = []
     for row in test_rows:
         assert file_sha256(NEU / row["path"]) == row["sha256"]
-        assert classifier.predict_file(NEU / row["path"]).label == row["class"], row["path"]
+        result = classifier.predict_file(NEU / row["path"])
+        assert result.predicted == row["class"], row["path"]
+        answers.append(result.label)
+    # the operating point answers unknown to about 2 % of known defects: one of these 12 at most
+    assert sum(a != row["class"] for a, row in zip(answers, test_rows)) <= 1 and set(answers) <= {*NEU_CLASSES, "unknown"}

@@ -62,8 +62,9 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      help="'standardize': give every image the same gray-level mean and contrast, in training and "
                      "on the device (stored in the model metadata); meant for other cameras/plants "
                      "(docs/cross-plant.md)")
-    rec.add_argument("--camera-augment", action="store_true",
-                     help="also augment contrast, gamma, blur and sensor noise (another camera's look)")
+    rec.add_argument("--camera-augment", action=argparse.BooleanOptionalAction, default=True,
+                     help="also augment contrast, gamma, blur and sensor noise (another camera's look; the shipped "
+                     "model's recipe: docs/unknown.md)")
     rec.add_argument("--polarity-augment", action="store_true",
                      help="invert the gray levels of half the augmented copies: defects that are bright under this "
                      "line's lighting may be dark under another's")

@@ -72,7 +72,7 @@ class TrainOptions:
     lr_patience: int = 2
     aug_copies: int = 3
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
-    camera_augment: bool = False  # AugmentSpec.camera: contrast/gamma/blur/noise augmentation too
+    camera_augment: bool = True  # AugmentSpec.camera: contrast/gamma/blur/noise augmentation too
     polarity_augment: bool = False  # AugmentSpec.polarity: half the augmented copies with inverted gray levels
     val_per_class: int = 12
     test_per_class: int = 12
