@@ -2,7 +2,7 @@
 (parallel inference requests), on the same folder and model, in one run.
 
     python -m benchmarks.folder_throughput --folder ../shared/datasets/neu
-    python -m benchmarks.folder_throughput --folder ../shared/datasets/neu --model edge_runtime/models/onnx_int8_nncf.onnx --engine openvino
+    python -m benchmarks.folder_throughput --folder ../shared/datasets/neu --model edge_runtime/models/onnx_int8.onnx --engine openvino
 
 Both modes go through :func:`edge_runtime.pipeline.run_pipeline` (decoding, preprocessing, inference, records),
 interleaved as latency, throughput, throughput, latency, ... so that a load that drifts during the run (another
