@@ -165,12 +165,17 @@ def test_a_stop_request_ends_a_throughput_run_after_the_current_record(tiny_edge
     assert not [t for t in threading.enumerate() if t.name.startswith(("throughput-reader", "inference"))]
 
 
-def test_a_video_file_gives_the_same_records_in_both_modes(tiny_edge_models, tmp_path):
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (40, 40))
-    for i in range(23):
+def _video(path: Path, frames: int) -> Path:
+    """An MJPG clip of ``frames`` synthetic 40x40 defect images."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (40, 40))
+    for i in range(frames):
         writer.write(cv2.cvtColor(synthetic_image(i % 6, i), cv2.COLOR_GRAY2BGR))
     writer.release()
+    return path
+
+
+def test_a_video_file_gives_the_same_records_in_both_modes(tiny_edge_models, tmp_path):
+    video = _video(tmp_path / "clip.avi", 23)
     common = ["--video", video, "--engine", "onnxruntime", "--threads", "2"]
     _, latency, _ = classify([*common, "--mode", "latency"], tiny_edge_models.onnx, tmp_path / "l")
     _, throughput, _ = classify([*common, "--requests", "2"], tiny_edge_models.onnx, tmp_path / "t")  # auto
@@ -203,11 +208,7 @@ class SpyClassifier:
 
 
 def test_a_live_source_keeps_the_newest_frame_path_with_batch_1(tiny_edge_models, tmp_path):
-    video = tmp_path / "line.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (40, 40))
-    for i in range(10):
-        writer.write(cv2.cvtColor(synthetic_image(i % 6, i), cv2.COLOR_GRAY2BGR))
-    writer.release()
+    video = _video(tmp_path / "line.avi", 10)
     spy = SpyClassifier(Classifier.load(tiny_edge_models.tflite, threads=2))
     reopen = LiveSource("camera:video", lambda: cv2.VideoCapture(str(video)), SourceOptions(retries=100),
                         sleep=lambda _seconds: None)  # the end of the file is a lost camera, reopened at once
