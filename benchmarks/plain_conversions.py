@@ -29,7 +29,6 @@ import gc
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,6 @@ from edge_runtime.system import cpu_description
 
 log = logging.getLogger("plain-conversions")
 
-ONNX_OPSET = 17
 PLAIN = "plain"
 PRODUCT = "product"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "edge_runtime" / "models"
@@ -125,14 +123,10 @@ def convert_litert(saved_model: Path, samples: np.ndarray, out: Path) -> Path:
 
 
 def convert_onnx(saved_model: Path, out: Path) -> Path:
-    """tf2onnx's command line on the SavedModel (float32)."""
-    path = out / "plain_fp32.onnx"
-    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--output", str(path),
-           "--opset", str(ONNX_OPSET)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 or not path.is_file():
-        raise RuntimeError(f"tf2onnx failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    return path
+    """tf2onnx's command line on the SavedModel (float32), as export.convert runs it."""
+    from export.convert import onnx_fp32
+
+    return onnx_fp32(saved_model, out / "plain_fp32.onnx")
 
 
 def convert_ort_qdq(fp32: Path, samples: np.ndarray, out: Path) -> Path:

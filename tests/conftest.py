@@ -111,3 +111,28 @@ def classify(args: list, model: Path, tmp_path: Path) -> tuple[int, list[dict], 
     code = main([*map(str, args), "--model", str(model), "--output", str(out), "--summary", str(summary)])
     records = read_jsonl(out) if out.exists() else []
     return code, records, json.loads(summary.read_text()) if summary.exists() else None
+
+
+def write_split_run(base: Path, per_class: int):
+    """Synthetic class folders in ``base/data`` and a run folder ``base/run`` holding their split manifest (2
+    validation and 2 test images per class), as edge-train starts one: (data, dataset, rows, run)."""
+    from train.data import check_images, discover
+    from train.split import stratified_split, write_manifest
+
+    data = write_class_folders(base / "data", per_class=per_class)
+    dataset = discover(data)
+    rows = stratified_split(dataset, check_images(dataset, progress=False), 2, 2)
+    run = base / "run"
+    run.mkdir()
+    write_manifest(run / "split_manifest.csv", rows)
+    return data, dataset, rows, run
+
+
+def write_run_metadata(run: Path, data: Path, classes: list[str], config, **extra) -> None:
+    """metadata.json as edge-train writes it, for a model of ``classes`` with preprocessing ``config``."""
+    from edge_runtime.fileio import file_sha256, write_json_atomic
+
+    write_json_atomic(run / "metadata.json", {
+        "classes": classes, "input_size": list(config.input_size), "preprocessing": config.to_dict(), "seed": 0,
+        "data_root": str(data), "split_manifest_sha256": file_sha256(run / "split_manifest.csv"), **extra,
+    })

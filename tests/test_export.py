@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NEU_CLASSES, SHARED, write_class_folders
+from conftest import NEU_CLASSES, SHARED, write_class_folders, write_run_metadata, write_split_run
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.metadata import embed_tflite_metadata, read_metadata, strip_tflite_metadata
 from edge_runtime.model_file import graph_sha256, write_model
@@ -20,9 +20,8 @@ from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
 from export.export_run import installed_engines
 from export.formats import FORMATS
-from train.data import check_images, discover
 from train.run_dir import TrainedRun
-from train.split import read_manifest, stratified_split, write_manifest
+from train.split import read_manifest
 
 SIZE = 32
 
@@ -53,19 +52,10 @@ def _tiny_model(data: Path, rows, classes):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A run directory as edge-train writes it, around the tiny model."""
-    base = tmp_path_factory.mktemp("export")
-    data = write_class_folders(base / "data", per_class=12)
-    ds = discover(data)
-    rows = stratified_split(ds, check_images(ds, progress=False), 2, 2)
-    run = base / "run"
-    run.mkdir()
-    write_manifest(run / "split_manifest.csv", rows)
+    data, ds, rows, run = write_split_run(tmp_path_factory.mktemp("export"), per_class=12)
     model, cfg = _tiny_model(data, rows, ds.classes)
     model.save(run / "model.keras")
-    write_json_atomic(run / "metadata.json", {
-        "classes": ds.classes, "input_size": [SIZE, SIZE], "preprocessing": cfg.to_dict(), "seed": 0,
-        "unfreeze": "conv5", "data_root": str(data), "split_manifest_sha256": file_sha256(run / "split_manifest.csv"),
-    })
+    write_run_metadata(run, data, ds.classes, cfg, unfreeze="conv5")
     write_json_atomic(run / "metrics.json", {"val": {"accuracy": 1.0, "correct": 12, "total": 12},
                                       "test": {"accuracy": 1.0, "correct": 12, "total": 12}})
     return run

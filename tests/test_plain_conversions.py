@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_class_folders
-from edge_runtime.fileio import file_sha256, write_json_atomic
-from train.data import check_images, discover
-from train.split import stratified_split, write_manifest
+from conftest import write_run_metadata, write_split_run
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -32,13 +29,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from edge_runtime.preprocessing import PreprocessConfig, load_image
 
-    base = tmp_path_factory.mktemp("plain")
-    data = write_class_folders(base / "data", per_class=10)
-    ds = discover(data)
-    rows = stratified_split(ds, check_images(ds, progress=False), 2, 2)
-    run = base / "run"
-    run.mkdir()
-    write_manifest(run / "split_manifest.csv", rows)
+    data, ds, rows, run = write_split_run(tmp_path_factory.mktemp("plain"), per_class=10)
     cfg = PreprocessConfig(input_size=(SIZE, SIZE))
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
@@ -50,10 +41,7 @@ def tiny_run(tmp_path_factory) -> Path:
     model.fit(np.stack([load_image(data / r.path, cfg) for r in rows]),
               np.array([ds.classes.index(r.label) for r in rows]), epochs=20, batch_size=16, verbose=0)
     model.save(run / "model.keras")
-    write_json_atomic(run / "metadata.json", {
-        "classes": ds.classes, "input_size": [SIZE, SIZE], "preprocessing": cfg.to_dict(), "seed": 0,
-        "data_root": str(data), "split_manifest_sha256": file_sha256(run / "split_manifest.csv"),
-    })
+    write_run_metadata(run, data, ds.classes, cfg)
     return run
 
 
