@@ -55,12 +55,14 @@ def default_requests(cores: int, engine: str = "") -> int:
 
 def choose_mode(mode: str, source: Source) -> str:
     """``latency`` or ``throughput`` for ``source``: ``auto`` takes throughput for sources that are read in order
-    as fast as they are classified (``Source.throughput``: folders read once, image files, video files) and
-    latency for the others; throughput is refused for live sources (they keep only the newest frame)."""
+    as fast as they are classified (``Source.throughput``: folders read once, image files, video files) unless
+    ``--max-fps`` paces them like a line, and latency for the others; throughput is refused for live sources
+    (they keep only the newest frame)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if mode == AUTO:
-        return THROUGHPUT if getattr(source, "throughput", False) else LATENCY
+        paced = getattr(getattr(source, "options", None), "max_fps", None) is not None
+        return THROUGHPUT if getattr(source, "throughput", False) and not paced else LATENCY
     if mode == THROUGHPUT and isinstance(source, LiveSource):
         raise ValueError(f"{source.name}: --mode throughput applies to folders, image files and video files; a "
                          "live camera or stream is classified newest frame first (--mode latency)")

@@ -469,7 +469,8 @@ class Gates:
                 f"({100 * g['float_accuracy']:.2f} %; limit {limit} pp)")
         own = comparison["groups"].get(IN_DOMAIN)
         if own is not None and "foreign_agreement" in comparison:
-            kind, agreement = ("answer", own["answer_agreement"]) if "answer_agreement" in own else ("top-1", own["agreement"])
+            kind = "answer" if "answer_agreement" in own else "top-1"
+            agreement = own["answer_agreement" if kind == "answer" else "agreement"]
             where = " on the model's own held-out images"
         else:  # no held-out images of the model's own (e.g. a check on the user's folders): all images
             kind, agreement = "answer", comparison.get("answer_agreement")
@@ -498,7 +499,8 @@ class Gates:
                 add("caught_drop_pp", drop, self.max_drop_caught_pp, self.max_drop_caught_pp - drop,
                     f"images of new classes answered unknown {100 * ours:.2f} %, {drop:.2f} pp below float "
                     f"({100 * theirs:.2f} %; limit {self.max_drop_caught_pp} pp)")
-            ours, theirs = unknown.get("cross_plant_confident_wrong"), reference_unknown.get("cross_plant_confident_wrong")
+            key = "cross_plant_confident_wrong"
+            ours, theirs = unknown.get(key), reference_unknown.get(key)
             if ours is not None and theirs is not None:
                 rise = 100 * (ours - theirs)
                 add("confident_wrong_rise_pp", rise, self.max_rise_confident_wrong_pp,

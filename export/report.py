@@ -95,7 +95,8 @@ def _gates(gates: dict) -> str:
     text = (f"NEU drop ≤ {gates['max_drop_neu_pp']} pp, cross-plant drop ≤ {gates['max_drop_cross_pp']} pp, "
             f"answer agreement on NEU ≥ {gates['min_agreement_pct']} %")
     if "min_foreign_agreement_pct" in gates:
-        text += (f", on other plants ≥ {gates['min_foreign_agreement_pct']} %, AUROC drop ≤ {gates['max_drop_auroc']}, "
+        text += (f", on other plants ≥ {gates['min_foreign_agreement_pct']} %, "
+                 f"AUROC drop ≤ {gates['max_drop_auroc']}, "
                  f"new classes caught drop ≤ {gates['max_drop_caught_pp']} pp, confidently wrong rise ≤ "
                  f"{gates['max_rise_confident_wrong_pp']} pp")
     return text

@@ -96,6 +96,9 @@ def test_auto_takes_throughput_for_folders_files_and_videos_and_latency_for_live
     assert choose_mode("auto", FolderSource(tmp_path / "f")) == THROUGHPUT
     assert choose_mode("auto", VideoFileSource(tmp_path / "clip.avi")) == THROUGHPUT
     assert choose_mode("auto", WatchedFolderSource(tmp_path / "f", SourceOptions(watch=True))) == LATENCY
+    # a video or folder paced with --max-fps stands in for a line: one frame at a time, as a camera would be
+    assert choose_mode("auto", VideoFileSource(tmp_path / "clip.avi", SourceOptions(max_fps=60))) == LATENCY
+    assert choose_mode("throughput", VideoFileSource(tmp_path / "clip.avi", SourceOptions(max_fps=60))) == THROUGHPUT
     camera = LiveSource("camera:0", lambda: None)
     assert choose_mode("auto", camera) == LATENCY
     assert choose_mode("latency", FolderSource(tmp_path / "f")) == LATENCY
