@@ -139,7 +139,7 @@ def build_ship_parser() -> argparse.ArgumentParser:
 
 
 def _gates_from(args):
-    from export.checks import Gates
+    from export.gates import Gates
 
     return Gates(args.max_drop_neu, args.max_drop_cross, args.min_agreement,
                  max_drop_caught_pp=args.max_drop_caught, max_rise_confident_wrong_pp=args.max_rise_confident_wrong,

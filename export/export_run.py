@@ -21,6 +21,7 @@ from export.bias_correction import BiasCorrection, correct_int8_biases
 from export.calibration import CalibrationSet, calibration_rows
 from export.crossplant_figures import write_crossplant_figures
 from export.formats import FORMATS, ExportFormat, parse_formats
+from export.gates import Gates, failing
 from export.report import write_report
 from train.embeddings import BankCameras, training_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
@@ -39,7 +40,7 @@ class ExportOptions:
     neu: str | None = None  # dataset root of the run's manifest (default: the one recorded at training)
     gc10: str | None = None
     xsdd: str | None = None
-    gates: checks.Gates = field(default_factory=checks.Gates)
+    gates: Gates = field(default_factory=Gates)
     threads: int | None = None
     int8_input: str = "pixels"
     onnx_quantizer: str = "nncf"  # one of convert.ONNX_QUANTIZERS
@@ -354,7 +355,7 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
         if unknown:
             comparison["unknown"] = unknown
         margins = options.gates.margins(comparison, reference.unknown)
-        failures = checks.failing(margins)
+        failures = failing(margins)
         if labels != run.classes:
             failures.append(f"label order {labels} differs from the model's {run.classes}")
     except Exception as exc:  # a broken artifact is reported in its row; the others go on

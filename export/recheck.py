@@ -15,6 +15,7 @@ from edge_runtime.metadata import read_metadata
 from edge_runtime.polarity import AS_IS
 from edge_runtime.preprocessing import PreprocessConfig
 from export import checks
+from export.gates import Gates
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def check_artifacts(
     reference: str | None = None,
     mapping: dict[str, str] | None = None,
     labels: list[str] | None = None,
-    gates: checks.Gates = checks.Gates(),
+    gates: Gates = Gates(),
     threads: int | None = None,
     json_path: str | None = None,
     progress: bool = True,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.checks import UNKNOWN_ANSWER, EvalImage, Gates, answers, compare, failing, unknown_summary
+from export.checks import UNKNOWN_ANSWER, EvalImage, answers, compare, unknown_summary
+from export.gates import Gates, failing
 
 CLASSES = ["a", "b", "c"]
 THRESHOLD = 0.5
