@@ -5,8 +5,9 @@ never an exception), hands every result to every sink, and returns a :class:`Sum
 of the input, after ``max_frames`` results, or as soon as the :class:`StopFlag` is set (SIGINT/SIGTERM via
 :func:`stop_on_signals`, ``--duration``, q in the window); a lost stream or an output that cannot be written
 ends it with ``Summary.failed``. ``mode`` ``throughput`` classifies an ordered input with several inference
-requests at once (:mod:`edge_runtime.throughput`); the results, and so the records, come in input order either way. Signal handlers only set the flag: outputs are flushed and closed by the
-caller's ``with`` blocks, never by ``sys.exit`` inside the loop.
+requests at once (:mod:`edge_runtime.throughput`); the results, and so the records, come in input order either
+way. Signal handlers only set the flag: outputs are flushed and closed by the caller's ``with`` blocks, never
+by ``sys.exit`` inside the loop.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 IN_DOMAIN = "neu"  # the group of the model's own held-out images (validation + test of its split)
 
 
-
 @dataclass(frozen=True)
 class EvalImage:
     """One evaluation image: a file, or a square ``box`` (x0, y0, x1, y1) of it (GC10 annotated crops).
@@ -88,7 +87,7 @@ def labelled_folder_images(root: Path, classes: list[str], mapping: dict[str, st
 def standard_eval_images(run, neu_root: Path | None, gc10: Path | None, xsdd: Path | None) -> list[EvalImage]:
     """NEU val+test; GC10 (reference protocol, annotated crops, whole frames); X-SDD (mapped and other classes)."""
     root, rows = run.manifest(neu_root)
-    items = [EvalImage(root / r.path, "neu", r.label, split=split, source_class=r.label)
+    items = [EvalImage(root / r.path, IN_DOMAIN, r.label, split=split, source_class=r.label)
              for split in ("val", "test") for r in rows_of(rows, split)]
     if gc10:
         items += gc10_eval_images(Path(gc10))
@@ -284,7 +283,7 @@ def artifact_probabilities(path: Path, data: EvalData, threads: int | None = Non
 
 
 def _validation(items: list[EvalImage]) -> list[int]:
-    return [k for k, i in enumerate(items) if i.group == "neu" and i.split == "val"]
+    return [k for k, i in enumerate(items) if i.group == IN_DOMAIN and i.split == "val"]
 
 
 def unknown_threshold(items: list[EvalImage], scores: np.ndarray, quantile: float) -> float:
@@ -321,7 +320,7 @@ def unknown_summary(items: list[EvalImage], classes: list[str], probabilities: n
 
     flagged = ~(scores <= threshold)
     predicted = probabilities.argmax(axis=1)
-    neu_test = np.array([i.group == "neu" and i.split == "test" for i in items])
+    neu_test = np.array([i.group == IN_DOMAIN and i.split == "test" for i in items])
     groups: dict[str, dict] = {}
     for group in dict.fromkeys(i.group for i in items):
         idx = np.array([k for k, i in enumerate(items) if i.group == group])
@@ -336,13 +335,13 @@ def unknown_summary(items: list[EvalImage], classes: list[str], probabilities: n
             "no_counterpart_unknown": int(flagged[out_idx].sum()),
             "auroc_vs_neu_test": auroc(scores[neu_test], scores[out_idx]) if len(out_idx) else None,
         }
-    cross = np.array([i.group != "neu" for i in items])
-    cross_out = np.array([i.group != "neu" and i.expected is None for i in items])
+    cross = np.array([i.group != IN_DOMAIN for i in items])
+    cross_out = np.array([i.group != IN_DOMAIN and i.expected is None for i in items])
     return {
         "threshold": float(threshold),
         "groups": groups,
         "neu_test_flagged": float(flagged[neu_test].mean()) if neu_test.any() else None,
-        "cross_plant_confident_wrong": _share(sum(g["confident_wrong"] for n, g in groups.items() if n != "neu"),
+        "cross_plant_confident_wrong": _share(sum(g["confident_wrong"] for n, g in groups.items() if n != IN_DOMAIN),
                                               int(cross.sum())),
         "auroc_all_no_counterpart": auroc(scores[neu_test], scores[cross_out]) if cross_out.any() else None,
     }
@@ -425,7 +424,7 @@ def compare(items: list[EvalImage], classes: list[str], reference: np.ndarray, c
     if reference_answers is not None and candidate_answers is not None and len(items):
         result["answer_agreement"] = float(np.mean(reference_answers == candidate_answers))
     foreign = np.array([i.group != IN_DOMAIN for i in items], bool)
-    if "neu" in groups and foreign.any():  # another plant's images, beside the model's own held-out ones
+    if IN_DOMAIN in groups and foreign.any():  # another plant's images, beside the model's own held-out ones
         same = (reference_answers == candidate_answers if reference_answers is not None and
                 candidate_answers is not None else reference.argmax(1) == candidate.argmax(1))
         result["foreign_agreement"] = float(np.mean(same[foreign]))
