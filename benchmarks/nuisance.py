@@ -12,10 +12,10 @@ and after each camera change below, through ``edge_runtime.Classifier`` as the d
 change). Per change: share whose best class is right, share answered ``unknown``. The changes are applied to
 the decoded image at its own resolution, before the model's resizing, as a camera would produce them.
 
-The table has two groups (``NUISANCES``): ``bank`` lists the kinds of change the unknown score's bank is built
-with (train/embeddings.py: gain, Gaussian blur, Gaussian noise, drawn at random strengths), here at fixed
-strengths; ``held_out`` lists changes that nothing in the model or its bank was chosen on. Figures and
-commands: docs/unknown.md.
+The table has two groups (``NUISANCES``): ``trained`` lists kinds of change that the default training recipe's
+camera augmentation (train/augment.py) or the unknown score's bank (train/embeddings.py) draw at random
+strengths, here at fixed strengths; ``held_out`` lists changes of kinds that nothing in the model, its recipe
+or its bank was chosen on or drawn from. Figures and commands: docs/unknown.md.
 """
 
 from __future__ import annotations
@@ -148,31 +148,97 @@ def rotation(angle_deg: float) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
+def illumination_ramp(amplitude: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Light falling off across the strip: gain from 1 - amplitude at the left edge to 1 + amplitude at the
+    right."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        ramp = np.linspace(1.0 - amplitude, 1.0 + amplitude, image.shape[1], dtype=np.float32)[None, :]
+        return _uint8(_float(image) * _per_pixel(image, np.broadcast_to(ramp, image.shape[:2])))
+    return apply
+
+
+def defective_pixels(share: float, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Hot (255) and dead (0) pixels, ``share`` of all pixels, half of each."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        draw = rng.random(image.shape[:2])
+        out = image.copy()
+        out[draw < share / 2] = 255
+        out[(draw >= share / 2) & (draw < share)] = 0
+        return out
+    return apply
+
+
+def sharpening(amount: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A camera's built-in sharpening: unsharp mask, radius 1 px, ``amount`` times the detail added."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        values = _float(image)
+        return _uint8(values + amount * (values - cv2.GaussianBlur(values, (0, 0), 1.0)))
+    return apply
+
+
+def bit_depth(bits: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Fewer gray levels: ``bits`` significant bits per pixel."""
+    step = 2 ** (8 - bits)
+    return lambda image: ((image // step) * step + step // 2).astype(np.uint8)
+
+
+def barrel_distortion(k: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A wide-angle lens: radius r (1 at the corners) sampled from r * (1 + k r^2), edges replicated."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        cx, cy, norm = (width - 1) / 2, (height - 1) / 2, np.hypot(width / 2, height / 2)
+        r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / norm**2
+        factor = (1 + k * r2) / (1 + k)
+        map_x, map_y = (cx + (xx - cx) * factor).astype(np.float32), (cy + (yy - cy) * factor).astype(np.float32)
+        out = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+        return out.reshape(image.shape)
+    return apply
+
+
+def line_jitter(pixels: int, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A line-scan camera's timing jitter: every row shifted sideways by up to ``pixels`` (edges replicated)."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        shifts = np.random.default_rng(seed).integers(-pixels, pixels + 1, image.shape[0])
+        columns = np.clip(np.arange(image.shape[1])[None, :] - shifts[:, None], 0, image.shape[1] - 1)
+        return np.take_along_axis(image, columns.reshape(columns.shape + (1,) * (image.ndim - 2)), axis=1) \
+            if image.ndim == 3 else np.take_along_axis(image, columns, axis=1)
+    return apply
+
+
 @dataclass(frozen=True)
 class Nuisance:
     name: str
-    group: str  # "bank": a kind of change the unknown score's bank holds; "held_out": nothing was chosen on it
+    group: str  # "trained": a kind the training augmentation or the bank draws; "held_out": a kind nothing drew
     apply: Callable[[np.ndarray], np.ndarray]
 
 
 NUISANCES: tuple[Nuisance, ...] = (
-    Nuisance("exposure +30 %", "bank", exposure(1.3)),
-    Nuisance("exposure -30 %", "bank", exposure(0.7)),
-    Nuisance("Gaussian blur sigma 1 px", "bank", gaussian_blur(1.0)),
-    Nuisance("sensor noise sigma 8", "bank", sensor_noise(8.0)),
-    Nuisance("JPEG quality 60", "held_out", jpeg(60)),
-    Nuisance("JPEG quality 30", "held_out", jpeg(30)),
+    Nuisance("exposure +30 %", "trained", exposure(1.3)),
+    Nuisance("exposure -30 %", "trained", exposure(0.7)),
+    Nuisance("Gaussian blur sigma 1 px", "trained", gaussian_blur(1.0)),
+    Nuisance("sensor noise sigma 8", "trained", sensor_noise(8.0)),
+    Nuisance("JPEG quality 60", "trained", jpeg(60)),
+    Nuisance("JPEG quality 30", "trained", jpeg(30)),
+    Nuisance("downscaled to 128 px", "trained", rescale(128)),
+    Nuisance("half resolution, same size", "trained", rescale(100, back=True)),
+    Nuisance("gamma 0.7", "trained", gamma(0.7)),
+    Nuisance("gamma 1.5", "trained", gamma(1.5)),
+    Nuisance("contrast -40 %", "trained", contrast(0.6)),
+    Nuisance("motion blur 7 px", "trained", motion_blur(7)),
+    Nuisance("row + column noise sigma 6", "trained", row_noise(6.0)),
+    Nuisance("rotated 5 deg", "trained", rotation(5.0)),
     Nuisance("upscaled to 640 px", "held_out", rescale(640)),
-    Nuisance("downscaled to 128 px", "held_out", rescale(128)),
-    Nuisance("half resolution, same size", "held_out", rescale(100, back=True)),
-    Nuisance("gamma 0.7", "held_out", gamma(0.7)),
-    Nuisance("gamma 1.5", "held_out", gamma(1.5)),
-    Nuisance("contrast -40 %", "held_out", contrast(0.6)),
     Nuisance("vignetting 40 %", "held_out", vignetting(0.4)),
     Nuisance("defocus disc r=2 px", "held_out", defocus(2)),
-    Nuisance("motion blur 7 px", "held_out", motion_blur(7)),
-    Nuisance("row + column noise sigma 6", "held_out", row_noise(6.0)),
-    Nuisance("rotated 5 deg", "held_out", rotation(5.0)),
+    Nuisance("illumination ramp +-25 %", "held_out", illumination_ramp(0.25)),
+    Nuisance("hot and dead pixels 0.5 %", "held_out", defective_pixels(0.005)),
+    Nuisance("camera sharpening", "held_out", sharpening(1.0)),
+    Nuisance("6-bit gray levels", "held_out", bit_depth(6)),
+    Nuisance("barrel distortion", "held_out", barrel_distortion(0.15)),
+    Nuisance("line jitter 1 px", "held_out", line_jitter(1)),
 )
 AS_CAPTURED = Nuisance("as captured", "none", lambda image: image)
 

@@ -63,7 +63,8 @@ def augmentation_text(training: dict) -> str:
     """The run's augmentation in words, from its ``config.json`` settings."""
     parts = ["rotation ±10°, shifts 10 %, horizontal flip"]
     if training.get("camera_augment"):
-        parts.append("camera look (contrast, gamma, blur, sensor noise)")
+        later = ", exposure gain, motion blur, row banding, lost resolution, JPEG re-encoding"
+        parts.append(f"camera look (contrast, gamma, blur, sensor noise{later if training.get('camera_recipe', 1) >= 2 else ''})")
     if training.get("polarity_augment"):
         parts.append("inverted gray levels in half the augmented copies (`--polarity-augment`)")
     text = ", ".join(parts)

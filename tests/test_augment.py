@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from train.augment import AugmentSpec, augment
+from train.augment import LATER_CAMERA_KINDS, AugmentSpec, augment, jpeg_roundtrip, lose_resolution, motion_blur
 from train.features import augmentation_rng
 
 
@@ -60,3 +61,44 @@ def test_polarity_off_leaves_earlier_augmentations_and_cache_keys_unchanged():
     assert np.array_equal(before, augment(image, np.random.default_rng(3), AugmentSpec(polarity=False)))
     assert "polarity" not in AugmentSpec().identity()
     assert AugmentSpec(polarity=True).identity()["polarity"] is True
+
+
+def test_camera_recipe_draws_each_later_kind_in_some_copies_only():
+    image = np.random.default_rng(0).integers(60, 200, (64, 64), dtype=np.uint8)
+    still = dict(rotation_deg=0, shift_fraction=0, horizontal_flip=False, camera=True, contrast_range=(1.0, 1.0),
+                 gamma_range=(1.0, 1.0), blur_sigma_max=0.0, noise_std_max=0.0)
+    for kind in LATER_CAMERA_KINDS:
+        only = AugmentSpec.first_camera_recipe(**still, **{kind: getattr(AugmentSpec(), kind)})
+        outs = [augment(image, np.random.default_rng(s), only) for s in range(60)]
+        changed = sum(not np.array_equal(o, image) for o in outs)
+        assert 8 <= changed <= 35, kind  # about a third of the copies
+        assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
+
+
+def test_first_camera_recipe_keeps_its_cache_key_and_the_current_one_records_the_later_kinds():
+    first = AugmentSpec.first_camera_recipe(camera=True).identity()
+    assert not set(LATER_CAMERA_KINDS) & set(first)
+    assert set(LATER_CAMERA_KINDS) <= set(AugmentSpec(camera=True).identity())
+
+
+def test_motion_blur_smears_along_its_angle_only():
+    image = np.zeros((41, 41), np.float32)
+    image[20, 20] = 255.0
+    horizontal = motion_blur(image, 9, 0.0)
+    assert np.count_nonzero(horizontal[20]) >= 7 and np.count_nonzero(horizontal[:, 20]) == 1
+    assert horizontal.sum() == pytest.approx(255.0, rel=1e-4)
+
+
+def test_lost_resolution_and_jpeg_keep_shape_and_lose_detail():
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    detail = lambda x: np.abs(np.diff(x.astype(float), axis=1)).mean()  # noqa: E731
+    for out in (lose_resolution(image, 0.5), jpeg_roundtrip(image, 20)):
+        assert out.shape == image.shape and out.dtype == np.uint8 and detail(out) < 0.8 * detail(image)
+
+
+def test_runs_record_their_camera_recipe_and_older_runs_keep_the_first():
+    from train.training_run import TrainOptions
+
+    assert TrainOptions(data="d", run_dir="r").augment_spec == AugmentSpec(camera=True)
+    older = TrainOptions.from_dict({"data": "d", "run_dir": "r", "camera_augment": True})
+    assert older.camera_recipe == 1 and older.augment_spec == AugmentSpec.first_camera_recipe(camera=True)

@@ -1,5 +1,6 @@
 """The reference augmentation (rotation ±10°, shifts of 10 %, horizontal flip), on uint8 pixels with OpenCV,
-plus optional *camera* augmentation: what another line camera changes (contrast, gamma, focus, sensor noise),
+plus optional *camera* augmentation: what another line camera changes (focus, motion of the strip, exposure,
+sensor noise and banding, response curve, contrast, resolution, JPEG compression),
 and optional *polarity* augmentation: inverted gray levels, because the same defect is bright under one
 plant's lighting and dark under another's (X-SDD's scratches are dark lines, NEU's are bright).
 
@@ -22,20 +23,37 @@ class AugmentSpec:
     rotation_deg: float = 10.0
     shift_fraction: float = 0.10
     horizontal_flip: bool = True
-    camera: bool = False  # also draw contrast, gamma, blur and noise (see camera_augment)
+    camera: bool = False  # also draw another camera's look (see camera_augment)
     contrast_range: tuple[float, float] = (0.3, 1.2)  # contrast factor about the image mean, log-uniform
     gamma_range: tuple[float, float] = (0.7, 1.4)
     blur_sigma_max: float = 1.2  # Gaussian blur sigma in pixels, uniform from 0; half the copies stay sharp
     noise_std_max: float = 3.0  # Gaussian sensor noise in gray levels, uniform from 0
+    # Kinds added later; each is drawn in a share of the copies (CAMERA_SHARE) and left out of the cache key
+    # when switched off, so caches of the earlier recipe keep their keys.
+    gain_range: tuple[float, float] | None = (0.65, 1.5)  # exposure gain, log-uniform, clipped at 255
+    motion_blur_max: int | None = 9  # strip motion during exposure: a line kernel of 2..N px at any angle
+    banding_std_max: float | None = 6.0  # per-row offsets (gray levels) plus a column pattern of half that
+    resolution_range: tuple[float, float] | None = (0.4, 1.0)  # detail lost: down by this factor and back up
+    jpeg_quality_range: tuple[int, int] | None = (20, 95)  # JPEG re-encoding at a quality uniform in the range
     polarity: bool = False  # invert the gray levels of half the augmented copies (see invert_polarity)
 
     def identity(self) -> dict:
         """The settings that change augmented pixels (for cache keys); options left off are not listed, so
         caches made before an option existed keep their keys."""
         values = asdict(self)
-        if not self.polarity:
-            values.pop("polarity")
+        for name in ("polarity", *LATER_CAMERA_KINDS):
+            if not values[name]:
+                values.pop(name)
         return values
+
+    @classmethod
+    def first_camera_recipe(cls, **settings) -> "AugmentSpec":
+        """The camera augmentation as first shipped: contrast, gamma, blur and noise only."""
+        return cls(**{**{name: None for name in LATER_CAMERA_KINDS}, **settings})
+
+
+LATER_CAMERA_KINDS = ("gain_range", "motion_blur_max", "banding_std_max", "resolution_range", "jpeg_quality_range")
+CAMERA_SHARE = 1 / 3  # share of the augmented copies that draw each of the later kinds
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = AugmentSpec()) -> np.ndarray:
@@ -58,7 +76,8 @@ def augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec = Aug
 
 
 def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpec) -> np.ndarray:
-    """Another camera's look on uint8 pixels: contrast about the mean, gamma, slight defocus, sensor noise.
+    """Another camera's look on uint8 pixels, in the order a camera makes it: optics (defocus, the strip's
+    motion), sensor (exposure gain, noise, row banding), response (gamma, contrast), then resolution and JPEG.
 
     Contrast is applied before the uint8 rounding, so low-contrast copies also lose gray levels, as a
     low-contrast camera image does; the same change goes to every channel (the images are gray).
@@ -69,11 +88,54 @@ def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpe
     sigma = rng.uniform(0.0, spec.blur_sigma_max) if rng.random() < 0.5 else 0.0
     noise = rng.uniform(0.0, spec.noise_std_max)
     values = image.astype(np.float32)
+    if sigma > 0:
+        values = cv2.GaussianBlur(values, (0, 0), sigma).reshape(image.shape)
+    if spec.motion_blur_max and rng.random() < CAMERA_SHARE:
+        values = motion_blur(values, int(rng.integers(2, spec.motion_blur_max + 1)), rng.uniform(0.0, 180.0))
+    if spec.gain_range and rng.random() < CAMERA_SHARE:
+        values = values * float(np.exp(rng.uniform(np.log(spec.gain_range[0]), np.log(spec.gain_range[1]))))
+    if noise > 0:
+        values = values + _per_pixel(values, rng.normal(0.0, noise, size=image.shape[:2]).astype(np.float32))
+    if spec.banding_std_max and rng.random() < CAMERA_SHARE:
+        std = rng.uniform(0.0, spec.banding_std_max)
+        field = rng.normal(0.0, std, (image.shape[0], 1)) + rng.normal(0.0, std / 2, (1, image.shape[1]))
+        values = values + _per_pixel(values, field.astype(np.float32))
     values = 255.0 * (np.clip(values, 0, 255) / 255.0) ** gamma
     values = (values - values.mean()) * contrast + values.mean()
-    if sigma > 0:
-        values = cv2.GaussianBlur(values, (0, 0), sigma)
-        values = values.reshape(image.shape)
-    if noise > 0:
-        values = values + rng.normal(0.0, noise, size=image.shape[:2] + (1,) * (image.ndim - 2)).astype(np.float32)
-    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip(values + 0.5, 0, 255).astype(np.uint8)
+    if spec.resolution_range and rng.random() < CAMERA_SHARE:
+        out = lose_resolution(out, rng.uniform(*spec.resolution_range))
+    if spec.jpeg_quality_range and rng.random() < CAMERA_SHARE:
+        out = jpeg_roundtrip(out, int(rng.integers(spec.jpeg_quality_range[0], spec.jpeg_quality_range[1] + 1)))
+    return out
+
+
+def _per_pixel(values: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """A (H, W) field shaped to broadcast over ``values``' channels."""
+    return field.reshape(field.shape + (1,) * (values.ndim - 2))
+
+
+def motion_blur(values: np.ndarray, length: int, angle_deg: float) -> np.ndarray:
+    """Float pixels smeared along a line of ``length`` pixels at ``angle_deg`` (edges reflected)."""
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0
+    centre = ((length - 1) / 2.0, (length - 1) / 2.0)
+    kernel = cv2.warpAffine(kernel, cv2.getRotationMatrix2D(centre, angle_deg, 1.0), (length, length))
+    kernel /= kernel.sum()
+    return cv2.filter2D(values, -1, kernel, borderType=cv2.BORDER_REFLECT).reshape(values.shape)
+
+
+def lose_resolution(image: np.ndarray, factor: float) -> np.ndarray:
+    """A camera with ``factor`` times fewer pixels per side: resized down and back to the same size."""
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` encoded as JPEG at ``quality`` and decoded again."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG of shape %s" % (image.shape,))
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED).reshape(image.shape)

@@ -72,7 +72,8 @@ class TrainOptions:
     lr_patience: int = 2
     aug_copies: int = 3
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
-    camera_augment: bool = True  # AugmentSpec.camera: contrast/gamma/blur/noise augmentation too
+    camera_augment: bool = True  # AugmentSpec.camera: another camera's look in the augmented copies
+    camera_recipe: int = 2  # 1: contrast, gamma, blur, noise; 2: also gain, motion blur, banding, resolution, JPEG
     polarity_augment: bool = False  # AugmentSpec.polarity: half the augmented copies with inverted gray levels
     val_per_class: int = 12
     test_per_class: int = 12
@@ -88,6 +89,7 @@ class TrainOptions:
         names = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in names}
         data.setdefault("split_seed", data.get("seed", 0))  # runs made before: one seed drew the split too
+        data.setdefault("camera_recipe", 1)  # runs made before the camera recipe had a number
         return cls(**data)
 
     def fit_settings(self) -> FitSettings:
@@ -109,7 +111,12 @@ class TrainOptions:
 
     @property
     def augment_spec(self) -> AugmentSpec:
-        return AugmentSpec(camera=self.camera_augment, polarity=self.polarity_augment)
+        if self.camera_recipe not in CAMERA_RECIPES:
+            raise ValueError(f"camera_recipe {self.camera_recipe} is not one of {sorted(CAMERA_RECIPES)}")
+        return CAMERA_RECIPES[self.camera_recipe](camera=self.camera_augment, polarity=self.polarity_augment)
+
+
+CAMERA_RECIPES = {1: AugmentSpec.first_camera_recipe, 2: AugmentSpec}
 
 
 def load_options_for_resume(run_dir: str | Path, progress: bool = True) -> TrainOptions:
