@@ -73,7 +73,8 @@ def build_export_parser() -> argparse.ArgumentParser:
                    "and camera-changed, leave-one-out on the training split) answered unknown; edge-classify "
                    "--unknown-rate moves it on the device (docs/unknown.md)")
     p.add_argument("--bank-copies", type=int, default=2,
-                   help="camera-changed copies (gain, blur, noise) of each training image in the unknown score's bank")
+                   help="augmented training copies (the training recipe's camera and geometric changes) of each "
+                   "training image in the unknown score's bank")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
     p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
@@ -157,7 +158,7 @@ def _export(argv: list[str]) -> int:
         int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, polarity=args.polarity,
         progress=not args.no_progress, cache=not args.no_cache, bias_correction=not args.no_bias_correction,
         onnx_float_first_conv=not args.onnx_int8_first_conv, onnx_beside_tflite=not args.onnx_after_tflite,
-        ood_quantile=1.0 - args.unknown_rate, ood_camera_copies=args.bank_copies,
+        ood_quantile=1.0 - args.unknown_rate, ood_bank_copies=args.bank_copies,
     ))
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:

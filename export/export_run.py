@@ -23,7 +23,7 @@ from export.crossplant_figures import write_crossplant_figures
 from export.formats import FORMATS, ExportFormat, parse_formats
 from export.gates import Gates, failing
 from export.report import write_report
-from train.embeddings import BankCameras, training_ood_spec
+from train.embeddings import training_copies_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class ExportOptions:
     polarity: str = AS_IS  # test-time polarity written into every artifact (edge_runtime.polarity)
     ood_k: int = 2
     ood_quantile: float = 0.98  # 1 - the in-distribution unknown rate of the default operating point
-    ood_camera_copies: int = 2  # camera-changed copies of each training image in the bank (train.embeddings)
+    ood_bank_copies: int = 2  # augmented training copies of each training image in the bank (train.embeddings)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
     seed: int = 0
     progress: bool = True
@@ -204,9 +204,9 @@ def export_run(options: ExportOptions) -> dict:
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
     cache = run.output_cache() if options.cache else None
     setup_seconds = time.perf_counter() - started
-    ood = training_ood_spec(model, data_root, rows, run.preprocess, options.ood_k, options.ood_quantile,
-                            options.progress, cache, BankCameras(copies=options.ood_camera_copies),
-                            run.classes, options.ood_per_class)
+    ood = training_copies_ood_spec(model, run.directory, data_root, rows, run.preprocess, options.ood_bank_copies,
+                                   options.ood_k, options.ood_quantile, run.classes, options.ood_per_class,
+                                   options.progress, cache)
     bank_seconds = time.perf_counter() - started - setup_seconds
     converting = time.perf_counter()
     background: dict = {}
@@ -223,7 +223,7 @@ def export_run(options: ExportOptions) -> dict:
                                                            options.progress, cache)
     reference_seconds = time.perf_counter() - referenced
     # the float model's unknown threshold is the bank's (training split, leave-one-out), computed once in
-    # training_ood_spec; every artifact's is that one moved by its median shift on NEU validation
+    # training_copies_ood_spec; every artifact's is that one moved by its median shift on NEU validation
     reference_unknown = _unknown(data.items, run.classes, reference, reference_scores_ood, options, ood.threshold)
     reference_answers = checks.answers(reference, reference_scores_ood, reference_unknown["threshold"])
     figures = write_crossplant_figures(out, data, run.classes, reference, reference_scores_ood,
@@ -279,7 +279,7 @@ def export_run(options: ExportOptions) -> dict:
         "ood": {"kind": ood.kind, "feature": ood.feature, "k": ood.k, "bank": len(ood.bank),
                 "quantile": ood.quantile, "per_class": ood.class_offsets is not None, "bank_info": ood.bank_info,
                 "threshold_from": "NEU training split only (float: leave-one-out scores of the training images and "
-                                  "their camera copies; artifacts: the float threshold plus their median score shift "
+                                  "their augmented training copies; artifacts: the float threshold plus their median score shift "
                                   "on the NEU validation images)"},
         "artifacts": rows_out,
         "images": len(data.items),

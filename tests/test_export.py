@@ -221,7 +221,8 @@ def test_a_second_export_reuses_the_float_models_outputs_unless_told_not_to(tiny
             "--max-drop-neu", "100", "--max-drop-cross", "100", "--min-agreement", "0", "--no-progress"]
     with caplog.at_level(logging.INFO, logger="train.embeddings"):
         assert main([*args, "--out", str(tmp_path / "again")]) == 0
-    # the bank (training images as captured and their 2 camera copies) and the float reference
+    # the bank (training images as captured and 2 augmented copies: no edge-train config here, so through the
+    # whole model) and the float reference
     assert caplog.text.count("read from the Keras output cache") == 4
     first, again = report(exported), report(tmp_path / "again")
     assert again["float_reference"]["unknown"]["threshold"] == first["float_reference"]["unknown"]["threshold"]
@@ -387,7 +388,7 @@ def test_artifacts_carry_the_unknown_score_with_a_threshold_from_validation(expo
 
     data = report(exported)
     assert data["ood"]["threshold_from"].startswith("NEU training split only")
-    assert data["ood"]["per_class"] and data["ood"]["bank_info"]["cameras"]["copies"] == 2
+    assert data["ood"]["per_class"] and data["ood"]["bank_info"]["copies"]["count"] == 2
     assert {Path(f).name for f in data["figures"]} >= {"crossplant_called_as.png", "unknown_scores.png"}
     assert all(Path(f).stat().st_size > 1000 for f in data["figures"])
     for fmt in ("tflite_fp32", "tflite_int8", "onnx_int8"):

@@ -370,9 +370,9 @@ def test_classifier_and_edge_classify_move_the_operating_point():
     assert inspect.signature(run).parameters["unknown_rate"].default is None
 
 
-def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypatch):
+def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypatch, tmp_path):
     from edge_runtime.preprocessing import PreprocessConfig
-    from train import embeddings
+    from train import embeddings, features
     from train.split import ManifestRow
 
     rows = ([ManifestRow(f"a/train{i}.png", "crazing", "train", "0" * 64) for i in range(6)]
@@ -389,10 +389,12 @@ def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypat
     def fake_outputs(model, pixels, preprocess, **kwargs):
         return np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)
 
-    monkeypatch.setattr(embeddings, "read_image", fake_read)
+    monkeypatch.setattr(features, "read_image", fake_read)
     monkeypatch.setattr(embeddings, "keras_outputs", fake_outputs)
-    spec = embeddings.training_ood_spec(None, Path("/data"), rows, PreprocessConfig(input_size=(SIDE, SIDE)), k=2,
-                                        quantile=0.9, progress=False, classes=["crazing", "inclusion"])
-    assert sorted(read) == sorted(f"/data/{r.path}" for r in rows if r.split == "train")
+    spec = embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
+                                               PreprocessConfig(input_size=(SIDE, SIDE)), copies=2, k=2, quantile=0.9,
+                                               progress=False, classes=["crazing", "inclusion"])
+    assert sorted(set(read)) == sorted(f"/data/{r.path}" for r in rows if r.split == "train") and len(read) == 12 * 3
     assert len(spec.bank) == 12 * 3 and spec.k == 2 and len(spec.class_offsets) == 2
     assert spec.bank_info["images"] == 12 and spec.bank_info["split"] == "train"
+    assert spec.bank_info["copies"]["count"] == 2 and spec.bank_info["copies"]["augment"]["camera"]

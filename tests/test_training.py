@@ -269,3 +269,34 @@ def test_keras_files_with_polarity_auto_keep_the_reading_closer_to_the_training_
     result = predict_files_with_polarity(None, paths, PreprocessConfig(input_size=(16, 16)), bank, "auto", False)
     assert result.inverted.tolist() == [True, False]
     assert result.probabilities.argmax(1).tolist() == [0, 0]  # both read bright: the first class
+
+
+def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_the_whole_model(trained_run: Path):
+    """The bank holds the training images and their augmented training copies; the layers below the cut are
+    read from the run's trunk cache (the copies training drew are not recomputed; the images as captured, which
+    training does not use, are computed once and kept), and the clean rows are the whole model's embeddings."""
+    from edge_runtime.preprocessing import prepare_pixels, read_image
+    from train.embeddings import keras_outputs, training_copies_ood_spec
+    from train.run_dir import TrainedRun
+
+    run = TrainedRun.open(trained_run)
+    data_root, rows = run.manifest()
+    model = run.load_model()
+    trunk_files = lambda: sorted((trained_run.parent / ".feature-cache").glob("*/trunk/*.npy"))  # noqa: E731
+    before = trunk_files()
+    ood = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=2, classes=run.classes,
+                                   progress=False)
+    train = [r for r in rows if r.split == "train"]
+    added = sorted(set(trunk_files()) - set(before))  # trained with 2 augmented copies: only the clean ones added
+    assert len(added) == len(train) and all(p.name.endswith("_0.npy") for p in added)
+    assert len(ood.bank) == 3 * len(train) and ood.bank_info["copies"]["count"] == 2
+    pixels = np.stack([prepare_pixels(read_image(data_root / r.path), run.preprocess) for r in train])
+    whole = keras_outputs(model, pixels, run.preprocess, progress=False)[1]
+    whole = whole / np.linalg.norm(whole, axis=1, keepdims=True)
+    clean = ood.bank[: len(train)].astype(np.float32)
+    clean = clean / np.linalg.norm(clean, axis=1, keepdims=True)
+    assert np.min(np.sum(whole * clean, axis=1)) > 0.999
+
+    training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=3, classes=run.classes,
+                             progress=False)
+    assert len(trunk_files()) == len(before) + 2 * len(train)  # a copy training never drew: computed once, kept

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_runtime.ood import OodSpec, build_calibrated_spec
 from edge_runtime.polarity import AS_IS, AUTO, check_mode, choose_inverted, invert_polarity, pick
-from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels, read_image
+from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels
 from train.output_cache import KerasOutputCache
 from train.split import rows_of
 
@@ -68,6 +68,17 @@ def with_embedding(model):
 
 
 _GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _top_outputs(model, split_layer: str):
+    """``f(trunk outputs) -> (probabilities, embeddings)``: ``model`` from ``split_layer``'s output on, traced."""
+    import keras
+    import tensorflow as tf
+
+    split = model.get_layer(split_layer).output
+    top = keras.Model(split, [model.output, model.layers[-1].input], name=f"{model.name}_top_with_embedding")
+    spec = tf.TensorSpec((None, *(int(d) for d in split.shape[1:])), tf.float32)
+    return tf.function(lambda x: top(x, training=False), input_signature=[spec])
 
 
 def graph_outputs(model, input_shape: tuple[int, ...]):
@@ -126,8 +137,7 @@ def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes
     ``embed`` is the Keras float model at export, or an exported artifact (export/unknown_bank.py)."""
     from tqdm.auto import tqdm
 
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(labels) - set(index))
+    unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise ValueError(f"training labels {unknown} are not among the model's classes {classes}")
     parts = []
@@ -136,39 +146,75 @@ def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes
         pixels = np.stack([prepare_pixels(image if copy < 0 else cameras.copy(image, i, copy), preprocess)
                            for i, image in enumerate(tqdm(images, desc=desc, unit="img", disable=not progress))])
         parts.append(np.asarray(embed(pixels), np.float32))
-    count = len(images)
-    groups = np.tile(np.arange(count), cameras.copies + 1)
-    label_index = np.tile(np.array([index[label] for label in labels]), cameras.copies + 1)
-    info = {"images": count, "split": "train", "cameras": cameras.to_dict(),
+    info = {"images": len(images), "split": "train", "cameras": cameras.to_dict(),
             "calibration": "leave-one-out scores of the bank's rows (every copy of the same image left out)",
             "per_class": per_class}
+    return _calibrated(parts, labels, classes, k, quantile, per_class, info)
+
+
+def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], k: int, quantile: float,
+                per_class: bool, info: dict) -> OodSpec:
+    """The spec of a bank made of ``parts`` (one (N, D) block per copy, the same N training images in each)."""
+    index = {name: i for i, name in enumerate(classes)}
+    count = len(labels)
+    groups = np.tile(np.arange(count), len(parts))
+    label_index = np.tile(np.array([index[label] for label in labels]), len(parts))
     return build_calibrated_spec(np.concatenate(parts), groups, label_index, len(classes), k, quantile, per_class, info)
 
 
-def training_ood_spec(model, data_root: Path, rows, preprocess: PreprocessConfig, k: int = 2,
-                      quantile: float = 0.98, progress: bool = True, cache: KerasOutputCache | None = None,
-                      cameras: BankCameras = BankCameras(), classes: list[str] | None = None,
-                      per_class: bool = True) -> OodSpec:
-    """The unknown score of the Keras model: bank = embeddings of every *train* image of the manifest and of
-    its camera-changed copies (:class:`BankCameras`), thresholds from the leave-one-out scores of those same
-    training images (per class, at the in-distribution unknown rate ``1 - quantile``). No validation or test
-    image is read. ``classes``: the model's class order (default: the sorted training labels)."""
-    from tqdm.auto import tqdm
+def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
+                             copies: int = 2, k: int = 2, quantile: float = 0.98, classes: list[str] | None = None,
+                             per_class: bool = True, progress: bool = True,
+                             cache: KerasOutputCache | None = None) -> OodSpec:
+    """The unknown score of a trained run's Keras model, from training images only: bank = every *train* image
+    of the manifest as captured and its first ``copies`` augmented training copies, the very inputs the model
+    was trained on (its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes,
+    and the geometric ones); thresholds = leave-one-out calibration over those rows, per class.
+
+    The layers below the run's cut (frozen in training) are not run again: their outputs are read from the
+    run's trunk cache (train/features.py) and only the trained top runs, about a fifth of ResNet-50's work. Rows
+    missing from the cache (another machine, a cleared cache) are computed and stored there first. A model
+    folder without edge-train's config.json gets the current recipe's copies through the whole model (read
+    from ``cache``, the Keras output cache, when it holds them)."""
+    from train.augment import AugmentSpec
+    from train.features import CacheItem, training_pixels
+    from train.training_run import run_feature_cache
 
     chosen = rows_of(rows, "train")
-    images = [read_image(Path(data_root) / r.path) for r in tqdm(chosen, desc="reading training images", unit="img",
-                                                                 disable=not progress)]
     labels = [r.label for r in chosen]
-
-    def embed(pixels: np.ndarray) -> np.ndarray:
-        return keras_outputs(model, pixels, preprocess, progress=progress, desc="training embeddings", cache=cache)[1]
-
-    spec = camera_bank_spec(embed, images, labels, classes or sorted(set(labels)), preprocess, cameras, k, quantile,
-                            per_class, progress)
-    log.info("unknown score: bank of %d embeddings (%d training images, %d camera copies each) of width %d, k=%d, "
-             "threshold %.4f at in-distribution unknown rate %.3f%s", len(spec.bank), len(chosen), cameras.copies,
-             spec.width, spec.k, spec.threshold, spec.rate, ", per class" if spec.class_offsets else "")
-    return spec
+    classes = classes or sorted(set(labels))
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ValueError(f"training labels {unknown} are not among the model's classes {classes}")
+    copy_items = [[CacheItem(Path(data_root) / r.path, r.sha256, copy) for r in chosen] for copy in range(copies + 1)]
+    found = run_feature_cache(run_dir, model)
+    blocks = []
+    if found is not None:
+        trunk_cache, parts = found
+        spec, seed = trunk_cache.augment_spec, trunk_cache.seed
+        top = _top_outputs(model, parts.split_layer)
+        for items in copy_items:
+            trunk_cache.ensure_trunk(parts.trunk, items, progress=progress)
+            embeddings = [np.asarray(top(trunk_cache.load("trunk", items[i : i + 64]).astype(np.float32))[1],
+                                     np.float32) for i in range(0, len(items), 64)]
+            blocks.append(np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32))
+    else:  # not an edge-train run: the current recipe's copies, through the whole model
+        spec, seed = AugmentSpec(camera=True), 0
+        log.info("%s has no training settings (config.json): bank copies drawn with the default recipe", run_dir)
+        for copy, items in enumerate(copy_items):
+            pixels = np.stack([training_pixels(item, preprocess, spec, seed) for item in items])
+            blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank copy {copy}",
+                                        cache=cache)[1])
+    info = {"images": len(chosen), "split": "train",
+            "copies": {"count": copies, "source": "the training's augmented copies (train/augment.py)",
+                       "augment": spec.identity(), "seed": seed},
+            "calibration": "leave-one-out scores of the bank's rows (every copy of the same image left out)",
+            "per_class": per_class}
+    ood = _calibrated(blocks, labels, classes, k, quantile, per_class, info)
+    log.info("unknown score: bank of %d embeddings (%d training images, %d augmented training copies each) of "
+             "width %d, k=%d, threshold %.4f at in-distribution unknown rate %.3f%s", len(ood.bank), len(chosen),
+             copies, ood.width, ood.k, ood.threshold, ood.rate, ", per class" if ood.class_offsets else "")
+    return ood
 
 
 def polarity_outputs(model, pixels: np.ndarray, preprocess: PreprocessConfig, ood: OodSpec, polarity: str = AS_IS,

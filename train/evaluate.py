@@ -16,7 +16,7 @@ from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.preprocessing import is_image_file, prepare_pixels, read_image
 from train import figures
 from train.data import normalize_label
-from train.embeddings import training_ood_spec
+from train.embeddings import training_copies_ood_spec
 from train.predict import predict_files, predict_files_with_polarity
 from train.run_dir import TrainedRun
 
@@ -68,7 +68,8 @@ def evaluate_folder(
         result = predict_files(model, paths, run.preprocess, progress=progress, desc=name)
     else:
         data_root, rows = run.manifest(None)
-        ood = training_ood_spec(model, data_root, rows, run.preprocess, progress=progress, cache=run.output_cache())
+        ood = training_copies_ood_spec(model, run.directory, data_root, rows, run.preprocess, classes=run.classes,
+                                       progress=progress)
         result = predict_files_with_polarity(model, paths, run.preprocess, ood, polarity, progress)
     classes = run.classes
     predicted = result.probabilities.argmax(axis=1) if len(result.paths) else np.zeros(0, int)

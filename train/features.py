@@ -34,6 +34,15 @@ def augmentation_rng(seed: int, sha256: str, copy: int) -> np.random.Generator:
     return np.random.default_rng([seed, int(sha256[:15], 16), copy])
 
 
+def training_pixels(item: CacheItem, preprocess: PreprocessConfig, spec: AugmentSpec, seed: int) -> np.ndarray:
+    """The uint8 pixels at the model size that training saw for ``item``: copy 0 as captured, copy k > 0 its k-th
+    seeded augmentation (contrast-standardised if configured; not yet normalised)."""
+    pixels = resize_pixels(read_image(item.path), preprocess)
+    if item.copy > 0:
+        pixels = augment(pixels, augmentation_rng(seed, item.sha256, item.copy), spec)
+    return standardize_contrast(pixels, preprocess)
+
+
 def cache_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -70,10 +79,7 @@ class FeatureCache:
 
     def model_input(self, item: CacheItem) -> np.ndarray:
         """The (possibly augmented) float32 model input for one cache item."""
-        pixels = resize_pixels(read_image(item.path), self.preprocess)
-        if item.copy > 0:
-            pixels = augment(pixels, augmentation_rng(self.seed, item.sha256, item.copy), self.augment_spec)
-        return normalize(standardize_contrast(pixels, self.preprocess), self.preprocess)
+        return normalize(training_pixels(item, self.preprocess, self.augment_spec, self.seed), self.preprocess)
 
     def _fill(self, kind: str, items: list[CacheItem], compute, batch_size: int, progress: bool, desc: str) -> None:
         from tqdm.auto import tqdm

@@ -16,11 +16,12 @@ import numpy as np
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
+from train.features import FeatureCache
 from train import figures
 from train.callbacks import read_history
 from train.data import check_images, discover
 from train.metrics import report
-from train.model import build_model, resolve_weights, submodels
+from train.model import Submodels, build_model, resolve_weights, submodels
 from train.predict import predict_files
 from train.run_dir import (
     CONFIG_FILE,
@@ -159,10 +160,32 @@ def _prepare(options: TrainOptions):
 def _build(options: TrainOptions, weights: str | None, num_classes: int):
     model = build_model(num_classes, (options.input_size, options.input_size), weights, seed=options.seed)
     parts = submodels(model, options.unfreeze)
-    cache_root = Path(options.cache_dir) if options.cache_dir else Path(options.run_dir).parent / ".feature-cache"
-    cache = make_cache(cache_root, _weights_identity(weights, options.seed), parts, options.preprocess, options.seed,
-                       options.augment_spec)
+    cache = make_cache(_cache_root(options), _weights_identity(weights, options.seed), parts, options.preprocess,
+                       options.seed, options.augment_spec)
     return model, parts, cache
+
+
+def _cache_root(options: TrainOptions) -> Path:
+    return Path(options.cache_dir) if options.cache_dir else Path(options.run_dir).parent / ".feature-cache"
+
+
+def run_feature_cache(run_dir: str | Path, model) -> tuple[FeatureCache, Submodels] | None:
+    """The trunk-output cache a finished run was trained with, and ``model`` cut where it was cut, so that later
+    steps (the unknown score's bank) reuse the trunk outputs of the training images and their augmented copies.
+    None when the run has no config.json (not made by edge-train)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    options = TrainOptions.from_dict(json.loads(path.read_text()))
+    options.run_dir = str(run_dir)
+    parts = submodels(model, options.unfreeze)
+    try:
+        weights_id = _weights_identity(resolve_weights(options.weights), options.seed)
+    except FileNotFoundError:  # the weights file has moved: key the trunk by the trained model's own file
+        weights_id = f"model-sha256:{file_sha256(Path(run_dir) / MODEL_FILE)}"
+        log.info("%s: weights file %s not found; the trunk cache is keyed by the model file", run_dir, options.weights)
+    return make_cache(_cache_root(options), weights_id, parts, options.preprocess, options.seed,
+                      options.augment_spec), parts
 
 
 def train_run(options: TrainOptions) -> dict:
