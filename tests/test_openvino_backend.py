@@ -197,3 +197,16 @@ def test_every_engine_reads_metadata_props_from_the_file_like_the_onnx_package(t
         expected = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         assert read_metadata_props(path) == expected and ONNX_METADATA_KEY in expected
         assert load_backend(path, "openvino").custom_metadata == expected
+
+
+def test_threads_are_pinned_only_when_the_model_gets_every_core(monkeypatch):
+    """Copies side by side with a share of the cores each must not all be pinned to the first cores."""
+    import openvino as ov
+
+    from edge_runtime import backends
+
+    monkeypatch.setattr(backends, "default_threads", lambda: 4)
+    core = ov.Core()
+    assert backends._openvino_config(core, 4)["ENABLE_CPU_PINNING"] is True
+    assert backends._openvino_config(core, 1)["ENABLE_CPU_PINNING"] is False
+    assert backends._openvino_config(core, 2)["INFERENCE_PRECISION_HINT"] == "f32"
