@@ -144,6 +144,7 @@ class OnnxJob:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
         self.seconds: float | None = None  # the job's own wall time, once finished
+        self._result: dict | None = None
         self._started = time.perf_counter()
         self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: tf2onnx and NNCF log a lot
         self._process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, text=True, env=env)
@@ -151,13 +152,16 @@ class OnnxJob:
     def result(self) -> dict:
         """``{"fp32": path, "int8": path or None, "float_nodes": [...]}`` once the job has finished; RuntimeError
         with the end of its log if it failed."""
+        if self._result is not None:
+            return self._result
         code = self._process.wait()
         if self.seconds is None:
             self.seconds = time.perf_counter() - self._started
         if code != 0 or not self._result_file.is_file():
             self._stderr.seek(0)
             raise RuntimeError(f"the ONNX conversion failed (exit {code}):\n{self._stderr.read()[-3000:]}")
-        return json.loads(self._result_file.read_text())
+        self._result = json.loads(self._result_file.read_text())
+        return self._result
 
     def close(self) -> None:
         """Stop it if it still runs (an export that failed elsewhere) and release its log."""
@@ -181,13 +185,17 @@ def _onnx_job_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize-first-conv", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
     fp32 = onnx_fp32(Path(args.saved_model), Path(args.fp32))
-    result = {"fp32": str(fp32), "int8": None, "float_nodes": None}
+    result = {"fp32": str(fp32), "int8": None, "float_nodes": None,
+              "seconds": {"onnx_fp32": round(time.perf_counter() - started, 3)}}
     if args.int8:
+        started = time.perf_counter()
         inputs = np.load(args.calibration)
         result["float_nodes"] = onnx_int8(fp32, Path(args.int8), lambda: iter(inputs), args.quantizer,
                                           not args.quantize_first_conv)
         result["int8"] = args.int8
+        result["seconds"]["onnx_int8"] = round(time.perf_counter() - started, 3)
     Path(args.result).write_text(json.dumps(result))
     return 0
 

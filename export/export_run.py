@@ -162,9 +162,12 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
             onnx.close()
         shutil.rmtree(work, ignore_errors=True)
     if onnx is not None and onnx.seconds is not None:
-        log.info("ONNX formats: %.0f s in their own process, beside the TFLite conversions", onnx.seconds)
+        stages = onnx.result().get("seconds", {})
+        log.info("ONNX formats: %.0f s in their own process, beside the TFLite conversions (%s)", onnx.seconds,
+                 ", ".join(f"{name} {value:.0f} s" for name, value in stages.items()))
         if timings is not None:
             timings["onnx_process_seconds"] = round(onnx.seconds, 3)
+            timings["onnx_process_stages"] = stages
     return built
 
 

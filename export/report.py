@@ -127,6 +127,9 @@ def _timings(report: dict) -> str:
         parts.append(f"Keras unknown-score bank {t['unknown_score_bank_seconds']:.0f} s{cached}")
     conversions = t.get("conversions") or {}
     each = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in conversions.items())
+    if "onnx_process_seconds" in t:
+        stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in (t.get("onnx_process_stages") or {}).items())
+        each += f"; the ONNX process beside them {t['onnx_process_seconds']:.0f} s" + (f": {stages}" if stages else "")
     each = f" ({each})" if each else ""
     parts.append(f"conversion {t['convert_seconds']:.0f} s{each}")
     inside = []

@@ -126,8 +126,11 @@ def test_the_report_says_where_the_time_went(exported: Path):
     assert 0 < timings["eval_images_decode_seconds"] + timings["float_reference_seconds"] <= timings["check_seconds"]
     pairs = {f"{a['format']} on {a['engine']}": a["check_seconds"] for a in data["artifacts"]}
     assert timings["checks"] == pairs and sum(pairs.values()) > 0
+    assert set(timings["onnx_process_stages"]) == {"onnx_fp32", "onnx_int8"}
+    assert sum(timings["onnx_process_stages"].values()) <= timings["onnx_process_seconds"]
     md = (exported / "export_report.md").read_text()
     assert "Keras float reference" in md and "Keras unknown-score bank" in md and "tflite_int8 on litert" in md
+    assert "the ONNX process beside them" in md
 
 
 def _eval_data(run_dir: Path) -> checks.EvalData:
