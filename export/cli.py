@@ -68,9 +68,9 @@ def build_export_parser() -> argparse.ArgumentParser:
                    help="test-time polarity stored in every artifact (edge-classify's default for it) and used "
                    "by the checks, float reference included. auto: classify each image as captured and inverted, "
                    "keep the reading closer to the training images (2 inferences per image)")
-    p.add_argument("--unknown-rate", type=float, default=0.02,
-                   help="default operating point stored in every artifact: the share of training-like images (clean "
-                   "and camera-changed, leave-one-out on the training split) answered unknown; edge-classify "
+    p.add_argument("--unknown-rate", type=float, default=0.05,
+                   help="default operating point stored in every artifact: the share of the bank's training images "
+                   "and augmented copies (leave-one-out, training split only) answered unknown; edge-classify "
                    "--unknown-rate moves it on the device (docs/unknown.md)")
     p.add_argument("--bank-copies", type=int, default=2,
                    help="augmented training copies (the training recipe's camera and geometric changes) of each "

@@ -46,7 +46,7 @@ class ExportOptions:
     onnx_quantizer: str = "nncf"  # one of convert.ONNX_QUANTIZERS
     polarity: str = AS_IS  # test-time polarity written into every artifact (edge_runtime.polarity)
     ood_k: int = 2
-    ood_quantile: float = 0.98  # 1 - the in-distribution unknown rate of the default operating point
+    ood_quantile: float = 0.95  # 1 - the target unknown rate of the default operating point (docs/unknown.md)
     ood_bank_copies: int = 2  # augmented training copies of each training image in the bank (train.embeddings)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
     seed: int = 0
