@@ -398,3 +398,33 @@ def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypat
     assert len(spec.bank) == 12 * 3 and spec.k == 2 and len(spec.class_offsets) == 2
     assert spec.bank_info["images"] == 12 and spec.bank_info["split"] == "train"
     assert spec.bank_info["copies"]["count"] == 2 and spec.bank_info["copies"]["augment"]["camera"]
+
+
+def test_with_augmented_training_copies_in_the_bank_a_lower_contrast_shot_stays_known_and_a_new_class_does_not(
+        monkeypatch, tmp_path):
+    """The exported bank's copies are the training recipe's own augmentations (train/augment.py)."""
+    from edge_runtime.preprocessing import PreprocessConfig
+    from train import embeddings, features
+    from train.split import ManifestRow
+
+    rows = ([ManifestRow(f"stripes/{i}.png", "crazing", "train", f"{i:064x}") for i in range(8)]
+            + [ManifestRow(f"spots/{i}.png", "inclusion", "train", f"{i + 8:064x}") for i in range(8)])
+    monkeypatch.setattr(features, "read_image", lambda path: (stripes if "stripes" in str(path) else spots)(
+        int(Path(path).stem)))
+    monkeypatch.setattr(embeddings, "keras_outputs", lambda model, pixels, preprocess, **kwargs: (
+        np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)))
+
+    def bank(copies: int):
+        return embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
+                                                   PreprocessConfig(input_size=(SIDE, SIDE)), copies=copies, k=2,
+                                                   quantile=0.95, classes=["crazing", "inclusion"], progress=False)
+
+    clean, augmented = bank(0), bank(6)
+    assert len(augmented.bank) == 7 * len(rows)
+    image = stripes(3).astype(np.float64)
+    flatter = ((image - image.mean()) * 0.6 + image.mean()).astype(np.uint8)  # contrast -40 %, as with glare
+    query = texture_embedding(np.stack([flatter, checkerboard(1)]))
+    best = np.array([0, 0])  # the fake classifier's best class for both
+    assert clean.score(query, best)[0] > clean.threshold  # clean bank only: the flatter shot is unknown
+    known, unknown = augmented.score(query, best) > augmented.threshold
+    assert not known and unknown
