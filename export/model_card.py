@@ -153,7 +153,8 @@ What the float model answers per source class, unknown threshold applied:
   answers is high; confidence is not a measure of correctness across plants and `--min-confidence` does not make
   it one. The unknown answer is what catches them: with it, {_share(unknown.get("cross_plant_confident_wrong"))}
   of the cross-plant images here still get a wrong class without a flag. The price: most images of a new plant
-  are answered `unknown` until a model is trained on that plant's images.
+  are answered `unknown` until the box learns that line (`edge-adapt`, a few labelled images per class;
+  docs/adapt.md).
 - **Closed set.** The 6 classes are all defects: there is no "no defect" class, so clean steel gets a defect
   name (or unknown).
 - **Input.** Crops of steel surface similar in scale to NEU's 200×200 patches; whole line-scan frames
