@@ -271,24 +271,32 @@ def test_keras_files_with_polarity_auto_keep_the_reading_closer_to_the_training_
     assert result.probabilities.argmax(1).tolist() == [0, 0]  # both read bright: the first class
 
 
-def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_the_whole_model(trained_run: Path):
+def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_the_whole_model(trained_run: Path,
+                                                                                               monkeypatch):
     """The bank holds the training images and their augmented training copies; the layers below the cut are
     read from the run's trunk cache (the copies training drew are not recomputed; the images as captured, which
     training does not use, are computed once and kept), and the clean rows are the whole model's embeddings."""
     from edge_runtime.preprocessing import prepare_pixels, read_image
+    from train import features
     from train.embeddings import keras_outputs, training_copies_ood_spec
     from train.run_dir import TrainedRun
 
+    through_trunk = []
+    traced = features.traced
+    monkeypatch.setattr(features, "traced", lambda model: (lambda x: through_trunk.append(len(x)) or traced(model)(x)))
     run = TrainedRun.open(trained_run)
     data_root, rows = run.manifest()
     model = run.load_model()
-    trunk_files = lambda: sorted((trained_run.parent / ".feature-cache").glob("*/trunk/*.npy"))  # noqa: E731
+    trunk_files = lambda: {p.name for p in (trained_run.parent / ".feature-cache").glob("*/trunk/*.npy")}  # noqa: E731
     before = trunk_files()
     ood = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=2, classes=run.classes,
                                    progress=False)
     train = [r for r in rows if r.split == "train"]
-    added = sorted(set(trunk_files()) - set(before))  # trained with 2 augmented copies: only the clean ones added
-    assert len(added) == len(train) and all(p.name.endswith("_0.npy") for p in added)
+    after = trunk_files()
+    # trained with 2 augmented copies: those were all cached; the clean images (not used in training) are added
+    assert {f"{r.sha256}_{c}.npy" for r in train for c in (1, 2)} <= before
+    assert {f"{r.sha256}_0.npy" for r in train} <= after and all(name.endswith("_0.npy") for name in after - before)
+    assert sum(through_trunk) == len(after - before)  # only the missing rows went through the trunk
     assert len(ood.bank) == 3 * len(train) and ood.bank_info["copies"]["count"] == 2
     pixels = np.stack([prepare_pixels(read_image(data_root / r.path), run.preprocess) for r in train])
     whole = keras_outputs(model, pixels, run.preprocess, progress=False)[1]
@@ -299,4 +307,5 @@ def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_t
 
     training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=3, classes=run.classes,
                              progress=False)
-    assert len(trunk_files()) == len(before) + 2 * len(train)  # a copy training never drew: computed once, kept
+    added = trunk_files() - after  # a copy training never drew: computed once, kept
+    assert {f"{r.sha256}_3.npy" for r in train} <= trunk_files() and all(name.endswith("_3.npy") for name in added)
