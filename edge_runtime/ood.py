@@ -266,21 +266,15 @@ def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, labels: np.
 
 def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np.ndarray, n_classes: int,
                           k: int = 2, quantile: float = 0.98, per_class: bool = True,
-                          bank_info: dict[str, Any] | None = None, class_neighbours: bool = True,
-                          calibrate_on: np.ndarray | None = None) -> OodSpec:
+                          bank_info: dict[str, Any] | None = None, class_neighbours: bool = True) -> OodSpec:
     """The unknown score from the training split alone: bank = ``embeddings`` (every training image and its
     camera-changed copies; ``groups`` names the source image of each row, ``labels`` its class index), threshold
     = the ``quantile`` of the leave-one-out :func:`calibration_scores` (halfway rule of :func:`threshold_from`),
     per class when ``per_class``; neighbours among the predicted class's rows when ``class_neighbours`` (see the
-    module docstring). ``calibrate_on``: a mask of the rows whose scores set the thresholds (default: every
-    row; the others are only neighbours). No validation or test image is read."""
-    bank_labels = np.asarray(labels)
+    module docstring). No validation or test image is read."""
+    labels = np.asarray(labels)
     bank = l2_normalize(embeddings).astype(np.float16).astype(np.float32)
-    scores = calibration_scores(bank, groups, k, bank_labels if class_neighbours else None)
-    if calibrate_on is not None:
-        scores, labels = scores[np.asarray(calibrate_on, bool)], bank_labels[np.asarray(calibrate_on, bool)]
-    else:
-        labels = bank_labels
+    scores = calibration_scores(bank, groups, k, labels if class_neighbours else None)
     rates = list(RATES)
     table: dict[str, Any] = {"rates": rates, "all": [threshold_from(scores, 1.0 - r) for r in rates]}
     offsets = None
@@ -293,7 +287,7 @@ def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np
         offsets = tuple(threshold_from(scores[labels == c], quantile) - overall for c in range(n_classes))
     return OodSpec(bank, k=k, threshold=threshold_from(scores, quantile), quantile=quantile,
                    class_offsets=offsets, rate_table=table, bank_info=bank_info,
-                   bank_labels=bank_labels.astype(np.int64) if class_neighbours else None)
+                   bank_labels=labels.astype(np.int64) if class_neighbours else None)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
