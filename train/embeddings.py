@@ -137,9 +137,7 @@ def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes
     ``embed`` is the Keras float model at export, or an exported artifact (export/unknown_bank.py)."""
     from tqdm.auto import tqdm
 
-    unknown = sorted(set(labels) - set(classes))
-    if unknown:
-        raise ValueError(f"training labels {unknown} are not among the model's classes {classes}")
+    _check_labels(labels, classes)
     parts = []
     for copy in range(-1, cameras.copies):  # -1: as captured
         desc = "training images" if copy < 0 else f"camera copy {copy + 1}/{cameras.copies}"
@@ -150,6 +148,12 @@ def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes
             "calibration": "leave-one-out scores of the bank's rows (every copy of the same image left out)",
             "per_class": per_class}
     return _calibrated(parts, labels, classes, k, quantile, per_class, info)
+
+
+def _check_labels(labels: list[str], classes: list[str]) -> None:
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ValueError(f"training labels {unknown} are not among the model's classes {classes}")
 
 
 def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], k: int, quantile: float,
@@ -183,9 +187,7 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
     chosen = rows_of(rows, "train")
     labels = [r.label for r in chosen]
     classes = classes or sorted(set(labels))
-    unknown = sorted(set(labels) - set(classes))
-    if unknown:
-        raise ValueError(f"training labels {unknown} are not among the model's classes {classes}")
+    _check_labels(labels, classes)
     copy_items = [[CacheItem(Path(data_root) / r.path, r.sha256, copy) for r in chosen] for copy in range(copies + 1)]
     found = run_feature_cache(run_dir, model)
     blocks = []
