@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         p.error(f"no images in {args.folder}")
     classifier = Classifier.load(args.model, engine=args.engine, threads=args.threads)
-    requests = args.requests or default_requests(classifier.backend.threads, classifier.backend.name)
+    requests = args.requests or default_requests(classifier.backend.threads)
     print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.2f} at the start")
     print(f"model {Path(classifier.path).name} on {classifier.backend.name}, {classifier.backend.threads} threads; "
           f"throughput mode: {requests} requests; {len(paths)} images per pass")

@@ -362,7 +362,7 @@ def _one_at_a_time(frames: Iterator[Frame], classifier: Classifier, min_confiden
 def _replicas(classifier: Classifier, requests: int | None, batch: int) -> list[Classifier]:
     """Throughput mode's classifiers: ``requests`` copies sharing the classifier's threads."""
     total = classifier.backend.threads
-    count = default_requests(total, classifier.backend.name) if requests is None else int(requests)
+    count = default_requests(total) if requests is None else int(requests)
     if count < 1:
         raise ValueError(f"requests must be >= 1, got {requests}")
     threads = threads_per_request(total, count)

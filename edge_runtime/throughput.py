@@ -6,8 +6,8 @@ thread. Throughput mode runs ``requests`` copies of the model (``Classifier.repl
 with ``threads // requests`` engine threads, each taking the next chunk of up to ``batch`` consecutive frames
 (one backend call for the chunk where the engine takes batches). A reader thread decodes the input ahead into
 a bounded queue, so decoding overlaps inference; preprocessing runs on the inference threads. On a 2-core CPU
-two single-threaded ONNX Runtime or OpenVINO requests keep both cores busy where one two-threaded request waits on
-its own threads; LiteRT gains from the batch instead (one request on every thread, see ``default_requests``).
+two single-threaded requests keep both cores busy where one two-threaded request waits on its own threads (see
+``default_requests``).
 
 :func:`ordered_parallel` is the engine-agnostic part: it knows nothing of models, only of chunks, workers and
 order. The engines, numpy and OpenCV release the GIL in their heavy calls, so plain threads suffice.
@@ -39,17 +39,11 @@ W = TypeVar("W")
 R = TypeVar("R")
 
 
-# Engines whose gain comes from batching one request on every thread, not from parallel requests: LiteRT's
-# int8 model on 2 cores, measured (benchmarks.folder_throughput): 1 request of 2 threads with chunks of 4 images
-# 1.27x latency mode, 2 requests of 1 thread 1.10x. ONNX Runtime and OpenVINO gain most from parallel requests.
-SINGLE_REQUEST_ENGINES = frozenset({"litert"})
-
-
-def default_requests(cores: int, engine: str = "") -> int:
-    """Parallel inference requests for ``cores`` threads on ``engine``: one (with every thread, in batches) for the
-    engines in SINGLE_REQUEST_ENGINES, else one single-threaded request per thread, at most MAX_REQUESTS."""
-    if engine in SINGLE_REQUEST_ENGINES:
-        return 1
+def default_requests(cores: int) -> int:
+    """Parallel inference requests for ``cores`` threads: one single-threaded request per thread, at most
+    MAX_REQUESTS. Measured on 2 cores (benchmarks.folder_throughput, all 1,800 NEU images, quiet Intel VNNI
+    machine): LiteRT int8 two 1-thread requests 138-143 images/s against 123-141 for one 2-thread request in
+    batches of 4; ONNX Runtime 1.34x and OpenVINO 1.64x one image at a time (600 images)."""
     return max(1, min(int(cores), MAX_REQUESTS))
 
 

@@ -104,8 +104,7 @@ def test_auto_takes_throughput_for_folders_files_and_videos_and_latency_for_live
     assert choose_mode("latency", FolderSource(tmp_path / "f")) == LATENCY
     with pytest.raises(ValueError, match="newest frame"):
         choose_mode("throughput", camera)
-    assert default_requests(2, "openvino") == 2 and default_requests(1) == 1 and default_requests(64) == 8
-    assert default_requests(2, "litert") == 1
+    assert default_requests(2) == 2 and default_requests(1) == 1 and default_requests(64) == 8
     assert threads_per_request(2, 2) == 1 and threads_per_request(8, 3) == 2 and threads_per_request(1, 4) == 1
 
 
