@@ -73,12 +73,11 @@ _GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _top_outputs(model, split_layer: str):
     """``f(trunk outputs) -> (probabilities, embeddings)``: ``model`` from ``split_layer``'s output on, traced."""
     import keras
-    import tensorflow as tf
+
+    from train.features import traced
 
     split = model.get_layer(split_layer).output
-    top = keras.Model(split, [model.output, model.layers[-1].input], name=f"{model.name}_top_with_embedding")
-    spec = tf.TensorSpec((None, *(int(d) for d in split.shape[1:])), tf.float32)
-    return tf.function(lambda x: top(x, training=False), input_signature=[spec])
+    return traced(keras.Model(split, [model.output, model.layers[-1].input], name=f"{model.name}_top_with_embedding"))
 
 
 def graph_outputs(model, input_shape: tuple[int, ...]):
@@ -195,8 +194,8 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
         trunk_cache, parts = found
         spec, seed = trunk_cache.augment_spec, trunk_cache.seed
         top = _top_outputs(model, parts.split_layer)
+        trunk_cache.ensure_trunk(parts.trunk, [item for items in copy_items for item in items], progress=progress)
         for items in copy_items:
-            trunk_cache.ensure_trunk(parts.trunk, items, progress=progress)
             embeddings = [np.asarray(top(trunk_cache.load("trunk", items[i : i + 64]).astype(np.float32))[1],
                                      np.float32) for i in range(0, len(items), 64)]
             blocks.append(np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32))

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,23 +123,11 @@ class FeatureCache:
 def traced(model):
     """``model`` in inference mode as one traced TensorFlow graph, ``f(float32 batch) -> output``: about twice
     as fast on a CPU as calling the Keras model eagerly (convolutions fused with their batch norm and
-    activation; docs/export.md, "Where the time goes"). Traced once per model."""
+    activation; docs/export.md, "Where the time goes"). Trace once per pass and reuse the function."""
     import tensorflow as tf
 
-    try:
-        return _TRACED[model]
-    except (KeyError, TypeError):
-        pass
     spec = tf.TensorSpec((None, *(int(d) for d in model.input.shape[1:])), tf.float32)
-    run = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    try:
-        _TRACED[model] = run
-    except TypeError:  # a model that cannot be weakly referenced: traced for this call only
-        pass
-    return run
-
-
-_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
 def _save_atomic(path: Path, value: np.ndarray) -> None:
