@@ -31,6 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from train.augment import jpeg_roundtrip
+from train.augment import motion_blur as smear
+
 log = logging.getLogger("nuisance")
 
 
@@ -78,12 +81,7 @@ def defocus(radius: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def motion_blur(length: int, angle_deg: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
     """The strip moving during the exposure: a line of ``length`` pixels at ``angle_deg``."""
-    kernel = np.zeros((length, length), np.float32)
-    kernel[length // 2, :] = 1.0
-    rotation = cv2.getRotationMatrix2D(((length - 1) / 2.0, (length - 1) / 2.0), angle_deg, 1.0)
-    kernel = cv2.warpAffine(kernel, rotation, (length, length))
-    kernel /= kernel.sum()
-    return lambda image: _uint8(cv2.filter2D(_float(image), -1, kernel, borderType=cv2.BORDER_REFLECT))
+    return lambda image: _uint8(smear(_float(image), length, angle_deg))
 
 
 def sensor_noise(sigma: float, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
@@ -106,13 +104,7 @@ def row_noise(sigma: float, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]
 
 
 def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    def apply(image: np.ndarray) -> np.ndarray:
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError("OpenCV could not encode a JPEG")
-        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        return decoded.reshape(image.shape)
-    return apply
+    return lambda image: jpeg_roundtrip(image, quality)
 
 
 def rescale(size: int, back: bool = False) -> Callable[[np.ndarray], np.ndarray]:
