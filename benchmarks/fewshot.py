@@ -3,9 +3,9 @@
     python -m benchmarks.fewshot --data ../shared/datasets/xsdd --shots 1 2 5 10 20 --draws 10 \\
         --figure docs/figures/adapt_xsdd.png
 
-Every image under ``--data`` (one folder per class) goes through the model once; then, for each draw, n images
-per class are enrolled exactly as ``edge-adapt --only-new`` does (:func:`edge_runtime.adapt.build_head` on the
-same outputs) and every *other* image is answered by :meth:`AdaptedHead.decide`, as the adapted model would
+Every image under ``--data`` (one folder per class) goes through the model once per view (as captured and
+mirrored, ``--views``); then, for each draw, n images per class are enrolled exactly as ``edge-adapt --only-new``
+does (:func:`edge_runtime.adapt.build_head` on the same outputs, every view) and every *other* image is answered by :meth:`AdaptedHead.decide`, as the adapted model would
 answer it; ``unknown`` counts as wrong. The unknown answer's honesty is measured by leaving one class out of
 the enrolment: its images should be ``unknown`` (AUROC of the adapted score, share caught at the threshold).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.adapt import DEFAULT_QUANTILE, EMBEDDING, build_head, transform
+from edge_runtime.adapt import DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, MIRRORS, build_head, mirrored_views, transform
 from edge_runtime.adapt_cli import _class_folders, feature_output
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import setup_logging
@@ -28,21 +28,27 @@ from edge_runtime.preprocessing import read_image
 log = logging.getLogger("fewshot")
 
 
-def outputs_of(classifier: Classifier, files: list[Path], feature: str, batch: int = 16):
-    """(raw features, embeddings) of every file, in order."""
+def outputs_of(classifier: Classifier, files: list[Path], feature: str, views: int = DEFAULT_VIEWS,
+               batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(raw features (V, N, D), embeddings (V, N, E)) of every file in each of ``views`` views, in order."""
     features, embeddings = [], []
     for start in range(0, len(files), batch):
-        pixels = np.stack([classifier.prepare(read_image(f)) for f in files[start:start + batch]])
-        outputs = classifier.device_outputs(pixels)
-        features.append(outputs[feature])
-        embeddings.append(outputs[EMBEDDING])
-    return np.concatenate(features), np.concatenate(embeddings)
+        prepared = [classifier.prepare(read_image(f)) for f in files[start:start + batch]]
+        per_view = [[pixels for _, pixels in mirrored_views(p, views)] for p in prepared]
+        outputs = classifier.device_outputs(np.stack([v[i] for i in range(views) for v in per_view]))
+        features.append(outputs[feature].reshape(views, len(prepared), -1))
+        embeddings.append(outputs[EMBEDDING].reshape(views, len(prepared), -1))
+    return np.concatenate(features, axis=1), np.concatenate(embeddings, axis=1)
 
 
 def evaluate(features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: list[str], shots: int,
              draws: int, quantile: float, feature: str) -> dict[str, float]:
-    """Mean and spread over draws of accuracy, unknown rate, and the held-out-class figures."""
+    """Mean and spread over draws of accuracy, unknown rate, and the held-out-class figures.
+
+    ``features`` (V, N, D) and ``embeddings`` (V, N, E): every image in V views, the first as captured; enrolled
+    images bring every view, the others are answered as captured."""
     rows = transform(features)
+    views = len(features)
     accuracy, unknown, held_auroc, held_caught = [], [], [], []
     for draw in range(draws):
         rng = np.random.default_rng(draw)
@@ -51,19 +57,24 @@ def evaluate(features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, c
         others = np.setdiff1d(np.arange(len(labels)), enrolled)
 
         def head_of(index: np.ndarray):
-            names = [classes[labels[i]] for i in index]
-            return build_head(rows[index], embeddings[index], names,
-                              [{"sha256": str(i), "class": n} for i, n in zip(index, names)], [], False, feature,
+            names = [classes[labels[i]] for i in index] * views
+            images = [str(i) for i in index] * views
+            return build_head(rows[:, index].reshape(-1, rows.shape[-1]),
+                              embeddings[:, index].reshape(-1, embeddings.shape[-1]), names,
+                              [{"sha256": i, "class": n} for i, n in zip(images, names)], [], False, feature,
                               quantile)
 
+        def answers(head):
+            return head.decide(np.zeros((len(others), 0)), features[0, others], embeddings[0, others], None)
+
         head = head_of(enrolled)
-        probabilities, scores = head.decide(np.zeros((len(others), 0)), features[others], embeddings[others], None)
+        probabilities, scores = answers(head)
         truth = np.array([head.labels.index(classes[labels[i]]) for i in others])
         accuracy.append(np.mean((probabilities.argmax(1) == truth) & (scores <= 0)))
         unknown.append(np.mean(scores > 0))
         for held in range(len(classes)):
             kept = enrolled[labels[enrolled] != held]
-            _, scores = head_of(kept).decide(np.zeros((len(others), 0)), features[others], embeddings[others], None)
+            _, scores = answers(head_of(kept))
             new = labels[others] == held
             held_auroc.append(auroc(scores[~new], scores[new]))
             held_caught.append(np.mean(scores[new] > 0))
@@ -104,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE)
+    parser.add_argument("--views", type=int, choices=range(1, len(MIRRORS) + 1), default=DEFAULT_VIEWS,
+                        help="views enrolled per image, as edge-adapt --views")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None, help="PNG of accuracy against labelled images")
     args = parser.parse_args(argv)
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     files = [f for name in classes for f in folders[name]]
     labels = np.array([classes.index(f.parent.name) for f in files])
     log.info("%d images of %d classes through %s (head on '%s')", len(files), len(classes), classifier.path, feature)
-    features, embeddings = outputs_of(classifier, files, feature)
+    features, embeddings = outputs_of(classifier, files, feature, args.views)
     results = [evaluate(features, embeddings, labels, classes, n, args.draws, args.quantile, feature)
                for n in args.shots]
     print("| labelled per class | right (mean ± std over draws) | unknown | held-out class AUROC | held-out caught |")
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['unknown']:.1f} % | {r['held_out_auroc']:.3f} | {100 * r['held_out_caught']:.1f} % |")
     if args.figure:
         draw_figure(results, args.figure, f"{Path(args.data).name}: {classifier.path.name}, head on '{feature}', "
-                                          f"{args.draws} draws")
+                                          f"{args.draws} draws, {args.views} views")
     return 0
 
 

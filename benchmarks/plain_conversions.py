@@ -280,7 +280,7 @@ def product_candidates(run_dir: Path, threads: int, image: np.ndarray,
     export = run_dir / "export"
     wanted: list[tuple[str, Path | None, str | None]] = []
     if shipped:
-        wanted.append(("product default (shipped)", None, None))
+        wanted += [("product default (--engine auto)", None, "auto"), ("product default.tflite", None, None)]
     wanted += [("run export model_int8.tflite", export / "model_int8.tflite", "litert"),
                ("run export model_int8.onnx", export / "model_int8.onnx", "onnxruntime"),
                ("run export model_int8.onnx", export / "model_int8.onnx", "openvino")]

@@ -4,7 +4,9 @@ An exported model has, besides its class probabilities, an ``embedding`` output 
 it, the backbone's pooled ``features``). Adapting leaves the graph as it is and adds to the metadata
 (``extra["adapted"]``, :class:`AdaptedHead`):
 
-* the enrolled images' features (square-rooted, then L2-normalised), their classes and sha256;
+* the enrolled images' features (square-rooted, then L2-normalised), their classes and sha256; each image is
+  enrolled as captured and mirrored (:data:`MIRRORS`, ``--views``): a surface defect is the same defect seen
+  in a mirror, and rows, columns and the rolling direction stay where they were;
 * their centre (the mean of the class means; zero with a single class): the head and the unknown distance
   work on features centred on it and L2-normalised again, which spreads a new line's images, all alike in
   the base model's eyes, over the sphere;
@@ -42,6 +44,16 @@ TEMPERATURE = 10.0  # logits = TEMPERATURE * cosine similarity: unit vectors nee
 L2_PENALTY = 1e-3
 STEPS = 300
 LEARNING_RATE = 0.5
+# the views of an enrolled image, in order (``--views N`` takes the first N): axes of an HWC image to flip
+MIRRORS: dict[str, tuple[int, ...]] = {"as captured": (), "left-right": (1,), "top-bottom": (0,), "both": (0, 1)}
+DEFAULT_VIEWS = len(MIRRORS)
+
+
+def mirrored_views(pixels: np.ndarray, views: int = DEFAULT_VIEWS) -> list[tuple[str, np.ndarray]]:
+    """(view name, pixels) of an HWC image: as captured and its first ``views - 1`` mirror images."""
+    if not 1 <= views <= len(MIRRORS):
+        raise ValueError(f"views must be 1 to {len(MIRRORS)}, got {views}")
+    return [(name, np.flip(pixels, axes) if axes else pixels) for name, axes in list(MIRRORS.items())[:views]]
 
 
 def transform(features: np.ndarray) -> np.ndarray:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.adapt import DEFAULT_QUANTILE, EMBEDDING, FEATURES, AdaptedHead, build_head, transform
+from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, FEATURES, MIRRORS, AdaptedHead,
+                                build_head, mirrored_views, transform)
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.errors import AdaptError, ImageReadError
@@ -50,8 +51,12 @@ class Enrolment:
 
 
 def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, only_new: bool = False,
-          quantile: float = DEFAULT_QUANTILE, threads: int | None = None) -> AdaptedHead:
-    """Enrol the class folders under ``data`` into ``model`` (default: the shipped one) and write ``out``."""
+          quantile: float = DEFAULT_QUANTILE, threads: int | None = None,
+          views: int = DEFAULT_VIEWS) -> AdaptedHead:
+    """Enrol the class folders under ``data`` into ``model`` (default: the shipped one) and write ``out``.
+
+    Each image is enrolled in ``views`` views: as captured, then mirrored (:data:`edge_runtime.adapt.MIRRORS`).
+    """
     base_path = Path(model) if model is not None else default_model_path()
     out = Path(out)
     if out.suffix.lower() != base_path.suffix.lower():
@@ -65,13 +70,13 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
     feature = previous.feature if previous else feature_output(classifier)
     folders = _class_folders(Path(data))
     started = time.perf_counter()
-    new = _enrol(classifier, folders, feature, previous)
+    new = _enrol(classifier, folders, feature, previous, views)
     rows, gate, labels, enrolled = _merge(previous, new, only_new)
     keep_base = not only_new and (previous.keep_base if previous else True)
     base_labels = previous.base_labels if previous else list(classifier.labels)
     history = [*(previous.history if previous else []),
-               {"added": len(new.labels), "from": str(Path(data)), "only_new": only_new,
-                "classes": {c: new.labels.count(c) for c in dict.fromkeys(new.labels)},
+               {"added": len(_images(new.enrolled)), "from": str(Path(data)), "only_new": only_new, "views": views,
+                "classes": {c: len(_images(new.enrolled, c)) for c in dict.fromkeys(new.labels)},
                 "skipped": len(new.skipped), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     head = build_head(np.stack(rows), np.stack(gate), labels, enrolled, base_labels, keep_base, feature, quantile,
                       previous.base_model_sha256 if previous else file_sha256(base_path), history)
@@ -81,9 +86,10 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
         write_model(out, base_path.read_bytes(), meta)
     except OSError as exc:
         raise AdaptError(f"cannot write '{out}': {exc.strerror or exc}; choose a writable --out") from exc
-    log.info("wrote %s: %d classes %s from %d enrolled images (%d new, %d skipped), unknown beyond cosine distance "
-             "%.4f to the nearest enrolled image, in %.1f s", out, len(head.labels), head.labels, len(labels),
-             len(new.labels), len(new.skipped), head.threshold, time.perf_counter() - started)
+    log.info("wrote %s: %d classes %s from %d enrolled images (%d new, %d skipped; %d views each), unknown beyond "
+             "cosine distance %.4f to the nearest enrolled image, in %.1f s", out, len(head.labels), head.labels,
+             len(_images(enrolled)), len(_images(new.enrolled)), len(new.skipped), views, head.threshold,
+             time.perf_counter() - started)
     return head
 
 
@@ -107,13 +113,19 @@ def feature_output(classifier: Classifier) -> str:
     return FEATURES if FEATURES in classifier.device_outputs(probe) else EMBEDDING
 
 
+def _images(enrolled: list[dict[str, str]], name: str | None = None) -> set[str]:
+    """The distinct images (sha256) of enrolled rows (one row per view), of class ``name`` or all."""
+    return {e["sha256"] for e in enrolled if name is None or e["class"] == name}
+
+
 def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
-           previous: AdaptedHead | None) -> Enrolment:
-    """Features of every readable image; unreadable files and copies already enrolled are skipped (logged)."""
+           previous: AdaptedHead | None, views: int = DEFAULT_VIEWS) -> Enrolment:
+    """Features of every readable image in ``views`` views; unreadable files and copies already enrolled are
+    skipped (logged)."""
     result = Enrolment()
     seen = {e["sha256"]: e["class"] for e in (previous.enrolled if previous else [])}
     for name, files in folders.items():
-        pending: list[tuple[Path, np.ndarray, str]] = []
+        pending: list[tuple[Path, np.ndarray, str, str]] = []
         for path in files:
             try:
                 image, digest = read_image(path), file_sha256(path)
@@ -125,21 +137,22 @@ def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
                 log.warning("skipped '%s': the same image is already enrolled as '%s'", path, seen[digest])
                 continue
             seen[digest] = name
-            pending.append((path, classifier.prepare(image), digest))
+            pending.extend((path, pixels, digest, view)
+                           for view, pixels in mirrored_views(classifier.prepare(image), views))
         if not pending:
             raise AdaptError(f"class folder '{path.parent}' has no readable new image; add readable images "
                              "(the skipped files are listed above)")
         for start in range(0, len(pending), BATCH):
             chunk = pending[start:start + BATCH]
-            outputs = classifier.device_outputs(np.stack([x for _, x, _ in chunk]))
+            outputs = classifier.device_outputs(np.stack([x for _, x, _, _ in chunk]))
             embeddings, rows = outputs[EMBEDDING], transform(outputs[feature])
-            for (path, _, digest), row, embedding in zip(chunk, rows, embeddings):
+            for (path, _, digest, view), row, embedding in zip(chunk, rows, embeddings):
                 result.rows.append(row)
                 result.gate.append(embedding)
                 result.labels.append(name)
                 result.enrolled.append({"sha256": digest, "class": name, "file": path.name,
-                                        "folder": str(path.parent)})
-        log.info("%-30s %4d image(s) enrolled", name, sum(1 for c in result.labels if c == name))
+                                        "folder": str(path.parent), "view": view})
+        log.info("%-30s %4d image(s) enrolled", name, len(_images(result.enrolled, name)))
     return result
 
 
@@ -170,7 +183,7 @@ def info(path: str | Path) -> dict[str, Any]:
     classes = {}
     for name in head.labels:
         records = [e for e in head.enrolled if e["class"] == name]
-        classes[name] = {"images": len(records), "folders": sorted({e.get("folder", "") for e in records}),
+        classes[name] = {"images": len(_images(records)), "folders": sorted({e.get("folder", "") for e in records}),
                          "from_base_model": head.keep_base and name in head.base_labels}
     return {"model": str(path), "adapted": True, "classes": classes, "keep_base_classes": head.keep_base,
             "feature": head.feature, "unknown_distance": head.threshold, "quantile": head.quantile,
@@ -193,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it the model's own classes stay")
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="share of the enrolled images "
                         "whose leave-one-out distance lies inside the unknown threshold")
+    parser.add_argument("--views", type=int, choices=range(1, len(MIRRORS) + 1), default=DEFAULT_VIEWS,
+                        help="views enrolled per image, in this order: " + ", ".join(MIRRORS) + " (mirror "
+                        "images; 1: as captured only)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     parser.add_argument("--info", metavar="MODEL", help="print what an adapted model knows (JSON) and exit")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -211,7 +227,7 @@ def _main(argv: list[str]) -> int:
         parser.error("--data and --out are required (or --info MODEL)")
     if not 0.0 < args.quantile <= 1.0:
         parser.error(f"--quantile must be in (0, 1], got {args.quantile}")
-    adapt(args.data, args.out, args.model, args.only_new, args.quantile, args.threads)
+    adapt(args.data, args.out, args.model, args.only_new, args.quantile, args.threads, args.views)
     return 0
 
 

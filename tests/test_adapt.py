@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edge_runtime import Classifier, MetadataError, ModelLoadError
-from edge_runtime.adapt import (EMBEDDING, FEATURES, AdaptedHead, build_head, centred, leave_one_out_distances,
-                                 transform)
+from edge_runtime.adapt import (DEFAULT_VIEWS, EMBEDDING, FEATURES, MIRRORS, AdaptedHead, build_head, centred,
+                                 leave_one_out_distances, mirrored_views, transform)
 from edge_runtime.adapt_cli import adapt, info, main
 from edge_runtime.metadata import read_metadata
 from edge_runtime.model_file import write_model
@@ -121,7 +121,7 @@ def test_adapting_an_adapted_model_extends_it_and_info_says_where_each_class_cam
     second = adapt(_folders(tmp_path / "b", ["slag", "oxide"], 2, first_seed=50), tmp_path / "line.tflite",
                    tmp_path / "line.tflite")
     assert second.labels == ["red_iron", "slag", "oxide"] and not second.keep_base
-    assert len(second.enrolled) == len(first.enrolled) + 4
+    assert len(second.enrolled) == len(first.enrolled) + 4 * DEFAULT_VIEWS  # four new images, each in every view
     assert second.base_model_sha256 == first.base_model_sha256 and len(second.history) == 2
     about = info(tmp_path / "line.tflite")
     assert {n: c["images"] for n, c in about["classes"].items()} == {"red_iron": 3, "slag": 5, "oxide": 2}
@@ -136,11 +136,36 @@ def test_the_metadata_records_images_base_model_and_digest(base_model, tmp_path)
     meta = read_metadata(tmp_path / "line.tflite")
     head = AdaptedHead.from_dict(meta.extra["adapted"])
     assert head.base_model_sha256 == file_sha256(base_model.path)
-    assert sorted((e["class"], e["sha256"]) for e in head.enrolled) == sorted(
+    assert sorted({(e["class"], e["sha256"]) for e in head.enrolled}) == sorted(
         (p.parent.name, file_sha256(p)) for p in data.rglob("*.png"))
     assert meta.graph_sha256 == read_metadata(base_model.path).graph_sha256  # the same graph, new metadata
     again = AdaptedHead.from_dict(json.loads(json.dumps(head.to_dict())))
     assert again.labels == head.labels and np.array_equal(again.bank, head.bank) and again.threshold == head.threshold
+
+
+def test_each_image_is_enrolled_as_captured_and_mirrored_and_its_mirrors_are_not_its_neighbours(
+        base_model, tmp_path):
+    pixels = np.arange(2 * 3 * 3).reshape(2, 3, 3)
+    views = dict(mirrored_views(pixels))
+    assert list(views) == list(MIRRORS) and np.array_equal(views["as captured"], pixels)
+    assert np.array_equal(views["left-right"], pixels[:, ::-1]) and np.array_equal(views["top-bottom"], pixels[::-1])
+    assert np.array_equal(views["both"], pixels[::-1, ::-1])
+    assert [name for name, _ in mirrored_views(pixels, 2)] == ["as captured", "left-right"]
+    with pytest.raises(ValueError, match="views"):
+        mirrored_views(pixels, 0)
+
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 3)
+    head = adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True)
+    assert len(head.enrolled) == 6 * DEFAULT_VIEWS
+    assert {e["view"] for e in head.enrolled} == set(MIRRORS) and head.history[-1]["views"] == DEFAULT_VIEWS
+    # the leave-one-out threshold compares each image with the *other* images, never with its own mirrors
+    bank = centred(head.bank, head.centre)
+    images = np.array([e["sha256"] for e in head.enrolled])
+    nearest_other_image = [1 - (bank[images != images[i]] @ bank[i]).max() for i in range(len(bank))]
+    assert np.allclose(leave_one_out_distances(bank, list(images)), nearest_other_image, atol=1e-6)
+    single = adapt(data, tmp_path / "single.tflite", base_model.path, only_new=True, views=1)
+    assert len(single.enrolled) == 6 and {e["view"] for e in single.enrolled} == {"as captured"}
+    assert info(tmp_path / "line.tflite")["classes"]["slag"]["images"] == 3
 
 
 def test_the_threshold_comes_from_the_enrolled_images_only():
@@ -229,7 +254,8 @@ def test_unreadable_files_are_listed_skipped_and_counted(base_model, tmp_path, c
     data = _folders(tmp_path / "line", ["red_iron", "slag"], 3)
     (data / "slag" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     head = adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True)
-    assert len(head.enrolled) == 6 and head.history[-1]["skipped"] == 1
+    assert len({e["sha256"] for e in head.enrolled}) == 6 and head.history[-1]["skipped"] == 1
+    assert head.history[-1]["added"] == 6
     assert "truncated.png" in caplog.text
 
 

@@ -100,12 +100,17 @@ def test_fp32_probabilities_agree_with_onnxruntime_within_1e_4(tiny_edge_models)
     assert np.allclose(ov.run(batch[:1]), expected[:1], atol=1e-4)  # batch 1 and batch N alike
 
 
-def test_int8_qdq_top1_agrees_with_onnxruntime(int8_onnx):
+def test_int8_qdq_top1_agrees_with_onnxruntime_except_near_ties(int8_onnx):
+    """OpenVINO may run an int8 model's float layers in bf16: probabilities move by a little, so only images
+    whose best class leads by more than that little must keep it."""
     ort, ov = both(int8_onnx)
     batch = float_batch(test_images())
     expected, got = ort.run(batch), ov.run(batch)
-    assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
     assert np.abs(got - expected).max() < 0.05
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 0.1
+    assert clear.mean() > 0.8
+    assert np.array_equal(got.argmax(axis=1)[clear], expected.argmax(axis=1)[clear])
 
 
 def test_metadata_props_are_read_as_onnxruntime_reads_them(tiny_edge_models, int8_onnx):
@@ -150,7 +155,7 @@ def test_an_engine_that_cannot_run_the_file_is_refused(tiny_edge_models, engine,
 
 def test_a_missing_openvino_gives_its_install_hint_and_is_no_candidate(tiny_edge_models, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
-    with pytest.raises(BackendUnavailableError, match=r'pip install "steel-edge-inspect\[openvino\]"'):
+    with pytest.raises(BackendUnavailableError, match=r'pip install "steel-edge-inspect\[edge\]"'):
         load_backend(tiny_edge_models.onnx, "openvino")
     monkeypatch.setattr(engine_candidates.importlib.util, "find_spec", lambda name: None if name == "openvino" else 1)
     assert [c.engine for c in engine_candidates.file_candidates(tiny_edge_models.onnx)] == ["onnxruntime"]
@@ -171,6 +176,31 @@ def test_auto_measures_both_onnx_engines_records_the_one_used_and_then_uses_the_
     again = Classifier.load(tiny_edge_models.onnx, engine="auto", threads=1)
     assert again.backend.name == first.backend.name
     assert any("cached choice" in r.getMessage() for r in caplog.records)
+
+
+def test_loading_a_model_on_openvino_contacts_no_server(tiny_edge_models):
+    """openvino's import sends a usage event (openvino_telemetry, from a forked process); the runtime keeps
+    that module out, so a line box makes no network lookup. Every lookup, in forks too, is recorded."""
+    code = (
+        "import socket, sys, time\n"
+        "real = socket.getaddrinfo\n"
+        "def spy(host, *args, **kwargs):\n"
+        "    print('lookup', host, flush=True)\n"
+        "    return real(host, *args, **kwargs)\n"
+        "socket.getaddrinfo = spy\n"
+        "from edge_runtime import Classifier\n"
+        f"c = Classifier.load({str(tiny_edge_models.onnx)!r}, engine='openvino')\n"
+        "import numpy as np\n"
+        f"print(c.predict(np.zeros(({SIZE}, {SIZE}), np.uint8)).label)\n"
+        "time.sleep(1)\n"
+        "print('telemetry module:', sys.modules.get('openvino_telemetry', 'absent'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "CI"}  # CI=true would silence it anyway
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "lookup" not in result.stdout, result.stdout
+    assert "telemetry module: None" in result.stdout
 
 
 def test_the_openvino_path_never_imports_tensorflow_or_onnx(tiny_edge_models):
@@ -210,3 +240,26 @@ def test_threads_are_pinned_only_when_the_model_gets_every_core(monkeypatch):
     assert backends._openvino_config(core, 4)["ENABLE_CPU_PINNING"] is True
     assert backends._openvino_config(core, 1)["ENABLE_CPU_PINNING"] is False
     assert backends._openvino_config(core, 2)["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_float_models_are_held_to_float32_and_quantised_ones_keep_the_plugins_precision(
+        tiny_edge_models, int8_onnx, monkeypatch):
+    """The fp32 artifact is the reference, so it runs in float32; an int8 QDQ model leaves its float layers to
+    the CPU plugin (bf16 where the CPU has it), as its export gates measured it."""
+    import openvino as ov
+
+    from edge_runtime import backends
+
+    assert backends._openvino_config(ov.Core(), 2, quantized=False)["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "INFERENCE_PRECISION_HINT" not in backends._openvino_config(ov.Core(), 2, quantized=True)
+    seen = {}
+    real = backends._openvino_config
+
+    def recording(core, threads, quantized=False):
+        seen[threads] = quantized
+        return real(core, threads, quantized)
+
+    monkeypatch.setattr(backends, "_openvino_config", recording)
+    load_backend(tiny_edge_models.onnx, "openvino", threads=1)
+    load_backend(int8_onnx, "openvino", threads=2)
+    assert seen == {1: False, 2: True}

@@ -19,6 +19,7 @@ pytest.importorskip("nncf")
 pytest.importorskip("ai_edge_litert")
 
 SIZE = 32
+AUTO, TFLITE = "product default (--engine auto)", "product default.tflite"
 PLAIN = {("plain LiteRT int8", "litert"), ("plain ORT QDQ", "onnxruntime"), ("plain OpenVINO NNCF", "openvino")}
 
 
@@ -58,7 +59,8 @@ def test_every_candidate_has_timings_and_the_plain_ones_agreement(tiny_run: Path
     rows = result["rows"]
     models = {(r["candidate"], r["engine"]) for r in rows if r["measured"] == "model"}
     assert PLAIN <= models
-    assert ("product default (shipped)", "litert") in models
+    auto = next(r for r in rows if r["candidate"] == AUTO and r["measured"] == "model")
+    assert (TFLITE, "litert") in models or (auto["engine"] == "litert" and auto["path"].endswith("default.tflite"))
     assert any(r["measured"] == "predict" and r["kind"] == "product" for r in rows)
     for r in rows:
         assert len(r["samples_ms"]) == 4 and all(ms > 0 for ms in r["samples_ms"]), r["candidate"]
@@ -69,11 +71,10 @@ def test_every_candidate_has_timings_and_the_plain_ones_agreement(tiny_run: Path
     for r in plain_rows:  # int8 copies of a small net: most answers agree with the float model
         assert r["agreement_images"] == result["evaluation_images"] == 24
         assert 0.5 <= r["agreement"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
-    shipped = next(r for r in rows if r["candidate"] == "product default (shipped)")
-    assert shipped["agreement"] is None  # another network than the tiny run's: no agreement claimed
+    assert auto["agreement"] is None  # another network than the tiny run's: no agreement claimed
     table = capsys.readouterr().out
     assert table.startswith("CPU: ")  # the table alone on stdout (progress goes to the log)
-    for name, _ in PLAIN | {("product default (shipped)", "litert")}:
+    for name, _ in PLAIN | {(AUTO, auto["engine"])}:
         assert f"| {name} |" in table
     assert "× fastest plain" in table and result["machine"] in table
     assert (out / "plain_int8.tflite").is_file() and (out / "plain_qdq.onnx").is_file()
