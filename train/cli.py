@@ -63,8 +63,9 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      "on the device (stored in the model metadata); meant for other cameras/plants "
                      "(docs/cross-plant.md)")
     rec.add_argument("--camera-augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="also augment contrast, gamma, blur and sensor noise (another camera's look; the shipped "
-                     "model's recipe: docs/unknown.md)")
+                     help="also augment another camera's look: contrast, gamma, blur and sensor noise, and (camera "
+                     "recipe 2) exposure gain, motion blur, row banding, lost resolution and JPEG re-encoding (the "
+                     "shipped model's recipe: docs/unknown.md)")
     rec.add_argument("--polarity-augment", action="store_true",
                      help="invert the gray levels of half the augmented copies: defects that are bright under this "
                      "line's lighting may be dark under another's")
