@@ -5,9 +5,10 @@
 
 Every image under ``--data`` (one folder per class) goes through the model once per view (as captured and
 mirrored, ``--views``); then, for each draw, n images per class are enrolled exactly as ``edge-adapt --only-new``
-does (:func:`edge_runtime.adapt.build_head` on the same outputs, every view) and every *other* image is answered by :meth:`AdaptedHead.decide`, as the adapted model would
-answer it; ``unknown`` counts as wrong. The unknown answer's honesty is measured by leaving one class out of
-the enrolment: its images should be ``unknown`` (AUROC of the adapted score, share caught at the threshold).
+does (:func:`edge_runtime.adapt.build_head` on the same outputs, every view) and every *other* image, as
+captured, is answered by :meth:`AdaptedHead.decide`, as the adapted model would answer it; ``unknown`` counts as
+wrong. The unknown answer's honesty is measured by leaving one class out of the enrolment: its images should be
+``unknown`` (AUROC of the adapted score, share caught at the threshold).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.adapt import DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, MIRRORS, build_head, mirrored_views, transform
+from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, MIRRORS, build_head, mirrored_views,
+                                transform)
 from edge_runtime.adapt_cli import _class_folders, feature_output
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import setup_logging
