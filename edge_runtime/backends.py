@@ -286,7 +286,9 @@ class OpenVINOBackend(Backend):
     int8 artifacts are gated against, and OpenVINO would otherwise pick bf16/fp16 on CPUs that have it. A
     quantised model (QDQ, read as ``FakeQuantize``) keeps the CPU plugin's own choice for the layers left in
     float (bf16 where the CPU has it): 1.7x faster on an AMX CPU, and its export gates are measured that way
-    (see :func:`_openvino_config`). Outputs come in the ONNX graph's output order, as ONNX Runtime returns them.
+    (see :func:`_openvino_config`). One frame at a time runs a copy compiled for a batch of one
+    (:func:`_batch_of_one`); batches compile the model with its own batch dimension on first use. Outputs come
+    in the ONNX graph's output order, as ONNX Runtime returns them.
     """
 
     name = "openvino"
@@ -304,17 +306,22 @@ class OpenVINOBackend(Backend):
         try:
             model = core.read_model(str(path))
             quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-            compiled = core.compile_model(model, "CPU", _openvino_config(core, threads, quantized))
+            self._config = _openvino_config(core, threads, quantized)
+            single = _batch_of_one(ov, model)
+            compiled = core.compile_model(single or model, "CPU", self._config)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own exception types
             raise ModelLoadError(path, f"OpenVINO rejected it ({exc}); re-export it with edge-export") from exc
-        inputs, outputs = compiled.inputs, compiled.outputs
+        inputs, outputs = model.inputs, compiled.outputs
         if len(inputs) != 1 or not outputs:
             raise ModelLoadError(path, f"expected one input and at least one output, found {len(inputs)} and "
                                  f"{len(outputs)}")
         dtype = inputs[0].get_element_type().to_dtype()
         if dtype not in (np.float32, np.uint8, np.int8):
             raise ModelLoadError(path, f"unsupported input type {dtype}; expected float32, uint8 or int8")
+        self._core, self._model = core, model
         self._request = compiled.create_infer_request()
+        # batches of more than one image: the model with its own (dynamic) batch, compiled when first needed
+        self._batch_request = None if single is not None else self._request
         self._output_count = len(outputs)
         super().__init__(
             path,
@@ -325,9 +332,29 @@ class OpenVINOBackend(Backend):
         )
 
     def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
-        self._request.infer({0: batch})
+        if len(batch) == 1:
+            request = self._request
+        else:
+            if self._batch_request is None:
+                self._batch_request = self._core.compile_model(self._model, "CPU", self._config).create_infer_request()
+            request = self._batch_request
+        request.infer({0: batch})
         # the request's output buffers are reused by the next call: copy them out
-        return [self._request.get_output_tensor(i).data.copy() for i in range(self._output_count)]
+        return [request.get_output_tensor(i).data.copy() for i in range(self._output_count)]
+
+
+def _batch_of_one(ov: ModuleType, model: Any) -> Any | None:
+    """A copy of ``model`` with its dynamic batch fixed to 1 (the latency path: one frame at a time), or None
+    when the batch is already fixed or other dimensions are dynamic too. OpenVINO compiles a static shape to
+    faster code: the shipped ONNX int8, 5.60 against 5.00 ms at 2 threads (Intel Xeon with AMX)."""
+    shape = model.inputs[0].get_partial_shape() if len(model.inputs) == 1 else None
+    if shape is None or shape.rank.is_dynamic or not shape[0].is_dynamic:
+        return None
+    if any(dim.is_dynamic for dim in list(shape)[1:]):
+        return None
+    single = model.clone()
+    single.reshape({single.inputs[0]: ov.PartialShape([1, *[dim.get_length() for dim in list(shape)[1:]]])})
+    return single
 
 
 ENGINES: dict[str, type[Backend]] = {

@@ -242,6 +242,29 @@ def test_threads_are_pinned_only_when_the_model_gets_every_core(monkeypatch):
     assert backends._openvino_config(core, 2)["INFERENCE_PRECISION_HINT"] == "f32"
 
 
+def test_one_frame_runs_a_batch_of_one_compilation_and_batches_compile_the_dynamic_model_when_first_needed(
+        tiny_edge_models, monkeypatch):
+    import openvino as ov
+
+    compiled = []
+    real = ov.Core.compile_model
+
+    def recording(core, model, *args, **kwargs):
+        compiled.append(str(model.inputs[0].get_partial_shape()))
+        return real(core, model, *args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "compile_model", recording)
+    backend = load_backend(tiny_edge_models.onnx, "openvino", threads=1)
+    assert backend.input_shape == (-1, SIZE, SIZE, 3)  # still takes batches
+    batch = float_batch(test_images())
+    one = backend.run(batch[:1])
+    assert compiled == [f"[1,{SIZE},{SIZE},3]"]
+    many = backend.run(batch)
+    backend.run(batch[:3])
+    assert len(compiled) == 2 and compiled[1].startswith("[?")  # compiled once, on the first batch
+    assert np.allclose(one, many[:1], atol=1e-5)
+
+
 def test_float_models_are_held_to_float32_and_quantised_ones_keep_the_plugins_precision(
         tiny_edge_models, int8_onnx, monkeypatch):
     """The fp32 artifact is the reference, so it runs in float32; an int8 QDQ model leaves its float layers to
