@@ -350,10 +350,11 @@ def _batch_of_one(ov: ModuleType, model: Any) -> Any | None:
     shape = model.inputs[0].get_partial_shape() if len(model.inputs) == 1 else None
     if shape is None or shape.rank.is_dynamic or not shape[0].is_dynamic:
         return None
-    if any(dim.is_dynamic for dim in list(shape)[1:]):
+    rest = list(shape)[1:]
+    if any(dim.is_dynamic for dim in rest):
         return None
     single = model.clone()
-    single.reshape({single.inputs[0]: ov.PartialShape([1, *[dim.get_length() for dim in list(shape)[1:]]])})
+    single.reshape({single.inputs[0]: ov.PartialShape([1, *(dim.get_length() for dim in rest)])})
     return single
 
 

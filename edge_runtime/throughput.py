@@ -43,7 +43,8 @@ def default_requests(cores: int) -> int:
     """Parallel inference requests for ``cores`` threads: one single-threaded request per thread, at most
     MAX_REQUESTS. Measured on 2 cores (benchmarks.folder_throughput, all 1,800 NEU images, quiet Intel VNNI
     machine): LiteRT int8 two 1-thread requests 138-143 images/s against 123-141 for one 2-thread request in
-    batches of 4; ONNX Runtime 1.34x and OpenVINO 1.64x one image at a time (600 images)."""
+    batches of 4; against one image at a time, LiteRT 1.31x, OpenVINO 1.40x (1,800 images) and ONNX Runtime
+    1.34x (600 images); docs/runtime.md."""
     return max(1, min(int(cores), MAX_REQUESTS))
 
 
