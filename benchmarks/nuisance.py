@@ -200,6 +200,44 @@ def line_jitter(pixels: int, seed: int = 0) -> Callable[[np.ndarray], np.ndarray
     return apply
 
 
+def lens_dust(spots: int, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Dust on the lens or the cover glass: ``spots`` soft dark blobs (radius 4-10 % of the width, 15-35 %
+    darker at their centre), out of focus as dust on the optics is."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        height, width = image.shape[:2]
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        gain = np.ones((height, width), np.float32)
+        for _ in range(spots):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            radius, depth = rng.uniform(0.04, 0.10) * width, rng.uniform(0.15, 0.35)
+            gain *= 1.0 - depth * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+        return _uint8(_float(image) * _per_pixel(image, gain))
+    return apply
+
+
+def glare(strength: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A reflection of the lighting on the strip: a soft bright patch (1 + ``strength`` at its centre, spread a
+    quarter of the width) off the image centre, clipped at 255."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        r2 = (xx - 0.3 * width) ** 2 + (yy - 0.35 * height) ** 2
+        return _uint8(_float(image) * _per_pixel(image, 1.0 + strength * np.exp(-r2 / (2 * (0.25 * width) ** 2))))
+    return apply
+
+
+def shot_noise(full_well: float, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Photon (shot) noise: each pixel's gray level read as a Poisson count of ``full_well`` electrons at 255,
+    so bright pixels are noisier than dark ones (1,000 electrons: about 5.7 gray levels at mid-gray)."""
+    def apply(image: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        gray = image[..., 0] if image.ndim == 3 else image
+        noisy = _uint8(rng.poisson(gray * (full_well / 255.0)).astype(np.float32) * (255.0 / full_well))
+        return np.repeat(noisy[..., None], image.shape[2], axis=2) if image.ndim == 3 else noisy
+    return apply
+
+
 @dataclass(frozen=True)
 class Nuisance:
     name: str
@@ -231,6 +269,9 @@ NUISANCES: tuple[Nuisance, ...] = (
     Nuisance("6-bit gray levels", "held_out", bit_depth(6)),
     Nuisance("barrel distortion", "held_out", barrel_distortion(0.15)),
     Nuisance("line jitter 1 px", "held_out", line_jitter(1)),
+    Nuisance("dust on the lens, 4 spots", "held_out", lens_dust(4)),
+    Nuisance("glare +40 %", "held_out", glare(0.4)),
+    Nuisance("shot noise, 1,000 e- full well", "held_out", shot_noise(1000.0)),
 )
 AS_CAPTURED = Nuisance("as captured", "none", lambda image: image)
 

@@ -102,3 +102,17 @@ def test_runs_record_their_camera_recipe_and_older_runs_keep_the_first():
     assert TrainOptions(data="d", run_dir="r").augment_spec == AugmentSpec(camera=True)
     older = TrainOptions.from_dict({"data": "d", "run_dir": "r", "camera_augment": True})
     assert older.camera_recipe == 1 and older.augment_spec == AugmentSpec.first_camera_recipe(camera=True)
+
+
+def test_third_camera_recipe_adds_strong_sensor_noise_and_stuck_pixels_in_some_copies_only():
+    still = dict(camera=True, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), blur_sigma_max=0.0,
+                 noise_std_max=0.0, motion_blur_max=None, gain_range=None, banding_std_max=None,
+                 resolution_range=None, jpeg_quality_range=None)
+    spec = AugmentSpec.third_camera_recipe(**{**still, "defective_pixels_max": 0.01})
+    flat = np.full((100, 100), 128, np.uint8)
+    stuck = [((out == 0) | (out == 255)).mean() for out in (augment(flat, np.random.default_rng(i), spec) for i in range(60))]
+    assert 8 < sum(s > 0 for s in stuck) < 35 and max(stuck) <= 0.012
+    noisy = AugmentSpec.third_camera_recipe(camera=True)
+    assert noisy.noise_std_max == 10.0 and noisy.defective_pixels_max == 0.01
+    assert noisy.identity() != AugmentSpec(camera=True).identity()
+    assert "defective_pixels_max" not in AugmentSpec(camera=True).identity()  # recipe 2 caches keep their key

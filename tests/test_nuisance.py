@@ -14,7 +14,9 @@ from benchmarks.nuisance import (
     defective_pixels,
     exposure,
     gaussian_blur,
+    glare,
     illumination_ramp,
+    lens_dust,
     line_jitter,
     markdown,
     measure,
@@ -22,6 +24,7 @@ from benchmarks.nuisance import (
     rescale,
     sensor_noise,
     sharpening,
+    shot_noise,
 )
 
 
@@ -69,6 +72,16 @@ def test_held_out_changes_do_what_their_names_say():
     grid[:, ::10] = 255  # vertical lines: the centre one stays, those near the edges bend inwards
     bent = barrel_distortion(0.15)(grid)
     assert np.array_equal(bent[:, 50], grid[:, 50]) and not np.array_equal(bent[50, :10], grid[50, :10])
+
+
+def test_dust_darkens_spots_glare_brightens_a_patch_and_shot_noise_grows_with_brightness():
+    flat = np.full((120, 160), 128, np.uint8)
+    dusty = lens_dust(4)(flat)
+    assert dusty.max() == 128 and dusty.min() < 110 and (dusty < 127).mean() < 0.5
+    glared = glare(0.4)(flat)
+    assert glared[42, 48] > 170 and glared[-1, -1] < 135
+    dark, bright = shot_noise(1000.0)(np.full((100, 100), 40, np.uint8)), shot_noise(1000.0)(np.full((100, 100), 200, np.uint8))
+    assert 1.5 < dark.std() < bright.std() < 9 and abs(float(bright.mean()) - 200) < 1
 
 
 def test_both_groups_are_measured():

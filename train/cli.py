@@ -66,6 +66,10 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      help="also augment another camera's look: contrast, gamma, blur and sensor noise, and (camera "
                      "recipe 2) exposure gain, motion blur, row banding, lost resolution and JPEG re-encoding (the "
                      "shipped model's recipe: docs/unknown.md)")
+    rec.add_argument("--camera-recipe", type=int, default=2, choices=(1, 2, 3),
+                     help="1: contrast, gamma, blur, noise up to 3 gray levels; 2: also exposure gain, motion blur, "
+                     "row banding, lost resolution, JPEG; 3: recipe 2 with noise up to 10 gray levels and hot and "
+                     "dead pixels")
     rec.add_argument("--polarity-augment", action="store_true",
                      help="invert the gray levels of half the augmented copies: defects that are bright under this "
                      "line's lighting may be dark under another's")
@@ -115,7 +119,8 @@ def _fit(argv: list[str]) -> int:
             aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
             folds=args.folds, seed=args.seed, split_seed=args.split_seed, skip_bad=args.skip_bad,
             cache_dir=args.cache_dir,
-            contrast=args.contrast, camera_augment=args.camera_augment, polarity_augment=args.polarity_augment,
+            contrast=args.contrast, camera_augment=args.camera_augment, camera_recipe=args.camera_recipe,
+            polarity_augment=args.polarity_augment,
             progress=not args.no_progress,
         )
     try:

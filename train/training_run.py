@@ -74,7 +74,8 @@ class TrainOptions:
     aug_copies: int = 3
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
     camera_augment: bool = True  # AugmentSpec.camera: another camera's look in the augmented copies
-    camera_recipe: int = 2  # 1: contrast, gamma, blur, noise; 2: also gain, motion blur, banding, resolution, JPEG
+    camera_recipe: int = 2  # 1: contrast, gamma, blur, noise; 2: also gain, motion blur, banding, resolution, JPEG;
+    # 3: recipe 2 with noise up to 10 gray levels and hot/dead pixels
     polarity_augment: bool = False  # AugmentSpec.polarity: half the augmented copies with inverted gray levels
     val_per_class: int = 12
     test_per_class: int = 12
@@ -117,7 +118,7 @@ class TrainOptions:
         return CAMERA_RECIPES[self.camera_recipe](camera=self.camera_augment, polarity=self.polarity_augment)
 
 
-CAMERA_RECIPES = {1: AugmentSpec.first_camera_recipe, 2: AugmentSpec}
+CAMERA_RECIPES = {1: AugmentSpec.first_camera_recipe, 2: AugmentSpec, 3: AugmentSpec.third_camera_recipe}
 
 
 def load_options_for_resume(run_dir: str | Path, progress: bool = True) -> TrainOptions:
