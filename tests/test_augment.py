@@ -113,6 +113,21 @@ def test_third_camera_recipe_adds_strong_sensor_noise_and_stuck_pixels_in_some_c
     stuck = [((out == 0) | (out == 255)).mean() for out in (augment(flat, np.random.default_rng(i), spec) for i in range(60))]
     assert 8 < sum(s > 0 for s in stuck) < 35 and max(stuck) <= 0.012
     noisy = AugmentSpec.third_camera_recipe(camera=True)
-    assert noisy.noise_std_max == 10.0 and noisy.defective_pixels_max == 0.01
+    assert noisy.noise_std_max == 10.0 and noisy.defective_pixels_max == 0.01 and noisy.motion_along_axes
     assert noisy.identity() != AugmentSpec(camera=True).identity()
-    assert "defective_pixels_max" not in AugmentSpec(camera=True).identity()  # recipe 2 caches keep their key
+    recipe2 = AugmentSpec(camera=True).identity()  # recipe 2 caches keep their key
+    assert "defective_pixels_max" not in recipe2 and "motion_along_axes" not in recipe2
+
+
+def test_third_camera_recipe_smears_along_rows_or_columns_only():
+    spec = AugmentSpec.third_camera_recipe(
+        camera=True, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), blur_sigma_max=0.0, noise_std_max=0.0,
+        gain_range=None, banding_std_max=None, resolution_range=None, jpeg_quality_range=None,
+        defective_pixels_max=None, rotation_deg=0.0, shift_fraction=0.0, motion_blur_max=9)
+    dot = np.zeros((41, 41), np.uint8)
+    dot[20, 20] = 255
+    smeared = [out for out in (augment(dot, np.random.default_rng(i), spec) for i in range(40)) if (out > 0).sum() > 3]
+    assert len(smeared) > 5
+    for out in smeared:
+        rows, columns = np.nonzero(out > 8)
+        assert np.ptp(rows) <= 2 or np.ptp(columns) <= 2  # a horizontal or a vertical streak

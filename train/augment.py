@@ -36,6 +36,7 @@ class AugmentSpec:
     resolution_range: tuple[float, float] | None = (0.4, 1.0)  # detail lost: down by this factor and back up
     jpeg_quality_range: tuple[int, int] | None = (20, 95)  # JPEG re-encoding at a quality uniform in the range
     defective_pixels_max: float | None = None  # share of pixels stuck dark or bright (hot/dead), uniform from 0
+    motion_along_axes: bool = False  # the strip's motion along the image rows or columns (+-5 deg), not any angle
     polarity: bool = False  # invert the gray levels of half the augmented copies (see invert_polarity)
 
     def identity(self) -> dict:
@@ -54,13 +55,14 @@ class AugmentSpec:
 
     @classmethod
     def third_camera_recipe(cls, **settings) -> "AugmentSpec":
-        """Recipe 2 with a high-gain sensor's noise (up to 10 gray levels instead of 3) and hot and dead pixels
-        (up to 1 % of the pixels, in a share of the copies)."""
-        return cls(**{"noise_std_max": 10.0, "defective_pixels_max": 0.01, **settings})
+        """Recipe 2 with a high-gain sensor's noise (up to 10 gray levels instead of 3), hot and dead pixels (up
+        to 1 % of the pixels, in a share of the copies) and motion blur along the strip: a line camera is
+        mounted square to the strip, so its travel smears along the image rows or columns, not at any angle."""
+        return cls(**{"noise_std_max": 10.0, "defective_pixels_max": 0.01, "motion_along_axes": True, **settings})
 
 
 LATER_CAMERA_KINDS = ("gain_range", "motion_blur_max", "banding_std_max", "resolution_range", "jpeg_quality_range")
-THIRD_RECIPE_KINDS = ("defective_pixels_max",)  # left out of the cache key when off, like the later kinds
+THIRD_RECIPE_KINDS = ("defective_pixels_max", "motion_along_axes")  # left out of the cache key when off, like the later kinds
 CAMERA_SHARE = 1 / 3  # share of the augmented copies that draw each of the later kinds
 
 
@@ -99,7 +101,9 @@ def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpe
     if sigma > 0:
         values = cv2.GaussianBlur(values, (0, 0), sigma).reshape(image.shape)
     if spec.motion_blur_max and rng.random() < CAMERA_SHARE:
-        values = motion_blur(values, int(rng.integers(2, spec.motion_blur_max + 1)), rng.uniform(0.0, 180.0))
+        length = int(rng.integers(2, spec.motion_blur_max + 1))
+        angle = 90.0 * rng.integers(0, 2) + rng.uniform(-5.0, 5.0) if spec.motion_along_axes else rng.uniform(0.0, 180.0)
+        values = motion_blur(values, length, angle)
     if spec.gain_range and rng.random() < CAMERA_SHARE:
         values = values * float(np.exp(rng.uniform(np.log(spec.gain_range[0]), np.log(spec.gain_range[1]))))
     if noise > 0:
