@@ -63,8 +63,11 @@ def augmentation_text(training: dict) -> str:
     """The run's augmentation in words, from its ``config.json`` settings."""
     parts = ["rotation ±10°, shifts 10 %, horizontal flip"]
     if training.get("camera_augment"):
-        later = ", exposure gain, motion blur, row banding, lost resolution, JPEG re-encoding"
-        parts.append(f"camera look (contrast, gamma, blur, sensor noise{later if training.get('camera_recipe', 1) >= 2 else ''})")
+        recipe = training.get("camera_recipe", 1)
+        noise = "sensor noise up to 10 gray levels, hot and dead pixels" if recipe >= 3 else "sensor noise"
+        motion = "motion blur along the rows or columns" if recipe >= 3 else "motion blur"
+        later = f", exposure gain, {motion}, row banding, lost resolution, JPEG re-encoding" if recipe >= 2 else ""
+        parts.append(f"camera look (contrast, gamma, blur, {noise}{later}; camera recipe {recipe})")
     if training.get("polarity_augment"):
         parts.append("inverted gray levels in half the augmented copies (`--polarity-augment`)")
     text = ", ".join(parts)

@@ -17,3 +17,10 @@ def test_optional_augmentations_and_contrast_are_named():
 
 def test_runs_from_before_an_option_existed_read_as_without_it():
     assert "inverted" not in augmentation_text({})
+
+
+def test_each_camera_recipe_names_what_it_draws():
+    first, second, third = (augmentation_text({"camera_augment": True, "camera_recipe": r}) for r in (1, 2, 3))
+    assert "motion blur" not in first and "camera recipe 1" in first
+    assert "motion blur" in second and "hot and dead pixels" not in second
+    assert "hot and dead pixels" in third and "along the rows or columns" in third and "camera recipe 3" in third
