@@ -64,7 +64,7 @@ def augmentation_text(training: dict) -> str:
     parts = ["rotation ±10°, shifts 10 %, horizontal flip"]
     if training.get("camera_augment"):
         recipe = training.get("camera_recipe", 1)
-        noise = "sensor noise up to 10 gray levels, hot and dead pixels" if recipe >= 3 else "sensor noise"
+        noise = "sensor noise up to 10 gray levels" if recipe >= 3 else "sensor noise"
         motion = "motion blur along the rows or columns" if recipe >= 3 else "motion blur"
         later = f", exposure gain, {motion}, row banding, lost resolution, JPEG re-encoding" if recipe >= 2 else ""
         parts.append(f"camera look (contrast, gamma, blur, {noise}{later}; camera recipe {recipe})")

@@ -22,5 +22,5 @@ def test_runs_from_before_an_option_existed_read_as_without_it():
 def test_each_camera_recipe_names_what_it_draws():
     first, second, third = (augmentation_text({"camera_augment": True, "camera_recipe": r}) for r in (1, 2, 3))
     assert "motion blur" not in first and "camera recipe 1" in first
-    assert "motion blur" in second and "hot and dead pixels" not in second
-    assert "hot and dead pixels" in third and "along the rows or columns" in third and "camera recipe 3" in third
+    assert "motion blur" in second and "up to 10 gray levels" not in second
+    assert "up to 10 gray levels" in third and "along the rows or columns" in third and "camera recipe 3" in third

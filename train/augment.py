@@ -35,7 +35,6 @@ class AugmentSpec:
     banding_std_max: float | None = 6.0  # per-row offsets (gray levels) plus a column pattern of half that
     resolution_range: tuple[float, float] | None = (0.4, 1.0)  # detail lost: down by this factor and back up
     jpeg_quality_range: tuple[int, int] | None = (20, 95)  # JPEG re-encoding at a quality uniform in the range
-    defective_pixels_max: float | None = None  # share of pixels stuck dark or bright (hot/dead), uniform from 0
     motion_along_axes: bool = False  # the strip's motion along the image rows or columns (+-5 deg), not any angle
     polarity: bool = False  # invert the gray levels of half the augmented copies (see invert_polarity)
 
@@ -55,14 +54,14 @@ class AugmentSpec:
 
     @classmethod
     def third_camera_recipe(cls, **settings) -> "AugmentSpec":
-        """Recipe 2 with a high-gain sensor's noise (up to 10 gray levels instead of 3), hot and dead pixels (up
-        to 1 % of the pixels, in a share of the copies) and motion blur along the strip: a line camera is
-        mounted square to the strip, so its travel smears along the image rows or columns, not at any angle."""
-        return cls(**{"noise_std_max": 10.0, "defective_pixels_max": 0.01, "motion_along_axes": True, **settings})
+        """Recipe 2 with a high-gain sensor's noise (up to 10 gray levels instead of 3) and motion blur along the
+        strip: a line camera is mounted square to the strip, so its travel smears along the image rows or
+        columns, not at any angle."""
+        return cls(**{"noise_std_max": 10.0, "motion_along_axes": True, **settings})
 
 
 LATER_CAMERA_KINDS = ("gain_range", "motion_blur_max", "banding_std_max", "resolution_range", "jpeg_quality_range")
-THIRD_RECIPE_KINDS = ("defective_pixels_max", "motion_along_axes")  # left out of the cache key when off, like the later kinds
+THIRD_RECIPE_KINDS = ("motion_along_axes",)  # left out of the cache key when off, like the later kinds
 CAMERA_SHARE = 1 / 3  # share of the augmented copies that draw each of the later kinds
 
 
@@ -112,8 +111,6 @@ def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpe
         std = rng.uniform(0.0, spec.banding_std_max)
         field = rng.normal(0.0, std, (image.shape[0], 1)) + rng.normal(0.0, std / 2, (1, image.shape[1]))
         values = values + _per_pixel(values, field.astype(np.float32))
-    if spec.defective_pixels_max and rng.random() < CAMERA_SHARE:
-        values = stuck_pixels(values, rng.uniform(0.0, spec.defective_pixels_max), rng)
     values = 255.0 * (np.clip(values, 0, 255) / 255.0) ** gamma
     values = (values - values.mean()) * contrast + values.mean()
     out = np.clip(values + 0.5, 0, 255).astype(np.uint8)
@@ -127,14 +124,6 @@ def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpe
 def _per_pixel(values: np.ndarray, field: np.ndarray) -> np.ndarray:
     """A (H, W) field shaped to broadcast over ``values``' channels."""
     return field.reshape(field.shape + (1,) * (values.ndim - 2))
-
-
-def stuck_pixels(values: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
-    """``share`` of the pixel positions stuck at 0 (dead) or 255 (hot), half each, in every channel."""
-    out = values.copy()
-    stuck = rng.random(values.shape[:2]) < share
-    out[stuck] = np.where(rng.random(int(stuck.sum())) < 0.5, 0.0, 255.0).reshape(-1, *([1] * (values.ndim - 2)))
-    return out
 
 
 def motion_blur(values: np.ndarray, length: int, angle_deg: float) -> np.ndarray:

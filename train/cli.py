@@ -68,8 +68,8 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      "shipped model's recipe: docs/unknown.md)")
     rec.add_argument("--camera-recipe", type=int, default=2, choices=(1, 2, 3),
                      help="1: contrast, gamma, blur, noise up to 3 gray levels; 2: also exposure gain, motion blur, "
-                     "row banding, lost resolution, JPEG; 3: recipe 2 with noise up to 10 gray levels and hot and "
-                     "dead pixels")
+                     "row banding, lost resolution, JPEG; 3: recipe 2 with noise up to 10 gray levels and "
+                     "motion blur along the rows or columns only")
     rec.add_argument("--polarity-augment", action="store_true",
                      help="invert the gray levels of half the augmented copies: defects that are bright under this "
                      "line's lighting may be dark under another's")

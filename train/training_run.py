@@ -75,7 +75,7 @@ class TrainOptions:
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
     camera_augment: bool = True  # AugmentSpec.camera: another camera's look in the augmented copies
     camera_recipe: int = 2  # 1: contrast, gamma, blur, noise; 2: also gain, motion blur, banding, resolution, JPEG;
-    # 3: recipe 2 with noise up to 10 gray levels and hot/dead pixels
+    # 3: recipe 2 with noise up to 10 gray levels and motion blur along the rows or columns
     polarity_augment: bool = False  # AugmentSpec.polarity: half the augmented copies with inverted gray levels
     val_per_class: int = 12
     test_per_class: int = 12
