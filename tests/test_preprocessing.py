@@ -13,6 +13,7 @@ from edge_runtime.errors import ImageReadError
 from edge_runtime.preprocessing import (
     CAFFE_MEAN_BGR,
     PreprocessConfig,
+    correct_defective_pixels,
     load_image,
     prepare_pixels,
     preprocess,
@@ -70,6 +71,48 @@ def test_config_round_trips_through_a_dict():
 def test_invalid_config_is_refused():
     with pytest.raises(ValueError, match="interpolation"):
         PreprocessConfig(interpolation="bogus")
+
+
+def textured_gray(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(60, 200, (60, 80)).astype(np.uint8), (0, 0), 1.5)
+
+
+def test_hot_and_dead_pixels_take_a_neighbours_value_and_nothing_else_changes():
+    clean = textured_gray()
+    broken = clean.copy()
+    broken[10, 10], broken[30, 40], broken[50, 70] = 255, 0, 255
+    fixed = correct_defective_pixels(broken)
+    changed = np.argwhere(fixed != broken).tolist()
+    assert changed == [[10, 10], [30, 40], [50, 70]]
+    assert np.abs(fixed.astype(int) - clean).max() <= 20  # the nearest neighbour value: near the scene
+
+
+def test_thin_lines_and_edges_are_not_defects():
+    scene = np.full((40, 40), 90, np.uint8)
+    scene[:, 20] = 250  # a bright scratch one pixel wide
+    scene[25, :] = 5  # a dark crack one pixel high
+    scene[:, 30:] = 230  # a sharp edge
+    assert np.array_equal(correct_defective_pixels(scene), scene)
+    assert np.array_equal(correct_defective_pixels(textured_gray(1)), textured_gray(1))
+
+
+def test_defect_pixels_are_corrected_before_resizing_for_gray_and_colour_frames_and_can_be_switched_off():
+    clean = textured_gray()
+    broken = clean.copy()
+    broken[::7, ::9] = 255  # 1.6 % hot pixels, each alone
+    on, off = PreprocessConfig(input_size=(30, 40)), PreprocessConfig(input_size=(30, 40), defect_pixel_threshold=0)
+    for frame in (broken, np.dstack([broken] * 3)):
+        np.testing.assert_allclose(prepare_pixels(frame, on).astype(int), prepare_pixels(clean, on), atol=3)
+        assert np.abs(prepare_pixels(frame, off).astype(int) - prepare_pixels(clean, off)).max() > 20
+
+
+def test_models_written_before_the_correction_existed_read_it_as_on_and_new_ones_store_it():
+    old = {k: v for k, v in PreprocessConfig().to_dict().items() if k != "defect_pixel_threshold"}
+    assert PreprocessConfig.from_dict(old).defect_pixel_threshold == 40
+    assert PreprocessConfig(defect_pixel_threshold=0).to_dict()["defect_pixel_threshold"] == 0
+    with pytest.raises(ValueError, match="defect_pixel_threshold"):
+        PreprocessConfig(defect_pixel_threshold=-1)
 
 
 def test_sixteen_bit_png_reads_and_scales(tmp_path: Path):
