@@ -53,7 +53,7 @@ class PreprocessConfig:
     target_std: float = 26.0  # gray level std after "standardize" (NEU training images, per image: 26.1)
     # a pixel brighter than all 8 neighbours, or darker than all, by more than this many gray levels is a hot or
     # dead sensor pixel and takes the nearest neighbour value (0: off). Models written before the setting existed
-    # read it as on: on NEU images it changes no pixel (docs/unknown.md).
+    # read it as on: it changes 0.004 % of NEU's pixels and none of the shipped model's answers (docs/unknown.md).
     defect_pixel_threshold: int = DEFECT_PIXEL_THRESHOLD
 
     def __post_init__(self) -> None:
