@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +152,16 @@ class Classifier:
             raise MetadataError(self.path, "the model stores no table of unknown rates, so its threshold cannot be "
                                 "moved; re-export it with edge-export (or python -m export.unknown_bank)")
         self.ood = self.ood.at_rate(float(rate))  # ValueError for a rate outside the calibrated range
+
+    @property
+    def defect_pixel_threshold(self) -> int:
+        """Hot and dead pixel correction before resizing (gray levels beyond every neighbour; 0: off)."""
+        return self._config.defect_pixel_threshold
+
+    @defect_pixel_threshold.setter
+    def defect_pixel_threshold(self, levels: int) -> None:
+        """Another threshold for this camera (0 where the camera corrects its own defective pixels)."""
+        self._config = replace(self._config, defect_pixel_threshold=int(levels))  # ValueError outside 0..255
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Decoded image -> this model's input (uint8 pixels if the graph normalises, else float32)."""

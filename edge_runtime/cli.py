@@ -90,6 +90,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _gray_levels(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be 0 to 255 gray levels, got {text}")
+    return value
+
+
 def run_defaults() -> dict[str, Any]:
     """The defaults of :func:`run`'s parameters: the command line takes its defaults from here."""
     return {name: parameter.default for name, parameter in inspect.signature(run).parameters.items()
@@ -190,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="operating point of the unknown answer: the share of images like the training images "
                      "(also from a brighter, softer or noisier camera) answered unknown, e.g. 0.01; higher catches "
                      "more new defects (docs/unknown.md has the trade-off). Default: the model's own, set at export")
+    mod.add_argument("--defect-pixel-threshold", type=_gray_levels, metavar="LEVELS",
+                     help="hot and dead sensor pixels: a pixel brighter than all its neighbours, or darker, by more "
+                     "than LEVELS gray levels takes the nearest neighbour's value before the image is resized; 0 "
+                     "turns the correction off (a camera that corrects its own). Default: the model's own (40)")
     out = p.add_argument_group("results")
     out.add_argument("--output", metavar="FILE", help="write records to FILE (.jsonl or .csv) instead of stdout")
     out.add_argument("--overwrite", action="store_true", help="start --output afresh instead of appending/resuming")
@@ -262,6 +273,7 @@ def run(
     tile_aggregate: str = "max",
     polarity: str | None = None,
     unknown_rate: float | None = None,
+    defect_pixel_threshold: int | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
     min_confidence: float | None = None,
@@ -306,6 +318,8 @@ def run(
             classifier.polarity = polarity
         if unknown_rate is not None:
             classifier.unknown_rate = unknown_rate
+        if defect_pixel_threshold is not None:
+            classifier.defect_pixel_threshold = defect_pixel_threshold
         info = ModelInfo.of(classifier)
         log.info("model %s: %s, %d labels, sha256 %s", info.path, info.engine, len(classifier.labels), info.sha256)
         outputs = LineOutputs(line, info, classifier.labels)

@@ -216,6 +216,29 @@ def test_jsonl_and_csv_records_parse_and_mark_uncertain_results(tiny_edge_models
     assert sum(r["uncertain"] for r in records) == 4
 
 
+def test_stuck_sensor_pixels_are_corrected_unless_the_camera_does_it_itself(tiny_edge_models, tmp_path,
+                                                                           monkeypatch):
+    clean = synthetic_image(2, 0)
+    stuck = clean.copy()
+    rng = np.random.default_rng(0)
+    cells = rng.choice(19 * 19, 60, replace=False)  # every other row and column: no two stuck pixels touch
+    stuck[2 * (cells // 19) + 1, 2 * (cells % 19) + 1] = rng.choice([0, 255], 60)
+    model = classifier_module.Classifier.load(tiny_edge_models.tflite)
+    assert model.defect_pixel_threshold == 40
+    corrected = np.abs(model.prepare(stuck) - model.prepare(clean)).mean()
+    model.defect_pixel_threshold = 0
+    assert corrected < 0.2 * np.abs(model.prepare(stuck) - model.prepare(clean)).mean()
+
+    loaded = []
+    load = classifier_module.Classifier.load
+    monkeypatch.setattr(classifier_module.Classifier, "load",
+                        classmethod(lambda cls, *a, **k: loaded.append(load(*a, **k)) or loaded[-1]))
+    cv2.imwrite(str(tmp_path / "stuck.png"), stuck)
+    assert main([str(tmp_path / "stuck.png"), "--model", str(tiny_edge_models.tflite),
+                 "--defect-pixel-threshold", "0", "--output", str(tmp_path / "r.jsonl")]) == 0
+    assert loaded[-1].defect_pixel_threshold == 0
+
+
 def test_the_summary_has_the_numbers_for_comparing_end_to_end_and_inference_time(tiny_edge_models, tmp_path):
     folder = tmp_path / "parts"
     write_images(folder, 4)
@@ -322,7 +345,8 @@ def test_inconsistent_arguments_exit_2(args, message, tiny_edge_models, tmp_path
 
 
 @pytest.mark.parametrize("args", [["--every", "0", "a.png"], ["--min-confidence", "1.5", "a.png"],
-                                  ["--folder", "d", "--camera", "0"], ["--threads", "-1", "a.png"]])
+                                  ["--folder", "d", "--camera", "0"], ["--threads", "-1", "a.png"],
+                                  ["--defect-pixel-threshold", "300", "a.png"]])
 def test_invalid_option_values_are_refused_by_the_parser(args, capsys):
     with pytest.raises(SystemExit) as info:
         main(args)
