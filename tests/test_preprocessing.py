@@ -107,6 +107,15 @@ def test_defect_pixels_are_corrected_before_resizing_for_gray_and_colour_frames_
         assert np.abs(prepare_pixels(frame, off).astype(int) - prepare_pixels(clean, off)).max() > 20
 
 
+def test_frames_shrunk_sixteen_times_or_more_average_stuck_pixels_away_and_are_not_corrected():
+    clean = cv2.resize(textured_gray(), (1600, 1200), interpolation=cv2.INTER_LINEAR)
+    stuck = clean.copy()
+    stuck[::9, ::11] = 255  # 1 % hot pixels, each alone
+    config = PreprocessConfig(input_size=(224, 224))
+    difference = np.abs(prepare_pixels(stuck, config).astype(int) - prepare_pixels(clean, config))
+    assert 0 < difference.max() <= 255 // 16 + 1  # uncorrected, but diluted to noise level
+
+
 def test_models_written_before_the_correction_existed_read_it_as_on_and_new_ones_store_it():
     old = {k: v for k, v in PreprocessConfig().to_dict().items() if k != "defect_pixel_threshold"}
     assert PreprocessConfig.from_dict(old).defect_pixel_threshold == 40
