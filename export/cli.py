@@ -75,6 +75,10 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-copies", type=int, default=2,
                    help="augmented training copies (the training recipe's camera and geometric changes) of each "
                    "training image in the unknown score's bank")
+    p.add_argument("--bank-camera-copies", nargs="*", default=[], choices=("noise", "motion", "banding"),
+                   metavar="KIND", help="one more bank copy of every training image per KIND (noise: sigma up to "
+                   "10 gray levels; motion: 2-9 px along the rows or columns; banding: row offsets up to sigma 6): "
+                   "fewer unknown answers under those camera changes (docs/unknown.md)")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
     p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
@@ -159,6 +163,7 @@ def _export(argv: list[str]) -> int:
         progress=not args.no_progress, cache=not args.no_cache, bias_correction=not args.no_bias_correction,
         onnx_float_first_conv=not args.onnx_int8_first_conv, onnx_beside_tflite=not args.onnx_after_tflite,
         ood_quantile=1.0 - args.unknown_rate, ood_bank_copies=args.bank_copies,
+        ood_camera_copies=tuple(args.bank_camera_copies),
     ))
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:

@@ -48,6 +48,7 @@ class ExportOptions:
     ood_k: int = 2
     ood_quantile: float = 0.95  # 1 - the target unknown rate of the default operating point (docs/unknown.md)
     ood_bank_copies: int = 2  # augmented training copies of each training image in the bank (train.embeddings)
+    ood_camera_copies: tuple[str, ...] = ()  # one more bank copy per kind (train.embeddings.BANK_CAMERA_KINDS)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
     seed: int = 0
     progress: bool = True
@@ -209,7 +210,7 @@ def export_run(options: ExportOptions) -> dict:
     setup_seconds = time.perf_counter() - started
     ood = training_copies_ood_spec(model, run.directory, data_root, rows, run.preprocess, options.ood_bank_copies,
                                    options.ood_k, options.ood_quantile, run.classes, options.ood_per_class,
-                                   options.progress, cache)
+                                   options.progress, cache, tuple(options.ood_camera_copies))
     bank_seconds = time.perf_counter() - started - setup_seconds
     converting = time.perf_counter()
     background: dict = {}

@@ -428,3 +428,52 @@ def test_with_augmented_training_copies_in_the_bank_a_lower_contrast_shot_stays_
     assert clean.score(query, best)[0] > clean.threshold  # clean bank only: the flatter shot is unknown
     known, unknown = augmented.score(query, best) > augmented.threshold
     assert not known and unknown
+
+
+def test_bank_camera_copies_are_seeded_and_do_what_their_names_say():
+    from train.embeddings import BANK_CAMERA_KINDS, bank_camera_copy
+
+    flat = np.full((40, 48), 128, np.uint8)
+    for kind in BANK_CAMERA_KINDS:
+        assert np.array_equal(bank_camera_copy(flat, kind, 5), bank_camera_copy(flat, kind, 5))
+        assert bank_camera_copy(np.dstack([flat] * 3), kind, 5).shape == (40, 48, 3)
+    noisy = [bank_camera_copy(flat, "noise", i).std() for i in range(20)]
+    assert max(noisy) > 6 and min(noisy) < 3  # sigma drawn from 0 to 10 gray levels
+    banded = bank_camera_copy(flat, "banding", 4).astype(float) - 128
+    assert banded.std(axis=1).mean() < banded.std(axis=0).mean()  # offsets constant along each row, mostly
+    dot = np.zeros((41, 41), np.uint8)
+    dot[20, 20] = 255
+    for i in range(10):
+        extent = sorted(np.ptp(np.nonzero(bank_camera_copy(dot, "motion", i) > 8), axis=1))
+        assert extent[0] <= 2  # a horizontal or vertical streak (or a dot)
+    with pytest.raises(ValueError, match="glare"):
+        bank_camera_copy(flat, "glare", 0)
+
+
+def test_a_noise_copy_in_the_bank_keeps_a_noisy_shot_known_and_a_new_class_unknown(monkeypatch, tmp_path):
+    from edge_runtime.preprocessing import PreprocessConfig
+    from train import embeddings, features
+    from train.split import ManifestRow
+
+    rows = ([ManifestRow(f"stripes/{i}.png", "crazing", "train", f"{i:064x}") for i in range(8)]
+            + [ManifestRow(f"spots/{i}.png", "inclusion", "train", f"{i + 8:064x}") for i in range(8)])
+    monkeypatch.setattr(features, "read_image", lambda path: (stripes if "stripes" in str(path) else spots)(
+        int(Path(path).stem)))
+    monkeypatch.setattr(embeddings, "keras_outputs", lambda model, pixels, preprocess, **kwargs: (
+        np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)))
+
+    def bank(kinds: tuple[str, ...]):
+        return embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
+                                                   PreprocessConfig(input_size=(SIDE, SIDE)), copies=0, k=2,
+                                                   quantile=0.95, classes=["crazing", "inclusion"], progress=False,
+                                                   camera_kinds=kinds)
+
+    plain, with_noise = bank(()), bank(("noise",))
+    assert len(with_noise.bank) == 2 * len(rows) and with_noise.bank_info["camera_copies"] == ["noise"]
+    image = stripes(3).astype(np.float64)
+    noisy = np.clip(image + np.random.default_rng(1).normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    query = texture_embedding(np.stack([noisy, checkerboard(1)]))
+    best = np.array([0, 0])
+    assert plain.score(query, best)[0] > plain.threshold  # without the copy the noisy shot is unknown
+    known, unknown = with_noise.score(query, best) > with_noise.threshold
+    assert not known and unknown

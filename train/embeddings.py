@@ -127,6 +127,36 @@ def keras_outputs(model, pixels: np.ndarray, preprocess: PreprocessConfig, batch
     return probabilities, embeddings
 
 
+# One more copy of every training image per kind, for the unknown score's bank: the strong camera changes that
+# the training copies show rarely (recipe 2 draws each later kind into a third of them). docs/unknown.md
+BANK_CAMERA_KINDS = ("noise", "motion", "banding")
+_BANK_KIND_SEEDS = {"noise": 7, "motion": 8, "banding": 9}
+
+
+def bank_camera_copy(image: np.ndarray, kind: str, index: int) -> np.ndarray:
+    """The ``index``-th training image (decoded, its own resolution) under one strong camera change, seeded by
+    kind and index: ``noise`` (Gaussian, sigma up to 10 gray levels), ``motion`` (a 2-9 px smear along the rows
+    or the columns, +-5 deg) or ``banding`` (row offsets up to sigma 6 gray levels, columns half that)."""
+    from train.augment import motion_blur
+
+    if kind not in _BANK_KIND_SEEDS:
+        raise ValueError(f"bank camera copy {kind!r} is not one of {BANK_CAMERA_KINDS}")
+    rng = np.random.default_rng([_BANK_KIND_SEEDS[kind], index])
+    values = np.asarray(image).astype(np.float32)
+    height, width = values.shape[:2]
+    if kind == "noise":
+        field = rng.normal(0.0, rng.uniform(0.0, 10.0), (height, width))
+    elif kind == "banding":
+        spread = rng.uniform(0.0, 6.0)
+        field = rng.normal(0.0, spread, (height, 1)) + rng.normal(0.0, spread / 2, (1, width))
+    else:
+        length = int(rng.integers(2, 10))
+        values, field = motion_blur(values, length, 90.0 * rng.integers(0, 2) + rng.uniform(-5.0, 5.0)), 0.0
+    field = np.asarray(field, np.float32)
+    values = values + (field.reshape(field.shape + (1,) * (values.ndim - 2)) if field.ndim else field)
+    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+
+
 def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes: list[str], preprocess: PreprocessConfig,
                      cameras: BankCameras = BankCameras(), k: int = 2, quantile: float = 0.98, per_class: bool = True,
                      progress: bool = True) -> OodSpec:
@@ -168,7 +198,7 @@ def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], 
 def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
                              copies: int = 2, k: int = 2, quantile: float = 0.98, classes: list[str] | None = None,
                              per_class: bool = True, progress: bool = True,
-                             cache: KerasOutputCache | None = None) -> OodSpec:
+                             cache: KerasOutputCache | None = None, camera_kinds: tuple[str, ...] = ()) -> OodSpec:
     """The unknown score of a trained run's Keras model, from training images only: bank = every *train* image
     of the manifest as captured and its first ``copies`` augmented training copies, the very inputs the model
     was trained on (its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes,
@@ -179,6 +209,7 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
     missing from the cache (another machine, a cleared cache) are computed and stored there first. A model
     folder without edge-train's config.json gets the current recipe's copies through the whole model (read
     from ``cache``, the Keras output cache, when it holds them)."""
+    from train import features
     from train.augment import AugmentSpec
     from train.features import CacheItem, training_pixels
     from train.training_run import run_feature_cache
@@ -206,15 +237,21 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
             pixels = np.stack([training_pixels(item, preprocess, spec, seed) for item in items])
             blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank copy {copy}",
                                         cache=cache)[1])
+    for kind in camera_kinds:
+        pixels = np.stack([prepare_pixels(bank_camera_copy(features.read_image(Path(data_root) / r.path), kind, i),
+                                          preprocess) for i, r in enumerate(chosen)])
+        blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank {kind} copy",
+                                    cache=cache)[1])
     info = {"images": len(chosen), "split": "train",
             "copies": {"count": copies, "source": "the training's augmented copies (train/augment.py)",
                        "augment": spec.identity(), "seed": seed},
+            **({"camera_copies": list(camera_kinds)} if camera_kinds else {}),
             "calibration": "leave-one-out scores of the bank's rows (every copy of the same image left out)",
             "per_class": per_class}
     ood = _calibrated(blocks, labels, classes, k, quantile, per_class, info)
-    log.info("unknown score: bank of %d embeddings (%d training images, %d augmented training copies each) of "
-             "width %d, k=%d, threshold %.4f at in-distribution unknown rate %.3f%s", len(ood.bank), len(chosen),
-             copies, ood.width, ood.k, ood.threshold, ood.rate, ", per class" if ood.class_offsets else "")
+    log.info("unknown score: bank of %d embeddings (%d training images, %d augmented training copies and %d camera "
+             "copies each) of width %d, k=%d, threshold %.4f at in-distribution unknown rate %.3f%s", len(ood.bank),
+             len(chosen), copies, len(camera_kinds), ood.width, ood.k, ood.threshold, ood.rate, ", per class" if ood.class_offsets else "")
     return ood
 
 
