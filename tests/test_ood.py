@@ -400,9 +400,9 @@ def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypat
     assert spec.bank_info["copies"]["count"] == 2 and spec.bank_info["copies"]["augment"]["camera"]
 
 
-def test_with_augmented_training_copies_in_the_bank_a_lower_contrast_shot_stays_known_and_a_new_class_does_not(
-        monkeypatch, tmp_path):
-    """The exported bank's copies are the training recipe's own augmentations (train/augment.py)."""
+def stripes_and_spots_bank(monkeypatch, tmp_path, copies: int = 0, camera_kinds: tuple[str, ...] = ()):
+    """The exported bank's rule on 8 training images of stripes (crazing) and 8 of spots (inclusion), with the
+    texture embedding standing in for the network."""
     from edge_runtime.preprocessing import PreprocessConfig
     from train import embeddings, features
     from train.split import ManifestRow
@@ -413,14 +413,17 @@ def test_with_augmented_training_copies_in_the_bank_a_lower_contrast_shot_stays_
         int(Path(path).stem)))
     monkeypatch.setattr(embeddings, "keras_outputs", lambda model, pixels, preprocess, **kwargs: (
         np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)))
+    return embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
+                                               PreprocessConfig(input_size=(SIDE, SIDE)), copies=copies, k=2,
+                                               quantile=0.95, classes=["crazing", "inclusion"], progress=False,
+                                               camera_kinds=camera_kinds)
 
-    def bank(copies: int):
-        return embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
-                                                   PreprocessConfig(input_size=(SIDE, SIDE)), copies=copies, k=2,
-                                                   quantile=0.95, classes=["crazing", "inclusion"], progress=False)
 
-    clean, augmented = bank(0), bank(6)
-    assert len(augmented.bank) == 7 * len(rows)
+def test_with_augmented_training_copies_in_the_bank_a_lower_contrast_shot_stays_known_and_a_new_class_does_not(
+        monkeypatch, tmp_path):
+    """The exported bank's copies are the training recipe's own augmentations (train/augment.py)."""
+    clean, augmented = (stripes_and_spots_bank(monkeypatch, tmp_path, copies) for copies in (0, 6))
+    assert len(augmented.bank) == 7 * 16
     image = stripes(3).astype(np.float64)
     flatter = ((image - image.mean()) * 0.6 + image.mean()).astype(np.uint8)  # contrast -40 %, as with glare
     query = texture_embedding(np.stack([flatter, checkerboard(1)]))
@@ -451,25 +454,9 @@ def test_bank_camera_copies_are_seeded_and_do_what_their_names_say():
 
 
 def test_a_noise_copy_in_the_bank_keeps_a_noisy_shot_known_and_a_new_class_unknown(monkeypatch, tmp_path):
-    from edge_runtime.preprocessing import PreprocessConfig
-    from train import embeddings, features
-    from train.split import ManifestRow
-
-    rows = ([ManifestRow(f"stripes/{i}.png", "crazing", "train", f"{i:064x}") for i in range(8)]
-            + [ManifestRow(f"spots/{i}.png", "inclusion", "train", f"{i + 8:064x}") for i in range(8)])
-    monkeypatch.setattr(features, "read_image", lambda path: (stripes if "stripes" in str(path) else spots)(
-        int(Path(path).stem)))
-    monkeypatch.setattr(embeddings, "keras_outputs", lambda model, pixels, preprocess, **kwargs: (
-        np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)))
-
-    def bank(kinds: tuple[str, ...]):
-        return embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
-                                                   PreprocessConfig(input_size=(SIDE, SIDE)), copies=0, k=2,
-                                                   quantile=0.95, classes=["crazing", "inclusion"], progress=False,
-                                                   camera_kinds=kinds)
-
-    plain, with_noise = bank(()), bank(("noise",))
-    assert len(with_noise.bank) == 2 * len(rows) and with_noise.bank_info["camera_copies"] == ["noise"]
+    plain, with_noise = (stripes_and_spots_bank(monkeypatch, tmp_path, camera_kinds=kinds)
+                         for kinds in ((), ("noise",)))
+    assert len(with_noise.bank) == 2 * 16 and with_noise.bank_info["camera_copies"] == ["noise"]
     image = stripes(3).astype(np.float64)
     noisy = np.clip(image + np.random.default_rng(1).normal(0, 6, image.shape), 0, 255).astype(np.uint8)
     query = texture_embedding(np.stack([noisy, checkerboard(1)]))

@@ -251,7 +251,8 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
     ood = _calibrated(blocks, labels, classes, k, quantile, per_class, info)
     log.info("unknown score: bank of %d embeddings (%d training images, %d augmented training copies and %d camera "
              "copies each) of width %d, k=%d, threshold %.4f at in-distribution unknown rate %.3f%s", len(ood.bank),
-             len(chosen), copies, len(camera_kinds), ood.width, ood.k, ood.threshold, ood.rate, ", per class" if ood.class_offsets else "")
+             len(chosen), copies, len(camera_kinds), ood.width, ood.k, ood.threshold, ood.rate,
+             ", per class" if ood.class_offsets else "")
     return ood
 
 
