@@ -191,15 +191,17 @@ def correct_defective_pixels(image: np.ndarray, threshold: int = DEFECT_PIXEL_TH
     only isolated impulses change. ``threshold`` 0 returns the image as it is."""
     if threshold <= 0:
         return image
-    brightest, darkest = cv2.dilate(image, _NEIGHBOURS), cv2.erode(image, _NEIGHBOURS)
-    flat = (image.shape[0], -1)  # channels side by side: one-channel masks for OpenCV's masked copy
-    hot = cv2.compare(image.reshape(flat), cv2.add(brightest, threshold).reshape(flat), cv2.CMP_GT)
-    dead = cv2.compare(image.reshape(flat), cv2.subtract(darkest, threshold).reshape(flat), cv2.CMP_LT)
+    flat = (image.shape[0], -1)  # channels side by side as one channel: scalars and masks apply to every channel
+    pixels = image.reshape(flat)
+    brightest = cv2.dilate(image, _NEIGHBOURS).reshape(flat)
+    darkest = cv2.erode(image, _NEIGHBOURS).reshape(flat)
+    hot = cv2.compare(cv2.subtract(pixels, brightest), threshold, cv2.CMP_GT)  # saturating: 0 unless brighter
+    dead = cv2.compare(cv2.subtract(darkest, pixels), threshold, cv2.CMP_GT)
     if not (cv2.countNonZero(hot) or cv2.countNonZero(dead)):
         return image
-    out = image.copy().reshape(flat)
-    cv2.copyTo(brightest.reshape(flat), hot, out)
-    cv2.copyTo(darkest.reshape(flat), dead, out)
+    out = pixels.copy()
+    cv2.copyTo(brightest, hot, out)
+    cv2.copyTo(darkest, dead, out)
     return out.reshape(image.shape)
 
 
