@@ -16,6 +16,7 @@ from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.polarity import AS_IS, POLARITY_MODES
 from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
+from train.embeddings import BANK_CAMERA_KINDS
 
 log = logging.getLogger("edge-export")
 
@@ -75,7 +76,7 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-copies", type=int, default=2,
                    help="augmented training copies (the training recipe's camera and geometric changes) of each "
                    "training image in the unknown score's bank")
-    p.add_argument("--bank-camera-copies", nargs="*", default=[], choices=("noise", "motion", "banding"),
+    p.add_argument("--bank-camera-copies", nargs="*", default=[], choices=BANK_CAMERA_KINDS,
                    metavar="KIND", help="one more bank copy of every training image per KIND (noise: sigma up to "
                    "10 gray levels; motion: 2-9 px along the rows or columns; banding: row offsets up to sigma 6): "
                    "fewer unknown answers under those camera changes (docs/unknown.md)")

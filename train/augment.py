@@ -101,16 +101,15 @@ def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpe
         values = cv2.GaussianBlur(values, (0, 0), sigma).reshape(image.shape)
     if spec.motion_blur_max and rng.random() < CAMERA_SHARE:
         length = int(rng.integers(2, spec.motion_blur_max + 1))
-        angle = 90.0 * rng.integers(0, 2) + rng.uniform(-5.0, 5.0) if spec.motion_along_axes else rng.uniform(0.0, 180.0)
+        angle = along_axes_angle(rng) if spec.motion_along_axes else rng.uniform(0.0, 180.0)
         values = motion_blur(values, length, angle)
     if spec.gain_range and rng.random() < CAMERA_SHARE:
         values = values * float(np.exp(rng.uniform(np.log(spec.gain_range[0]), np.log(spec.gain_range[1]))))
     if noise > 0:
-        values = values + _per_pixel(values, rng.normal(0.0, noise, size=image.shape[:2]).astype(np.float32))
+        values = values + per_pixel(values, rng.normal(0.0, noise, size=image.shape[:2]).astype(np.float32))
     if spec.banding_std_max and rng.random() < CAMERA_SHARE:
-        std = rng.uniform(0.0, spec.banding_std_max)
-        field = rng.normal(0.0, std, (image.shape[0], 1)) + rng.normal(0.0, std / 2, (1, image.shape[1]))
-        values = values + _per_pixel(values, field.astype(np.float32))
+        field = banding_field(rng, image.shape[:2], rng.uniform(0.0, spec.banding_std_max))
+        values = values + per_pixel(values, field)
     values = 255.0 * (np.clip(values, 0, 255) / 255.0) ** gamma
     values = (values - values.mean()) * contrast + values.mean()
     out = np.clip(values + 0.5, 0, 255).astype(np.uint8)
@@ -121,9 +120,21 @@ def camera_augment(image: np.ndarray, rng: np.random.Generator, spec: AugmentSpe
     return out
 
 
-def _per_pixel(values: np.ndarray, field: np.ndarray) -> np.ndarray:
+def per_pixel(values: np.ndarray, field: np.ndarray) -> np.ndarray:
     """A (H, W) field shaped to broadcast over ``values``' channels."""
     return field.reshape(field.shape + (1,) * (values.ndim - 2))
+
+
+def banding_field(rng: np.random.Generator, shape: tuple[int, int], std: float) -> np.ndarray:
+    """Row banding of a rolling readout: one offset per row (``std`` gray levels) plus a column pattern of half
+    that, as a float32 (H, W) field."""
+    return (rng.normal(0.0, std, (shape[0], 1)) + rng.normal(0.0, std / 2, (1, shape[1]))).astype(np.float32)
+
+
+def along_axes_angle(rng: np.random.Generator) -> float:
+    """A smear's angle along the rows (0 deg) or the columns (90 deg), +-5 deg: a line camera square to the
+    strip."""
+    return float(90.0 * rng.integers(0, 2) + rng.uniform(-5.0, 5.0))
 
 
 def motion_blur(values: np.ndarray, length: int, angle_deg: float) -> np.ndarray:

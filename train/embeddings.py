@@ -137,23 +137,19 @@ def bank_camera_copy(image: np.ndarray, kind: str, index: int) -> np.ndarray:
     """The ``index``-th training image (decoded, its own resolution) under one strong camera change, seeded by
     kind and index: ``noise`` (Gaussian, sigma up to 10 gray levels), ``motion`` (a 2-9 px smear along the rows
     or the columns, +-5 deg) or ``banding`` (row offsets up to sigma 6 gray levels, columns half that)."""
-    from train.augment import motion_blur
+    from train.augment import along_axes_angle, banding_field, motion_blur, per_pixel
 
     if kind not in _BANK_KIND_SEEDS:
         raise ValueError(f"bank camera copy {kind!r} is not one of {BANK_CAMERA_KINDS}")
     rng = np.random.default_rng([_BANK_KIND_SEEDS[kind], index])
     values = np.asarray(image).astype(np.float32)
-    height, width = values.shape[:2]
-    if kind == "noise":
-        field = rng.normal(0.0, rng.uniform(0.0, 10.0), (height, width))
-    elif kind == "banding":
-        spread = rng.uniform(0.0, 6.0)
-        field = rng.normal(0.0, spread, (height, 1)) + rng.normal(0.0, spread / 2, (1, width))
+    if kind == "motion":
+        values = motion_blur(values, int(rng.integers(2, 10)), along_axes_angle(rng))
+    elif kind == "noise":
+        field = rng.normal(0.0, rng.uniform(0.0, 10.0), values.shape[:2]).astype(np.float32)
+        values = values + per_pixel(values, field)
     else:
-        length = int(rng.integers(2, 10))
-        values, field = motion_blur(values, length, 90.0 * rng.integers(0, 2) + rng.uniform(-5.0, 5.0)), 0.0
-    field = np.asarray(field, np.float32)
-    values = values + (field.reshape(field.shape + (1,) * (values.ndim - 2)) if field.ndim else field)
+        values = values + per_pixel(values, banding_field(rng, values.shape[:2], rng.uniform(0.0, 6.0)))
     return np.clip(values + 0.5, 0, 255).astype(np.uint8)
 
 
