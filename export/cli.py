@@ -16,7 +16,7 @@ from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.polarity import AS_IS, POLARITY_MODES
 from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
-from train.embeddings import BANK_CAMERA_KINDS
+from train.augment import BANK_CAMERA_KINDS
 
 log = logging.getLogger("edge-export")
 
@@ -76,10 +76,11 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-copies", type=int, default=2,
                    help="augmented training copies (the training recipe's camera and geometric changes) of each "
                    "training image in the unknown score's bank")
-    p.add_argument("--bank-camera-copies", nargs="*", default=[], choices=BANK_CAMERA_KINDS,
+    p.add_argument("--bank-camera-copies", nargs="*", default=list(BANK_CAMERA_KINDS), choices=BANK_CAMERA_KINDS,
                    metavar="KIND", help="one more bank copy of every training image per KIND (noise: sigma up to "
                    "10 gray levels; motion: 2-9 px along the rows or columns; banding: row offsets up to sigma 6): "
-                   "fewer unknown answers under those camera changes (docs/unknown.md)")
+                   "fewer unknown answers under those camera changes, and int8 answers closer to float's "
+                   "(docs/unknown.md). Default: all three; the option alone, without KIND, leaves them out")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
     p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")

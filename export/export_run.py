@@ -23,6 +23,7 @@ from export.crossplant_figures import write_crossplant_figures
 from export.formats import FORMATS, ExportFormat, parse_formats
 from export.gates import Gates, failing
 from export.report import write_report
+from train.augment import BANK_CAMERA_KINDS
 from train.embeddings import training_copies_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 
@@ -48,7 +49,7 @@ class ExportOptions:
     ood_k: int = 2
     ood_quantile: float = 0.95  # 1 - the target unknown rate of the default operating point (docs/unknown.md)
     ood_bank_copies: int = 2  # augmented training copies of each training image in the bank (train.embeddings)
-    ood_camera_copies: tuple[str, ...] = ()  # one more bank copy per kind (train.embeddings.BANK_CAMERA_KINDS)
+    ood_camera_copies: tuple[str, ...] = BANK_CAMERA_KINDS  # one more bank copy per kind (train.augment)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
     seed: int = 0
     progress: bool = True

@@ -4,6 +4,7 @@ only (the training split and its camera-changed copies, or validation), the per-
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -393,7 +394,7 @@ def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypat
     monkeypatch.setattr(embeddings, "keras_outputs", fake_outputs)
     spec = embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
                                                PreprocessConfig(input_size=(SIDE, SIDE)), copies=2, k=2, quantile=0.9,
-                                               progress=False, classes=["crazing", "inclusion"])
+                                               progress=False, classes=["crazing", "inclusion"], camera_kinds=())
     assert sorted(set(read)) == sorted(f"/data/{r.path}" for r in rows if r.split == "train") and len(read) == 12 * 3
     assert len(spec.bank) == 12 * 3 and spec.k == 2 and len(spec.class_offsets) == 2
     assert spec.bank_info["images"] == 12 and spec.bank_info["split"] == "train"
@@ -434,23 +435,26 @@ def test_with_augmented_training_copies_in_the_bank_a_lower_contrast_shot_stays_
 
 
 def test_bank_camera_copies_are_seeded_and_do_what_their_names_say():
-    from train.embeddings import BANK_CAMERA_KINDS, bank_camera_copy
+    from train.augment import BANK_CAMERA_KINDS, bank_camera_copy
 
     flat = np.full((40, 48), 128, np.uint8)
+    sha = [hashlib.sha256(bytes([i])).hexdigest() for i in range(20)]  # an image's content hash seeds its copies
+    textured = np.random.default_rng(0).integers(0, 256, (40, 48)).astype(np.uint8)
     for kind in BANK_CAMERA_KINDS:
-        assert np.array_equal(bank_camera_copy(flat, kind, 5), bank_camera_copy(flat, kind, 5))
-        assert bank_camera_copy(np.dstack([flat] * 3), kind, 5).shape == (40, 48, 3)
-    noisy = [bank_camera_copy(flat, "noise", i).std() for i in range(20)]
+        assert np.array_equal(bank_camera_copy(textured, kind, sha[5]), bank_camera_copy(textured, kind, sha[5]))
+        assert not np.array_equal(bank_camera_copy(textured, kind, sha[5]), bank_camera_copy(textured, kind, sha[6]))
+        assert bank_camera_copy(np.dstack([flat] * 3), kind, sha[5]).shape == (40, 48, 3)
+    noisy = [bank_camera_copy(flat, "noise", h).std() for h in sha]
     assert max(noisy) > 6 and min(noisy) < 3  # sigma drawn from 0 to 10 gray levels
-    banded = bank_camera_copy(flat, "banding", 4).astype(float) - 128
+    banded = bank_camera_copy(flat, "banding", sha[4]).astype(float) - 128
     assert banded.std(axis=1).mean() < banded.std(axis=0).mean()  # offsets constant along each row, mostly
     dot = np.zeros((41, 41), np.uint8)
     dot[20, 20] = 255
-    for i in range(10):
-        extent = sorted(np.ptp(np.nonzero(bank_camera_copy(dot, "motion", i) > 8), axis=1))
+    for h in sha[:10]:
+        extent = sorted(np.ptp(np.nonzero(bank_camera_copy(dot, "motion", h) > 8), axis=1))
         assert extent[0] <= 2  # a horizontal or vertical streak (or a dot)
     with pytest.raises(ValueError, match="glare"):
-        bank_camera_copy(flat, "glare", 0)
+        bank_camera_copy(flat, "glare", sha[0])
 
 
 def test_a_noise_copy_in_the_bank_keeps_a_noisy_shot_known_and_a_new_class_unknown(monkeypatch, tmp_path):

@@ -273,11 +273,12 @@ def test_keras_files_with_polarity_auto_keep_the_reading_closer_to_the_training_
 
 def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_the_whole_model(trained_run: Path,
                                                                                                monkeypatch):
-    """The bank holds the training images and their augmented training copies; the layers below the cut are
-    read from the run's trunk cache (the copies training drew are not recomputed; the images as captured, which
-    training does not use, are computed once and kept), and the clean rows are the whole model's embeddings."""
+    """The bank holds the training images, their augmented training copies and their camera copies; edge-train
+    leaves the trunk outputs of every one of those rows in the run's cache, so the export runs only the trained
+    top, and each row equals the whole model's embedding of the same pixels."""
     from edge_runtime.preprocessing import prepare_pixels, read_image
     from train import features
+    from train.augment import BANK_CAMERA_KINDS, bank_camera_copy
     from train.embeddings import keras_outputs, training_copies_ood_spec
     from train.run_dir import TrainedRun
 
@@ -296,19 +297,21 @@ def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_t
     ood = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=2, classes=run.classes,
                                    progress=False)
     train = [r for r in rows if r.split == "train"]
-    after = trunk_files()
-    # trained with 2 augmented copies: those were all cached; the clean images (not used in training) are added
-    assert {f"{r.sha256}_{c}.npy" for r in train for c in (1, 2)} <= before
-    assert {f"{r.sha256}_0.npy" for r in train} <= after and all(name.endswith("_0.npy") for name in after - before)
-    assert sum(through_trunk) == len(after - before)  # only the missing rows went through the trunk
-    assert len(ood.bank) == 3 * len(train) and ood.bank_info["copies"]["count"] == 2
-    pixels = np.stack([prepare_pixels(read_image(data_root / r.path), run.preprocess) for r in train])
-    whole = keras_outputs(model, pixels, run.preprocess, progress=False)[1]
-    whole = whole / np.linalg.norm(whole, axis=1, keepdims=True)
-    clean = ood.bank[: len(train)].astype(np.float32)
-    clean = clean / np.linalg.norm(clean, axis=1, keepdims=True)
-    assert np.min(np.sum(whole * clean, axis=1)) > 0.999
+    assert {f"{r.sha256}_{c}.npy" for r in train for c in (0, 1, 2, *BANK_CAMERA_KINDS)} <= before
+    assert trunk_files() == before and sum(through_trunk) == 0  # nothing went through the trunk again
+    assert len(ood.bank) == (3 + len(BANK_CAMERA_KINDS)) * len(train)
+    assert ood.bank_info["copies"]["count"] == 2 and ood.bank_info["camera_copies"] == list(BANK_CAMERA_KINDS)
+    unit = lambda e: e.astype(np.float32) / np.linalg.norm(e.astype(np.float32), axis=1, keepdims=True)  # noqa: E731
+    images = [read_image(data_root / r.path) for r in train]
+    motion = 3 + BANK_CAMERA_KINDS.index("motion")  # block: as captured, 2 copies, then the camera kinds
+    for block, version in ((0, lambda image, row: image),
+                           (motion, lambda image, row: bank_camera_copy(image, "motion", row.sha256))):
+        pixels = np.stack([prepare_pixels(version(image, r), run.preprocess) for image, r in zip(images, train)])
+        whole = unit(keras_outputs(model, pixels, run.preprocess, progress=False)[1])
+        rows_of_block = unit(ood.bank[block * len(train) : (block + 1) * len(train)])
+        assert np.min(np.sum(whole * rows_of_block, axis=1)) > 0.999
 
+    after = trunk_files()
     training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=3, classes=run.classes,
                              progress=False)
     added = trunk_files() - after  # a copy training never drew: computed once, kept

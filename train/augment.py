@@ -161,3 +161,28 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     if not ok:
         raise RuntimeError("OpenCV could not encode a JPEG of shape %s" % (image.shape,))
     return cv2.imdecode(data, cv2.IMREAD_UNCHANGED).reshape(image.shape)
+
+
+# The unknown score's bank holds one more copy of every training image per kind: the strong camera changes that
+# the training copies show rarely (recipe 2 draws each later kind into a third of them). docs/unknown.md
+BANK_CAMERA_KINDS = ("noise", "motion", "banding")
+_BANK_KIND_SEEDS = {"noise": 7, "motion": 8, "banding": 9}
+
+
+def bank_camera_copy(image: np.ndarray, kind: str, sha256: str) -> np.ndarray:
+    """A training image (decoded, its own resolution) under one strong camera change, seeded by kind and the
+    image's content hash (the same copy in every run and fold): ``noise`` (Gaussian, sigma up to 10 gray levels),
+    ``motion`` (a 2-9 px smear along the rows or the columns, +-5 deg) or ``banding`` (row offsets up to sigma 6
+    gray levels, columns half that)."""
+    if kind not in _BANK_KIND_SEEDS:
+        raise ValueError(f"bank camera copy {kind!r} is not one of {BANK_CAMERA_KINDS}")
+    rng = np.random.default_rng([_BANK_KIND_SEEDS[kind], int(sha256[:15], 16)])
+    values = np.asarray(image).astype(np.float32)
+    if kind == "motion":
+        values = motion_blur(values, int(rng.integers(2, 10)), along_axes_angle(rng))
+    elif kind == "noise":
+        field = rng.normal(0.0, rng.uniform(0.0, 10.0), values.shape[:2]).astype(np.float32)
+        values = values + per_pixel(values, field)
+    else:
+        values = values + per_pixel(values, banding_field(rng, values.shape[:2], rng.uniform(0.0, 6.0)))
+    return np.clip(values + 0.5, 0, 255).astype(np.uint8)

@@ -14,6 +14,7 @@ import numpy as np
 from edge_runtime.ood import OodSpec, build_calibrated_spec
 from edge_runtime.polarity import AS_IS, AUTO, check_mode, choose_inverted, invert_polarity, pick
 from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels
+from train.augment import BANK_CAMERA_KINDS
 from train.output_cache import KerasOutputCache
 from train.split import rows_of
 
@@ -127,32 +128,6 @@ def keras_outputs(model, pixels: np.ndarray, preprocess: PreprocessConfig, batch
     return probabilities, embeddings
 
 
-# One more copy of every training image per kind, for the unknown score's bank: the strong camera changes that
-# the training copies show rarely (recipe 2 draws each later kind into a third of them). docs/unknown.md
-BANK_CAMERA_KINDS = ("noise", "motion", "banding")
-_BANK_KIND_SEEDS = {"noise": 7, "motion": 8, "banding": 9}
-
-
-def bank_camera_copy(image: np.ndarray, kind: str, index: int) -> np.ndarray:
-    """The ``index``-th training image (decoded, its own resolution) under one strong camera change, seeded by
-    kind and index: ``noise`` (Gaussian, sigma up to 10 gray levels), ``motion`` (a 2-9 px smear along the rows
-    or the columns, +-5 deg) or ``banding`` (row offsets up to sigma 6 gray levels, columns half that)."""
-    from train.augment import along_axes_angle, banding_field, motion_blur, per_pixel
-
-    if kind not in _BANK_KIND_SEEDS:
-        raise ValueError(f"bank camera copy {kind!r} is not one of {BANK_CAMERA_KINDS}")
-    rng = np.random.default_rng([_BANK_KIND_SEEDS[kind], index])
-    values = np.asarray(image).astype(np.float32)
-    if kind == "motion":
-        values = motion_blur(values, int(rng.integers(2, 10)), along_axes_angle(rng))
-    elif kind == "noise":
-        field = rng.normal(0.0, rng.uniform(0.0, 10.0), values.shape[:2]).astype(np.float32)
-        values = values + per_pixel(values, field)
-    else:
-        values = values + per_pixel(values, banding_field(rng, values.shape[:2], rng.uniform(0.0, 6.0)))
-    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
-
-
 def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes: list[str], preprocess: PreprocessConfig,
                      cameras: BankCameras = BankCameras(), k: int = 2, quantile: float = 0.98, per_class: bool = True,
                      progress: bool = True) -> OodSpec:
@@ -194,50 +169,49 @@ def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], 
 def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
                              copies: int = 2, k: int = 2, quantile: float = 0.98, classes: list[str] | None = None,
                              per_class: bool = True, progress: bool = True,
-                             cache: KerasOutputCache | None = None, camera_kinds: tuple[str, ...] = ()) -> OodSpec:
+                             cache: KerasOutputCache | None = None,
+                             camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS) -> OodSpec:
     """The unknown score of a trained run's Keras model, from training images only: bank = every *train* image
-    of the manifest as captured and its first ``copies`` augmented training copies, the very inputs the model
-    was trained on (its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes,
-    and the geometric ones); thresholds = leave-one-out calibration over those rows, per class.
+    of the manifest as captured, its first ``copies`` augmented training copies (the very inputs the model was
+    trained on: its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes, and
+    the geometric ones) and one camera copy per kind in ``camera_kinds`` (train.augment.bank_camera_copy: the
+    strong changes the training copies show rarely); thresholds = leave-one-out calibration over those rows, per
+    class.
 
     The layers below the run's cut (frozen in training) are not run again: their outputs are read from the
-    run's trunk cache (train/features.py) and only the trained top runs, about a fifth of ResNet-50's work. Rows
-    missing from the cache (another machine, a cleared cache) are computed and stored there first. A model
-    folder without edge-train's config.json gets the current recipe's copies through the whole model (read
-    from ``cache``, the Keras output cache, when it holds them)."""
-    from train import features
+    run's trunk cache (train/features.py; edge-train fills it for every row of the default bank) and only the
+    trained top runs, about a fifth of ResNet-50's work. Rows missing from the cache (another machine, a cleared
+    cache, other kinds) are computed and stored there first. A model folder without edge-train's config.json
+    gets the current recipe's copies through the whole model (read from ``cache``, the Keras output cache, when
+    it holds them)."""
     from train.augment import AugmentSpec
-    from train.features import CacheItem, training_pixels
+    from train.features import bank_items, training_pixels
     from train.training_run import run_feature_cache
 
     chosen = rows_of(rows, "train")
     labels = [r.label for r in chosen]
     classes = classes or sorted(set(labels))
     _check_labels(labels, classes)
-    copy_items = [[CacheItem(Path(data_root) / r.path, r.sha256, copy) for r in chosen] for copy in range(copies + 1)]
+    item_blocks = bank_items(chosen, Path(data_root), copies, tuple(camera_kinds))
     found = run_feature_cache(run_dir, model)
     blocks = []
     if found is not None:
         trunk_cache, parts = found
         spec, seed = trunk_cache.augment_spec, trunk_cache.seed
         top = _top_outputs(model, parts.split_layer)
-        trunk_cache.ensure_trunk(parts.trunk, [item for items in copy_items for item in items], progress=progress)
-        for items in copy_items:
+        trunk_cache.ensure_trunk(parts.trunk, [item for items in item_blocks for item in items], progress=progress)
+        for items in item_blocks:
             embeddings = [np.asarray(top(trunk_cache.load("trunk", items[i : i + 64]).astype(np.float32))[1],
                                      np.float32) for i in range(0, len(items), 64)]
             blocks.append(np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32))
     else:  # not an edge-train run: the current recipe's copies, through the whole model
         spec, seed = AugmentSpec(camera=True), 0
         log.info("%s has no training settings (config.json): bank copies drawn with the default recipe", run_dir)
-        for copy, items in enumerate(copy_items):
+        for items in item_blocks:
             pixels = np.stack([training_pixels(item, preprocess, spec, seed) for item in items])
-            blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank copy {copy}",
+            name = items[0].camera or f"copy {items[0].copy}" if items else ""
+            blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank {name}",
                                         cache=cache)[1])
-    for kind in camera_kinds:
-        pixels = np.stack([prepare_pixels(bank_camera_copy(features.read_image(Path(data_root) / r.path), kind, i),
-                                          preprocess) for i, r in enumerate(chosen)])
-        blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank {kind} copy",
-                                    cache=cache)[1])
     info = {"images": len(chosen), "split": "train",
             "copies": {"count": copies, "source": "the training's augmented copies (train/augment.py)",
                        "augment": spec.identity(), "seed": seed},

@@ -1,7 +1,8 @@
 """On-disk cache of the frozen trunk's outputs, so the frozen backbone runs once per image copy.
 
 Entries are keyed by image content (sha256) and copy number: copy 0 is the clean image, copies 1..K are
-seeded random augmentations of it. The cache folder is named after everything that changes the values
+seeded random augmentations of it; the unknown score's bank adds one camera copy per kind (train.augment.
+bank_camera_copy), keyed by the kind's name. The cache folder is named after everything that changes the values
 (weights, cut point, preprocessing, augmentation, seed), so runs and cross-validation folds share it and an
 interrupted computation resumes where it stopped.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig, normalize, read_image, resize_pixels, standardize_contrast
-from train.augment import AugmentSpec, augment
+from train.augment import AugmentSpec, augment, bank_camera_copy
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ class CacheItem:
     path: Path
     sha256: str
     copy: int  # 0 = clean, 1..K = augmented
+    camera: str = ""  # a bank camera copy of the clean image (train.augment.BANK_CAMERA_KINDS); copy is then 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.sha256}_{self.camera or self.copy}"
 
 
 def augmentation_rng(seed: int, sha256: str, copy: int) -> np.random.Generator:
@@ -36,11 +42,22 @@ def augmentation_rng(seed: int, sha256: str, copy: int) -> np.random.Generator:
 
 def training_pixels(item: CacheItem, preprocess: PreprocessConfig, spec: AugmentSpec, seed: int) -> np.ndarray:
     """The uint8 pixels at the model size that training saw for ``item``: copy 0 as captured, copy k > 0 its k-th
-    seeded augmentation (contrast-standardised if configured; not yet normalised)."""
-    pixels = resize_pixels(read_image(item.path), preprocess)
+    seeded augmentation, a camera item its bank camera copy (contrast-standardised if configured; not yet
+    normalised)."""
+    image = read_image(item.path)
+    if item.camera:
+        image = bank_camera_copy(image, item.camera, item.sha256)
+    pixels = resize_pixels(image, preprocess)
     if item.copy > 0:
         pixels = augment(pixels, augmentation_rng(seed, item.sha256, item.copy), spec)
     return standardize_contrast(pixels, preprocess)
+
+
+def bank_items(rows, data_root: Path, copies: int, camera_kinds: tuple[str, ...]) -> list[list[CacheItem]]:
+    """The unknown score's bank rows, one block per version of the training images ``rows``: as captured, their
+    first ``copies`` augmented training copies, then one camera copy per kind in ``camera_kinds``."""
+    blocks = [[CacheItem(Path(data_root) / r.path, r.sha256, copy) for r in rows] for copy in range(copies + 1)]
+    return blocks + [[CacheItem(Path(data_root) / r.path, r.sha256, 0, kind) for r in rows] for kind in camera_kinds]
 
 
 def cache_key(identity: dict) -> str:
@@ -75,7 +92,7 @@ class FeatureCache:
         self.seed = seed
 
     def _file(self, kind: str, item: CacheItem) -> Path:
-        return self.directory / kind / f"{item.sha256}_{item.copy}.npy"
+        return self.directory / kind / f"{item.name}.npy"
 
     def model_input(self, item: CacheItem) -> np.ndarray:
         """The (possibly augmented) float32 model input for one cache item."""

@@ -15,8 +15,8 @@ import numpy as np
 
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig
-from train.augment import AugmentSpec
-from train.features import FeatureCache
+from train.augment import BANK_CAMERA_KINDS, AugmentSpec
+from train.features import FeatureCache, bank_items
 from train import figures
 from train.callbacks import read_history
 from train.data import check_images, discover
@@ -207,6 +207,7 @@ def train_run(options: TrainOptions) -> dict:
     model, parts, cache = _build(options, weights, len(dataset.classes))
     fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), run_dir)
     model.save(run_dir / MODEL_FILE)
+    fit["bank_trunk_seconds"] = _prepare_bank_trunk(cache, parts, rows, dataset.root, options.progress)
 
     metadata = {
         "classes": dataset.classes,
@@ -250,6 +251,16 @@ def train_run(options: TrainOptions) -> dict:
     figures.training_curves(history, run_dir / "training_curves.png")
     log.info("run saved in %s", run_dir)
     return metrics
+
+
+def _prepare_bank_trunk(cache: FeatureCache, parts: Submodels, rows, data_root: Path, progress: bool) -> float:
+    """Trunk outputs of the rows edge-export's unknown-score bank adds to the training's own (each training
+    image as captured and its camera copies), computed while the trunk is loaded so that the first export
+    does not wait for them. Returns the seconds spent."""
+    started = time.perf_counter()
+    blocks = bank_items(rows_of(rows, "train"), data_root, 0, BANK_CAMERA_KINDS)
+    cache.ensure_trunk(parts.trunk, [item for items in blocks for item in items], progress=progress)
+    return round(time.perf_counter() - started, 1)
 
 
 def _epoch_seconds(history: list[dict]) -> dict:
