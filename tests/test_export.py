@@ -20,6 +20,7 @@ from export.calibration import CalibrationSet, calibration_rows
 from export.cli import main
 from export.export_run import installed_engines
 from export.formats import FORMATS
+from train.augment import BANK_CAMERA_KINDS
 from train.run_dir import TrainedRun
 from train.split import read_manifest
 
@@ -224,9 +225,9 @@ def test_a_second_export_reuses_the_float_models_outputs_unless_told_not_to(tiny
             "--max-drop-neu", "100", "--max-drop-cross", "100", "--min-agreement", "0", "--no-progress"]
     with caplog.at_level(logging.INFO, logger="train.embeddings"):
         assert main([*args, "--out", str(tmp_path / "again")]) == 0
-    # the bank (training images as captured and 2 augmented copies: no edge-train config here, so through the
-    # whole model) and the float reference
-    assert caplog.text.count("read from the Keras output cache") == 4
+    # the bank (training images as captured, 2 augmented copies and the camera copies: no edge-train config
+    # here, so through the whole model) and the float reference
+    assert caplog.text.count("read from the Keras output cache") == 1 + 2 + len(BANK_CAMERA_KINDS) + 1
     first, again = report(exported), report(tmp_path / "again")
     assert again["float_reference"]["unknown"]["threshold"] == first["float_reference"]["unknown"]["threshold"]
     assert again["artifacts"][0]["comparison"] == next(a for a in first["artifacts"]
