@@ -6,7 +6,6 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,13 +101,11 @@ def _write(built: Built) -> None:
 
 
 def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Path, options: ExportOptions,
-                    calibration: CalibrationSet | None, ood: OodSpec | Callable[[], OodSpec] | None = None,
+                    calibration: CalibrationSet | None, ood: OodSpec | None = None,
                     timings: dict | None = None) -> list[Built]:
-    """Convert the run's Keras ``model`` to every format in ``formats``, metadata embedded. ``ood``, the unknown
-    score every artifact carries, may be a function that computes it: it is then called once the ONNX process
-    has started, so that the two overlap (the process's imports and tf2onnx use one core). ``timings`` gets
-    ``onnx_process_seconds``: the wall time of the process that makes the ONNX formats beside the bank and the
-    TFLite conversions (convert.OnnxJob; each Built's ``seconds`` is the time its format added to the export)."""
+    """Convert the run's Keras ``model`` to every format in ``formats``, metadata embedded. ``timings`` gets
+    ``onnx_process_seconds``: the wall time of the process that makes the ONNX formats beside the TFLite
+    conversions (convert.OnnxJob; each Built's ``seconds`` is the time its format added to the export)."""
     work = Path(tempfile.mkdtemp(prefix="edge-export-", dir=out))
     built: list[Built] = []
     names = [f.name for f in formats]
@@ -123,8 +120,6 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                 options.onnx_float_first_conv)
             if not options.onnx_beside_tflite:
                 onnx.result()  # one conversion at a time: finished before the TFLite ones start
-        if callable(ood):
-            ood = ood()
         calib_note = {}
         if calibration is not None:
             calib_note = {"calibration": {"images": len(calibration.rows), "split": "train",
@@ -214,23 +209,14 @@ def export_run(options: ExportOptions) -> dict:
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
     cache = run.output_cache() if options.cache else None
     setup_seconds = time.perf_counter() - started
-    bank: dict = {}
-
-    def unknown_score() -> OodSpec:  # computed while the ONNX process starts (build_artifacts)
-        computing = time.perf_counter()
-        bank["ood"] = training_copies_ood_spec(
-            model, run.directory, data_root, rows, run.preprocess, options.ood_bank_copies, options.ood_k,
-            options.ood_quantile, run.classes, options.ood_per_class, options.progress, cache,
-            tuple(options.ood_camera_copies))
-        bank["seconds"] = time.perf_counter() - computing
-        return bank["ood"]
-
+    ood = training_copies_ood_spec(model, run.directory, data_root, rows, run.preprocess, options.ood_bank_copies,
+                                   options.ood_k, options.ood_quantile, run.classes, options.ood_per_class,
+                                   options.progress, cache, tuple(options.ood_camera_copies))
+    bank_seconds = time.perf_counter() - started - setup_seconds
     converting = time.perf_counter()
     background: dict = {}
-    built = build_artifacts(run, model, formats, out, options, calibration, unknown_score, background)
-    ood = bank["ood"]
-    bank_seconds = bank["seconds"]
-    convert_seconds = time.perf_counter() - converting - bank_seconds
+    built = build_artifacts(run, model, formats, out, options, calibration, ood, background)
+    convert_seconds = time.perf_counter() - converting
 
     checked = time.perf_counter()
     items = checks.standard_eval_images(run, options.neu and Path(options.neu), _path(options.gc10),
