@@ -1,10 +1,10 @@
 """On-disk cache of the frozen trunk's outputs, so the frozen backbone runs once per image copy.
 
 Entries are keyed by image content (sha256) and copy number: copy 0 is the clean image, copies 1..K are
-seeded random augmentations of it; the unknown score's bank adds one camera copy per kind (train.augment.
-bank_camera_copy), keyed by the kind's name. The cache folder is named after everything that changes the values
-(weights, cut point, preprocessing, augmentation, seed), so runs and cross-validation folds share it and an
-interrupted computation resumes where it stopped.
+seeded random augmentations of it; the unknown score's bank adds one camera copy per kind
+(``train.augment.bank_camera_copy``), keyed by the kind's name. The cache folder is named after everything that
+changes the values (weights, cut point, preprocessing, augmentation, seed), so runs and cross-validation folds
+share it and an interrupted computation resumes where it stopped.
 """
 
 from __future__ import annotations
