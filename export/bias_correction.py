@@ -107,6 +107,9 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
             skipped.append(f"{name}: no bias")
             continue
         weights, bias = tensors[op.inputs[1]], tensors[op.inputs[2]]
+        if weights.type != _schema().TensorType.INT8:  # a layer left in float: nothing rounded
+            skipped.append(f"{name}: not int8")
+            continue
         if users[bias.buffer] > 1:  # the converter shares equal constants (e.g. zero biases): give it its own
             users[bias.buffer] -= 1
             int8.buffers.append(copy.deepcopy(int8.buffers[bias.buffer]))

@@ -119,3 +119,21 @@ def test_without_calibration_images_it_refuses(linear):
     _, _, int8, fp32, _ = linear
     with pytest.raises(ValueError, match="no calibration images"):
         correct_int8_biases(int8, fp32, [])
+
+
+def test_layers_left_in_float_are_skipped_and_the_others_corrected(linear):
+    import tensorflow as tf
+
+    model, images, _, fp32, base = linear
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(base / "int8"))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in images)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: ([x[None]] for x in images[:2]),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["CONV_2D"]))
+    mixed = debugger.get_nondebug_quantized_model()  # both convolutions in float, the dense layer in int8
+    corrected, summary = correct_int8_biases(mixed, fp32, images)
+    assert summary.layers == 1 and len(summary.skipped) == 2
+    assert all(reason.endswith("not int8") for reason in summary.skipped)
+    assert corrected != mixed
