@@ -97,8 +97,16 @@ def tflite_dynamic(saved_model: Path) -> bytes:
     return converter.convert()
 
 
-def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray]], io_type: str) -> bytes:
-    """Full-integer TFLite; ``io_type`` is the input tensor type ("uint8" pixels or "int8"); output float32."""
+def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray]], io_type: str,
+                float_first_conv: bool = False) -> bytes:
+    """Full-integer TFLite; ``io_type`` is the input tensor type ("uint8" pixels or "int8"); output float32.
+
+    ``float_first_conv``: the arithmetic between the input and the first convolution (the in-graph
+    normalisation) and that convolution stay float, as in the ONNX recipe: one int8 scale cannot hold the three
+    channels' mean-subtracted pixel ranges on the pixels' own grid, and the rounding moves the unknown score of
+    another plant's images (docs/quantisation.md). The converter leaves named layers in float only through its
+    quantisation debugger: calibrated once, quantised fully to find the layers' names, then again without them.
+    """
     import tensorflow as tf
 
     converter = _converter(saved_model)
@@ -106,7 +114,39 @@ def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray
     converter.representative_dataset = lambda: ([x[None]] for x in calibration())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = getattr(tf, io_type)
-    return converter.convert()
+    if not float_first_conv:
+        return converter.convert()
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    one = next(iter(calibration()))
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=lambda: iter([[one[None]]]))
+    names = first_layers(debugger.get_nondebug_quantized_model())
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names)
+    log.info("full-int8 TFLite: %d layers left in float (%s)", len(names), ", ".join(n.split(";")[0] for n in names))
+    return debugger.get_nondebug_quantized_model()
+
+
+def first_layers(flatbuffer: bytes) -> list[str]:
+    """Output tensor names of the first convolution of a TFLite model and of the arithmetic (add, subtract,
+    multiply, divide) on the path from the input to it: the input normalisation."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
+                          model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    ops = schema.BuiltinOperator
+    producer = {out: op for op in graph.operators for out in op.outputs}
+    conv = next((op for op in graph.operators if code(op) == ops.CONV_2D), None)
+    if conv is None:
+        raise ValueError("the model has no convolution to keep in float")
+    chosen, tensor = [conv], conv.inputs[0]
+    while tensor in producer:
+        op = producer[tensor]
+        if code(op) in (ops.ADD, ops.SUB, ops.MUL, ops.DIV):
+            chosen.append(op)
+        tensor = op.inputs[0]
+    return [graph.tensors[op.outputs[0]].name.decode() for op in reversed(chosen)]
 
 
 def onnx_fp32(saved_model: Path, output: Path) -> Path:

@@ -56,6 +56,7 @@ class ExportOptions:
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
     bias_correction: bool = True  # full-int8 TFLite: correct each layer's bias for weight rounding
     onnx_float_first_conv: bool = True  # ONNX int8: keep the first convolution in float (convert.onnx_int8)
+    tflite_float_first_conv: bool = True  # full-int8 TFLite: normalisation and first convolution float
     onnx_beside_tflite: bool = True  # make the ONNX formats in a second process while the TFLite ones convert
 
 
@@ -141,7 +142,7 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                     inputs, in_graph, dtype = calibration.as_pixels, True, "uint8"
                 else:
                     source, inputs, dtype = float_dir, calibration.as_float, "int8"
-                payload = convert.tflite_int8(source, inputs, dtype)
+                payload = convert.tflite_int8(source, inputs, dtype, options.tflite_float_first_conv)
                 if options.bias_correction:
                     payload, corrected = _bias_corrected(payload, built, source, inputs)
                     notes["bias_correction"] = corrected.to_dict()
@@ -276,7 +277,8 @@ def export_run(options: ExportOptions) -> dict:
                         "split": "train", "int8_input": options.int8_input,
                         "onnx_quantizer": options.onnx_quantizer,
                         "tflite_bias_correction": options.bias_correction,
-                        "onnx_float_first_conv": options.onnx_float_first_conv},
+                        "onnx_float_first_conv": options.onnx_float_first_conv,
+                        "tflite_float_first_conv": options.tflite_float_first_conv},
         "polarity": options.polarity,
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,

@@ -530,6 +530,44 @@ def test_onnx_int8_first_convolution_is_float_only_when_asked(exported: Path, tm
     assert len(float_nodes) == int(float_first_conv)
 
 
+def _tflite_layer_types(path: Path) -> tuple[list[bool], list[bool]]:
+    """Per CONV_2D, whether its weights are int8; per add/sub/mul, whether its output is int8."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(path.read_bytes()))  # metadata trails the graph
+    graph = model.subgraphs[0]
+    ops = schema.BuiltinOperator
+    code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
+                          model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    convs = [graph.tensors[op.inputs[1]].type == schema.TensorType.INT8
+             for op in graph.operators if code(op) == ops.CONV_2D]
+    arithmetic = [graph.tensors[op.outputs[0]].type == schema.TensorType.INT8
+                  for op in graph.operators if code(op) in (ops.ADD, ops.SUB, ops.MUL)]
+    return convs, arithmetic
+
+
+def test_full_int8_tflite_keeps_its_normalisation_and_first_convolution_in_float(exported: Path):
+    convs, arithmetic = _tflite_layer_types(exported / "model_int8.tflite")
+    assert convs == [False, True] and arithmetic and not arithmetic[0]  # the in-graph mean subtraction
+    meta = read_metadata(exported / "model_int8.tflite")
+    assert meta.input_dtype == "uint8" and meta.preprocessing_in_graph
+    assert report(exported)["calibration"]["tflite_float_first_conv"] is True
+    assert meta.extra["bias_correction"]["layers"] == 2  # the int8 convolution and dense layer; the float one skipped
+
+
+def test_full_int8_tflite_quantises_every_layer_when_asked(tiny_run: Path, exported: Path, tmp_path: Path):
+    out = tmp_path / "all-int8"
+    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_int8", "--tflite-int8-first-conv",
+                 "--calibration-count", "24", "--min-agreement", "0", "--no-progress"]) == 0
+    convs, arithmetic = _tflite_layer_types(out / "model_int8.tflite")
+    assert convs == [True, True] and all(arithmetic)
+    assert report(out)["calibration"]["tflite_float_first_conv"] is False
+    float_first = next(a for a in report(exported)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+    every_layer = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+    assert float_first["max_abs_dprob"] <= every_layer["max_abs_dprob"] + 0.05
+
+
 def test_a_nameless_first_convolution_is_named_so_it_can_be_kept_in_float():
     from onnx import TensorProto, helper, numpy_helper
 
