@@ -102,7 +102,7 @@ def correct_int8_biases(int8_flatbuffer: bytes, fp32_flatbuffer: bytes, inputs: 
     users = Counter(t.buffer for g in int8.subgraphs for t in g.tensors)
     layers, skipped = [], []
     for k, (op, ref) in enumerate(zip(int8_ops, fp32_ops)):
-        name = tensors[op.outputs[0]].name.decode(errors="replace")
+        name = tensors[op.outputs[0]].name.decode(errors="replace").split(";")[0]  # fused ops: the first name
         if len(op.inputs) < 3 or op.inputs[2] < 0:
             skipped.append(f"{name}: no bias")
             continue
