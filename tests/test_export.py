@@ -547,24 +547,26 @@ def _tflite_layer_types(path: Path) -> tuple[list[bool], list[bool]]:
     return convs, arithmetic
 
 
-def test_full_int8_tflite_keeps_its_normalisation_and_first_convolution_in_float(exported: Path):
+def test_full_int8_tflite_quantises_every_layer_by_default(exported: Path):
     convs, arithmetic = _tflite_layer_types(exported / "model_int8.tflite")
-    assert convs == [False, True] and arithmetic and not arithmetic[0]  # the in-graph mean subtraction
-    meta = read_metadata(exported / "model_int8.tflite")
-    assert meta.input_dtype == "uint8" and meta.preprocessing_in_graph
-    assert report(exported)["calibration"]["tflite_float_first_conv"] is True
-    assert meta.extra["bias_correction"]["layers"] == 2  # the int8 convolution and dense layer; the float one skipped
+    assert convs == [True, True] and all(arithmetic)
+    assert report(exported)["calibration"]["tflite_float_first_conv"] is False
+    assert read_metadata(exported / "model_int8.tflite").extra["bias_correction"]["layers"] == 3
 
 
-def test_full_int8_tflite_quantises_every_layer_when_asked(tiny_run: Path, exported: Path, tmp_path: Path):
-    out = tmp_path / "all-int8"
-    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_int8", "--tflite-int8-first-conv",
+def test_full_int8_tflite_leaves_its_normalisation_and_first_convolution_in_float_when_asked(
+        tiny_run: Path, exported: Path, tmp_path: Path):
+    out = tmp_path / "float-first"
+    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_int8", "--tflite-int8-float-first-conv",
                  "--calibration-count", "24", "--min-agreement", "0", "--no-progress"]) == 0
     convs, arithmetic = _tflite_layer_types(out / "model_int8.tflite")
-    assert convs == [True, True] and all(arithmetic)
-    assert report(out)["calibration"]["tflite_float_first_conv"] is False
-    float_first = next(a for a in report(exported)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
-    every_layer = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+    assert convs == [False, True] and arithmetic and not arithmetic[0]  # the in-graph mean subtraction
+    meta = read_metadata(out / "model_int8.tflite")
+    assert meta.input_dtype == "uint8" and meta.preprocessing_in_graph
+    assert report(out)["calibration"]["tflite_float_first_conv"] is True
+    assert meta.extra["bias_correction"]["layers"] == 2  # the int8 convolution and dense layer; the float one skipped
+    every_layer = next(a for a in report(exported)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+    float_first = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
     assert float_first["max_abs_dprob"] <= every_layer["max_abs_dprob"] + 0.05
 
 
