@@ -50,15 +50,16 @@ def _schema():
     return schema
 
 
+def builtin_code(model, op) -> int:
+    """The ``BuiltinOperator`` of ``op`` in a TFLite flatbuffer object (old files keep it in a deprecated field)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
 def _weight_ops(model) -> list:
     schema = _schema()
     kinds = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.FULLY_CONNECTED)
-    ops = []
-    for op in model.subgraphs[0].operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) in kinds:
-            ops.append(op)
-    return ops
+    return [op for op in model.subgraphs[0].operators if builtin_code(model, op) in kinds]
 
 
 def _array(model, tensor, dtype) -> np.ndarray:

@@ -8,6 +8,7 @@ uint8 activations and int8 per-channel weights, reduced to 7 bits (S8S8 and dyna
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -131,10 +132,11 @@ def first_layers(flatbuffer: bytes) -> list[str]:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from export.bias_correction import builtin_code
+
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     graph = model.subgraphs[0]
-    code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
-                          model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    code = functools.partial(builtin_code, model)
     ops = schema.BuiltinOperator
     producer = {out: op for op in graph.operators for out in op.outputs}
     conv = next((op for op in graph.operators if code(op) == ops.CONV_2D), None)

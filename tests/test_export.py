@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -535,11 +536,12 @@ def _tflite_layer_types(path: Path) -> tuple[list[bool], list[bool]]:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from export.bias_correction import builtin_code
+
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(path.read_bytes()))  # metadata trails the graph
     graph = model.subgraphs[0]
     ops = schema.BuiltinOperator
-    code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
-                          model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    code = functools.partial(builtin_code, model)
     convs = [graph.tensors[op.inputs[1]].type == schema.TensorType.INT8
              for op in graph.operators if code(op) == ops.CONV_2D]
     arithmetic = [graph.tensors[op.outputs[0]].type == schema.TensorType.INT8
