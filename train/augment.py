@@ -169,6 +169,11 @@ BANK_CAMERA_KINDS = ("noise", "motion", "banding")
 _BANK_KIND_SEEDS = {"noise": 7, "motion": 8, "banding": 9}
 
 
+def content_seed(sha256: str) -> int:
+    """A seed from an image's content hash, so that its seeded copies are the same in every run and fold."""
+    return int(sha256[:15], 16)
+
+
 def bank_camera_copy(image: np.ndarray, kind: str, sha256: str) -> np.ndarray:
     """A training image (decoded, its own resolution) under one strong camera change, seeded by kind and the
     image's content hash (the same copy in every run and fold): ``noise`` (Gaussian, sigma up to 10 gray levels),
@@ -176,7 +181,7 @@ def bank_camera_copy(image: np.ndarray, kind: str, sha256: str) -> np.ndarray:
     gray levels, columns half that)."""
     if kind not in _BANK_KIND_SEEDS:
         raise ValueError(f"bank camera copy {kind!r} is not one of {BANK_CAMERA_KINDS}")
-    rng = np.random.default_rng([_BANK_KIND_SEEDS[kind], int(sha256[:15], 16)])
+    rng = np.random.default_rng([_BANK_KIND_SEEDS[kind], content_seed(sha256)])
     values = np.asarray(image).astype(np.float32)
     if kind == "motion":
         values = motion_blur(values, int(rng.integers(2, 10)), along_axes_angle(rng))

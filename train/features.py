@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig, normalize, read_image, resize_pixels, standardize_contrast
-from train.augment import AugmentSpec, augment, bank_camera_copy
+from train.augment import AugmentSpec, augment, bank_camera_copy, content_seed
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class CacheItem:
 
 
 def augmentation_rng(seed: int, sha256: str, copy: int) -> np.random.Generator:
-    return np.random.default_rng([seed, int(sha256[:15], 16), copy])
+    return np.random.default_rng([seed, content_seed(sha256), copy])
 
 
 def training_pixels(item: CacheItem, preprocess: PreprocessConfig, spec: AugmentSpec, seed: int) -> np.ndarray:
