@@ -10,10 +10,13 @@ Evaluation sets (groups):
 * ``xsdd``: X-SDD, another hot-rolling plant: slag_inclusion -> inclusion, surface_scratch -> scratches;
   ``xsdd_other``: its five classes without NEU counterpart.
 
-Each artifact is compared with the float reference on every image: accuracy per set (share called the
-expected class), its drop in percentage points, top-1 agreement, agreement of the answers (class or unknown),
-the unknown score's AUROC and share of confidently wrong cross-plant images, and the largest probability
-difference.
+Each quantised artifact is compared with the float reference on every image: accuracy per set (share called
+the expected class), its drop in percentage points, top-1 agreement, agreement of the answers (class or
+unknown), the unknown score's AUROC and share of confidently wrong cross-plant images, and the probability
+differences. A float artifact (fp32, fp16 weights) is a conversion of the same arithmetic, so what can go wrong
+with it is systematic (a wrong layout, normalisation or operator), not a rounding error that a few images near
+a threshold reveal: it is checked on :func:`conversion_sample` and also held to a bound on its probability
+differences (export.gates).
 """
 
 from __future__ import annotations
@@ -69,6 +72,25 @@ class EvalData:
     @property
     def groups(self) -> list[str]:
         return list(dict.fromkeys(i.group for i in self.items))
+
+    def subset(self, indices) -> "EvalData":
+        return EvalData([self.items[i] for i in indices], self.pixels[np.asarray(indices, int)], self.errors)
+
+
+def conversion_sample(items: list[EvalImage], share: float, minimum: int = 64) -> list[int]:
+    """Indices of the images a float artifact is checked on: every image of the model's own held-out set and of
+    any set of at most ``minimum`` images, and of each larger set a fixed ``share`` of it (at least
+    ``minimum``), drawn by the hash of the image's name so that every export and engine checks the same ones."""
+    import hashlib
+
+    chosen: list[int] = []
+    for group in dict.fromkeys(i.group for i in items):
+        members = [k for k, i in enumerate(items) if i.group == group]
+        wanted = len(members) if group == IN_DOMAIN or share >= 1 else max(minimum, int(np.ceil(share * len(members))))
+        if wanted < len(members):
+            members = sorted(members, key=lambda k: hashlib.sha256(items[k].name.encode()).hexdigest())[:wanted]
+        chosen += members
+    return sorted(chosen)
 
 
 def labelled_folder_images(root: Path, classes: list[str], mapping: dict[str, str] | None = None) -> list[EvalImage]:
@@ -419,8 +441,10 @@ def compare(items: list[EvalImage], classes: list[str], reference: np.ndarray, c
         if reference_answers is not None and candidate_answers is not None and idx:
             groups[group]["answer_agreement"] = float(np.mean(reference_answers[idx] == candidate_answers[idx]))
     agreement = float(np.mean(reference.argmax(1) == candidate.argmax(1))) if len(items) else None
-    max_dprob = float(np.abs(reference - candidate).max()) if len(items) else None
-    result = {"groups": groups, "agreement": agreement, "max_abs_dprob": max_dprob}
+    dprob = np.abs(reference - candidate).max(axis=1) if len(items) else None
+    result = {"groups": groups, "agreement": agreement, "images": len(items),
+              "max_abs_dprob": float(dprob.max()) if dprob is not None else None,
+              "p99_abs_dprob": float(np.percentile(dprob, 99)) if dprob is not None else None}
     if reference_answers is not None and candidate_answers is not None and len(items):
         result["answer_agreement"] = float(np.mean(reference_answers == candidate_answers))
     foreign = np.array([i.group != IN_DOMAIN for i in items], bool)

@@ -17,6 +17,7 @@ from edge_runtime.polarity import AS_IS, POLARITY_MODES
 from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
 from train.augment import BANK_CAMERA_KINDS
+from train.embeddings import BANK_TRAINING_COPIES
 
 log = logging.getLogger("edge-export")
 
@@ -73,7 +74,7 @@ def build_export_parser() -> argparse.ArgumentParser:
                    help="default operating point stored in every artifact: the share of the bank's training images "
                    "and augmented copies (leave-one-out, training split only) answered unknown; edge-classify "
                    "--unknown-rate moves it on the device (docs/unknown.md)")
-    p.add_argument("--bank-copies", type=int, default=2,
+    p.add_argument("--bank-copies", type=int, default=BANK_TRAINING_COPIES,
                    help="augmented training copies (the training recipe's camera and geometric changes) of each "
                    "training image in the unknown score's bank")
     p.add_argument("--bank-camera-copies", nargs="*", default=list(BANK_CAMERA_KINDS), choices=BANK_CAMERA_KINDS,
@@ -99,6 +100,10 @@ def build_export_parser() -> argparse.ArgumentParser:
                    help="recompute the Keras model's outputs (unknown-score bank, float reference) instead of "
                    "reusing them from RUN_DIR/cache/, where they are keyed by the model file's and the input "
                    "pixels' hashes")
+    p.add_argument("--float-check-share", type=float, default=0.25, metavar="SHARE",
+                   help="float artifacts (fp32, fp16 weights) are checked on every held-out NEU image and this share "
+                   "of each other plant's set, and held to a bound on their probability differences from the float "
+                   "model (a conversion error is systematic); 1 checks them on every image like the quantised ones")
     p.add_argument("--onnx-after-tflite", action="store_true",
                    help="make the ONNX formats after the TFLite ones instead of in a second process beside them "
                    "(slower; for machines short of memory: that process holds TensorFlow, then NNCF, while this "
@@ -168,7 +173,7 @@ def _export(argv: list[str]) -> int:
         int8_input=args.int8_input, onnx_quantizer=args.onnx_quantizer, polarity=args.polarity,
         progress=not args.no_progress, cache=not args.no_cache, bias_correction=not args.no_bias_correction,
         onnx_float_first_conv=not args.onnx_int8_first_conv, tflite_float_first_conv=args.tflite_int8_float_first_conv,
-        onnx_beside_tflite=not args.onnx_after_tflite,
+        onnx_beside_tflite=not args.onnx_after_tflite, float_check_share=args.float_check_share,
         ood_quantile=1.0 - args.unknown_rate, ood_bank_copies=args.bank_copies,
         ood_camera_copies=tuple(args.bank_camera_copies),
     ))

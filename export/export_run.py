@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edge_runtime.backends import ENGINES, engines_for
 from edge_runtime.fileio import file_sha256 as sha256_of
 from edge_runtime.metadata import ModelMetadata
@@ -24,7 +26,7 @@ from export.formats import FORMATS, ExportFormat, parse_formats
 from export.gates import Gates, failing
 from export.report import write_report
 from train.augment import BANK_CAMERA_KINDS
-from train.embeddings import training_copies_ood_spec
+from train.embeddings import BANK_TRAINING_COPIES, training_copies_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class ExportOptions:
     polarity: str = AS_IS  # test-time polarity written into every artifact (edge_runtime.polarity)
     ood_k: int = 2
     ood_quantile: float = 0.95  # 1 - the target unknown rate of the default operating point (docs/unknown.md)
-    ood_bank_copies: int = 2  # augmented training copies of each training image in the bank (train.embeddings)
+    ood_bank_copies: int = BANK_TRAINING_COPIES  # augmented training copies per training image in the bank
     ood_camera_copies: tuple[str, ...] = BANK_CAMERA_KINDS  # one more bank copy per kind (train.augment)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
     seed: int = 0
@@ -58,6 +60,7 @@ class ExportOptions:
     onnx_float_first_conv: bool = True  # ONNX int8: keep the first convolution in float (convert.onnx_int8)
     tflite_float_first_conv: bool = False  # full-int8 TFLite: normalisation and first convolution in float
     onnx_beside_tflite: bool = True  # make the ONNX formats in a second process while the TFLite ones convert
+    float_check_share: float = 0.25  # share of each other plant's images a float artifact is checked on
 
 
 @dataclass
@@ -196,6 +199,8 @@ def export_run(options: ExportOptions) -> dict:
     if options.onnx_quantizer not in convert.ONNX_QUANTIZERS:
         raise ValueError(f"--onnx-quantizer must be one of {convert.ONNX_QUANTIZERS}")
     check_mode(options.polarity)
+    if not 0 < options.float_check_share <= 1:
+        raise ValueError(f"--float-check-share must be in (0, 1], not {options.float_check_share}")
     run = TrainedRun.open(options.run_dir)
     out = Path(options.out or run.directory / "export")
     out.mkdir(parents=True, exist_ok=True)
@@ -238,9 +243,19 @@ def export_run(options: ExportOptions) -> dict:
                                      checks.score(data.items, run.classes, reference))
     rows_out, all_passed = [], True
     rejected = out / "rejected"
+    sample = None
     for item in built:
-        engine_rows = [_check_on_engine(item, engine, data, run, reference_set, options)
-                for engine in installed_engines(item.path, item.fmt.engine)]
+        checked_on, against = data, reference_set
+        if not item.fmt.quantized and options.float_check_share < 1:
+            if sample is None:
+                indices = checks.conversion_sample(data.items, options.float_check_share)
+                sample = data.subset(indices), _reference_on(reference_set, data, indices, run.classes, options)
+                log.info("float artifacts: checked on %d of the %d images (every held-out NEU image, %.0f %% of "
+                         "each larger set) and held to their probability differences", len(indices),
+                         len(data.items), 100 * options.float_check_share)
+            checked_on, against = sample
+        engine_rows = [_check_on_engine(item, engine, checked_on, run, against, options)
+                       for engine in installed_engines(item.path, item.fmt.engine)]
         # each engine that can run the file is judged on its own; the file is kept if any passes
         verdicts = {r["engine"]: r["passed"] for r in engine_rows}
         first = engine_rows[0]
@@ -361,6 +376,7 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
                                     reference.answers if unknown else None, candidate_answers, reference.groups)
         if unknown:
             comparison["unknown"] = unknown
+        comparison["float_format"] = not item.fmt.quantized
         margins = options.gates.margins(comparison, reference.unknown)
         failures = failing(margins)
         if labels != run.classes:
@@ -375,6 +391,19 @@ def _check_on_engine(item: Built, engine: str, data: checks.EvalData, run: Train
     log.info("%-16s %-12s %s%s", item.fmt.name, engine, "PASS" if not failures else "FAIL: " + "; ".join(failures),
              "" if not margins else " (closest gate: " + _closest(margins) + ")")
     return row
+
+
+def _reference_on(reference: checks.Reference, data: checks.EvalData, indices: list[int], classes: list[str],
+                  options: ExportOptions) -> checks.Reference:
+    """The float model's results restricted to the images ``indices`` of ``data`` (the same threshold)."""
+    items, at = [data.items[i] for i in indices], np.asarray(indices, int)
+    probabilities = reference.probabilities[at]
+    scores = reference.scores[at] if reference.scores is not None else None
+    unknown = None
+    if scores is not None and reference.unknown is not None:
+        unknown = _unknown(items, classes, probabilities, scores, options, reference.unknown["threshold"])
+    return checks.Reference(probabilities, reference.answers[at] if reference.answers is not None else None,
+                            unknown, scores, checks.score(items, classes, probabilities))
 
 
 def _closest(margins: list[dict]) -> str:

@@ -17,7 +17,9 @@ class Gates:
     wrong or ``unknown`` for the float model, and an int8 model that swaps one wrong class for another, or a
     wrong class for ``unknown``, changes nothing a line acts on; there the gates measure the harm directly:
     accuracy on mapped classes, images of new classes caught as ``unknown``, images named confidently wrong,
-    the unknown score's AUROC; plus a floor on agreement that only a broken conversion falls through.
+    the unknown score's AUROC; plus a floor on agreement that only a broken conversion falls through. A float
+    artifact (fp32, fp16 weights) computes what the float model computes, so it is also held to the size of its
+    probability differences, which any systematic conversion error exceeds.
     """
 
     max_drop_neu_pp: float = 0.5
@@ -27,6 +29,7 @@ class Gates:
     max_drop_caught_pp: float = 2.0  # images of classes without a counterpart answered unknown, below float's
     max_rise_confident_wrong_pp: float = 2.0  # another plant's images named as a wrong class, above float's
     min_foreign_agreement_pct: float = 95.0  # answers on another plant's images
+    max_float_p99_dprob: float = 0.02  # float artifacts: 99th percentile of |Δ probability| from the float model
 
     def margins(self, comparison: dict, reference_unknown: dict | None = None) -> list[dict]:
         """Every gate that applies: its figure, limit and margin (how far inside the limit; < 0 fails)."""
@@ -62,6 +65,11 @@ class Gates:
                 100 * foreign - self.min_foreign_agreement_pct,
                 f"agreement with float on another plant's images {100 * foreign:.2f} % < "
                 f"{self.min_foreign_agreement_pct} %")
+        if comparison.get("float_format") and comparison.get("p99_abs_dprob") is not None:
+            p99 = comparison["p99_abs_dprob"]
+            add("float_p99_dprob", p99, self.max_float_p99_dprob, self.max_float_p99_dprob - p99,
+                f"a float artifact's probabilities differ from the float model's by {p99:.4f} or more on 1 % of "
+                f"the images (limit {self.max_float_p99_dprob}): a conversion error, not rounding")
         unknown = comparison.get("unknown")
         if unknown and reference_unknown:
             ours, theirs = unknown["auroc_all_no_counterpart"], reference_unknown["auroc_all_no_counterpart"]

@@ -122,3 +122,49 @@ def test_without_the_models_own_images_agreement_is_judged_over_all_images():
     assert "foreign_agreement" not in comparison
     assert failing(Gates(max_drop_cross_pp=100).margins(comparison)) == ["top-1 agreement with float 98.00 % < 99.0 %"]
     assert UNKNOWN_ANSWER not in answers(candidate[0])
+
+
+def _judge_float_artifact(items, reference, candidate):
+    (ref_p, ref_s), (cand_p, cand_s) = reference, candidate
+    comparison = compare(items, CLASSES, ref_p, cand_p, answers(ref_p, ref_s, THRESHOLD),
+                         answers(cand_p, cand_s, THRESHOLD))
+    comparison["unknown"] = unknown_summary(items, CLASSES, cand_p, cand_s, THRESHOLD)
+    comparison["float_format"] = True
+    return Gates().margins(comparison, unknown_summary(items, CLASSES, ref_p, ref_s, THRESHOLD))
+
+
+def test_a_float_artifact_within_rounding_of_the_float_model_passes_its_probability_bound():
+    items = _images()
+    probabilities, scores = _float_model(items)
+    rounded = (probabilities + np.random.default_rng(0).normal(0, 1e-3, probabilities.shape)).astype(np.float32)
+    margins = {m["gate"]: m for m in _judge_float_artifact(items, (probabilities, scores), (rounded, scores))}
+    assert margins["float_p99_dprob"]["margin"] > 0 and not failing(list(margins.values()))
+
+
+def test_a_float_conversion_that_shifts_every_answers_confidence_fails_even_when_every_answer_agrees():
+    """A systematic conversion error (here every probability 0.05 off, the top class unchanged) passes every
+    accuracy and agreement gate, but not the float artifact's bound."""
+    items = _images()
+    probabilities, scores = _float_model(items)
+    shifted = probabilities.copy()
+    shifted[np.arange(len(items)), probabilities.argmax(1)] -= 0.05
+    margins = _judge_float_artifact(items, (probabilities, scores), (shifted, scores))
+    assert [m["gate"] for m in margins if m["margin"] < 0] == ["float_p99_dprob"]
+    quantised = _judge(items, (probabilities, scores), (shifted, scores))  # not a float artifact: not applied
+    assert "float_p99_dprob" not in {m["gate"] for m in quantised} and not failing(quantised)
+
+
+def test_float_artifacts_are_checked_on_every_held_out_image_and_a_fixed_share_of_each_larger_set():
+    from export.checks import conversion_sample
+
+    items = _images() + [EvalImage(Path(f"g{k}.jpg"), "gc10_crops", None) for k in range(10)]
+    chosen = conversion_sample(items, share=0.25, minimum=20)
+    groups = [items[k].group for k in chosen]
+    assert groups.count("neu") == 100 and groups.count("gc10_crops") == 10  # the model's own, and a small set
+    assert groups.count("xsdd") == 25 and groups.count("xsdd_other") == 25
+    assert chosen == sorted(chosen)
+    reordered = items[::-1]  # the same images in another order: the same ones chosen
+    assert sorted(reordered[k].name for k in conversion_sample(reordered, 0.25, 20)) == sorted(items[k].name
+                                                                                               for k in chosen)
+    assert len(conversion_sample(items, share=1.0)) == len(items)
+    assert [items[k].group for k in conversion_sample(items, 0.01, minimum=30)].count("xsdd") == 30

@@ -316,3 +316,32 @@ def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_t
                              progress=False)
     added = trunk_files() - after  # a copy training never drew: computed once, kept
     assert {f"{r.sha256}_3.npy" for r in train} <= trunk_files() and all(name.endswith("_3.npy") for name in added)
+
+
+def test_edge_train_leaves_the_default_bank_so_that_the_export_runs_no_layer_for_it(trained_run: Path, monkeypatch):
+    """The default bank's embeddings are computed once, at the end of edge-train, into the run's Keras output
+    cache; the export reads them (neither the trunk nor the trained top runs) and gets the same bank and
+    thresholds as computing them afresh."""
+    from train import features
+    from train.embeddings import training_copies_ood_spec
+    from train.run_dir import TrainedRun
+
+    run = TrainedRun.open(trained_run)
+    data_root, rows = run.manifest()
+    model = run.load_model()
+    fresh = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, classes=run.classes,
+                                     progress=False)
+    ran = []
+    traced = features.traced
+    monkeypatch.setattr(features, "traced", lambda m: ran.append(m.name) or traced(m))
+    stored = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, classes=run.classes,
+                                      progress=False, cache=run.output_cache())
+    assert ran == []
+    np.testing.assert_allclose(stored.bank, fresh.bank, atol=1e-5)
+    assert stored.threshold == pytest.approx(fresh.threshold, abs=1e-6)
+
+    more = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=3,
+                                    classes=run.classes, progress=False, cache=run.output_cache())
+    assert len(more.bank) > len(stored.bank) and ran  # a block the training did not leave: computed
+    np.testing.assert_allclose(more.bank[: 3 * len(fresh.bank) // 6], fresh.bank[: 3 * len(fresh.bank) // 6],
+                               atol=1e-5)  # as captured and the first two copies: read, in their places

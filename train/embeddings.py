@@ -166,45 +166,30 @@ def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], 
     return build_calibrated_spec(np.concatenate(parts), groups, label_index, len(classes), k, quantile, per_class, info)
 
 
-def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
-                             copies: int = 2, k: int = 2, quantile: float = 0.98, classes: list[str] | None = None,
-                             per_class: bool = True, progress: bool = True,
-                             cache: KerasOutputCache | None = None,
-                             camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS) -> OodSpec:
-    """The unknown score of a trained run's Keras model, from training images only: bank = every *train* image
-    of the manifest as captured, its first ``copies`` augmented training copies (the very inputs the model was
-    trained on: its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes, and
-    the geometric ones) and one camera copy per kind in ``camera_kinds`` (train.augment.bank_camera_copy: the
-    strong changes the training copies show rarely); thresholds = leave-one-out calibration over those rows, per
-    class.
+BANK_TRAINING_COPIES = 2  # augmented training copies of each training image in the bank (edge-export's default)
+
+
+def bank_embeddings(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
+                    copies: int = BANK_TRAINING_COPIES, camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS,
+                    progress: bool = True, cache: KerasOutputCache | None = None):
+    """The Keras model's embeddings of the bank rows of training images ``rows``, one (N, D) block per version
+    (:func:`train.features.bank_items`); returns ``(blocks, augment spec, seed)`` of the copies.
 
     The layers below the run's cut (frozen in training) are not run again: their outputs are read from the
-    run's trunk cache (train/features.py; edge-train fills it for every row of the default bank) and only the
-    trained top runs, about a fifth of ResNet-50's work. Rows missing from the cache (another machine, a cleared
-    cache, other kinds) are computed and stored there first. A model folder without edge-train's config.json
-    gets the current recipe's copies through the whole model (read from ``cache``, the Keras output cache, when
-    it holds them)."""
+    run's trunk cache (train/features.py) and only the trained top runs, about a fifth of ResNet-50's work. Each
+    block's embeddings are kept in ``cache`` (the run's Keras output cache) under the model, the trunk cache's
+    identity and the rows' names: edge-train computes the default bank once, after its last epoch, so that an
+    export only reads it. Rows missing from the trunk cache (another machine, a cleared cache, other kinds) are
+    computed and stored there first. A model folder without edge-train's config.json gets the current recipe's
+    copies through the whole model."""
     from train.augment import AugmentSpec
     from train.features import bank_items, training_pixels
     from train.training_run import run_feature_cache
 
-    chosen = rows_of(rows, "train")
-    labels = [r.label for r in chosen]
-    classes = classes or sorted(set(labels))
-    _check_labels(labels, classes)
-    item_blocks = bank_items(chosen, Path(data_root), copies, tuple(camera_kinds))
+    item_blocks = bank_items(rows, Path(data_root), copies, tuple(camera_kinds))
     found = run_feature_cache(run_dir, model)
     blocks = []
-    if found is not None:
-        trunk_cache, parts = found
-        spec, seed = trunk_cache.augment_spec, trunk_cache.seed
-        top = _top_outputs(model, parts.split_layer)
-        trunk_cache.ensure_trunk(parts.trunk, [item for items in item_blocks for item in items], progress=progress)
-        for items in item_blocks:
-            embeddings = [np.asarray(top(trunk_cache.load("trunk", items[i : i + 64]).astype(np.float32))[1],
-                                     np.float32) for i in range(0, len(items), 64)]
-            blocks.append(np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32))
-    else:  # not an edge-train run: the current recipe's copies, through the whole model
+    if found is None:  # not an edge-train run: the current recipe's copies, through the whole model
         spec, seed = AugmentSpec(camera=True), 0
         log.info("%s has no training settings (config.json): bank copies drawn with the default recipe", run_dir)
         for items in item_blocks:
@@ -212,6 +197,52 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
             name = items[0].camera or f"copy {items[0].copy}" if items else ""
             blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank {name}",
                                         cache=cache)[1])
+        return blocks, spec, seed
+    trunk_cache, parts = found
+    top = None
+    for items in item_blocks:
+        key = cache.named_key({"bank_rows": [i.name for i in items], "trunk": trunk_cache.identity}) \
+            if cache is not None and items else None
+        stored = cache.load(key) if key else None
+        if stored is not None:
+            blocks.append(np.asarray(stored[1], np.float32))
+            continue
+        if top is None:
+            top = _top_outputs(model, parts.split_layer)
+            trunk_cache.ensure_trunk(parts.trunk, [item for block in item_blocks for item in block],
+                                     progress=progress)
+        outputs = [top(trunk_cache.load("trunk", items[i : i + 64]).astype(np.float32))
+                   for i in range(0, len(items), 64)]
+        if not outputs:
+            blocks.append(np.zeros((0, 0), np.float32))
+            continue
+        probabilities = np.concatenate([np.asarray(p, np.float32) for p, _ in outputs])
+        embeddings = np.concatenate([np.asarray(e, np.float32) for _, e in outputs])
+        if key:
+            cache.save(key, probabilities, embeddings)
+        blocks.append(embeddings)
+    if cache is not None and top is None:
+        log.info("unknown score: bank embeddings of %d rows read from %s", sum(map(len, blocks)), cache.directory)
+    return blocks, trunk_cache.augment_spec, trunk_cache.seed
+
+
+def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
+                             copies: int = BANK_TRAINING_COPIES, k: int = 2, quantile: float = 0.98,
+                             classes: list[str] | None = None, per_class: bool = True, progress: bool = True,
+                             cache: KerasOutputCache | None = None,
+                             camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS) -> OodSpec:
+    """The unknown score of a trained run's Keras model, from training images only: bank = every *train* image
+    of the manifest as captured, its first ``copies`` augmented training copies (the very inputs the model was
+    trained on: its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes, and
+    the geometric ones) and one camera copy per kind in ``camera_kinds`` (train.augment.bank_camera_copy: the
+    strong changes the training copies show rarely); thresholds = leave-one-out calibration over those rows, per
+    class. The embeddings come from :func:`bank_embeddings` (edge-train leaves the default bank's in ``cache``)."""
+    chosen = rows_of(rows, "train")
+    labels = [r.label for r in chosen]
+    classes = classes or sorted(set(labels))
+    _check_labels(labels, classes)
+    blocks, spec, seed = bank_embeddings(model, run_dir, data_root, chosen, preprocess, copies, camera_kinds,
+                                         progress, cache)
     info = {"images": len(chosen), "split": "train",
             "copies": {"count": copies, "source": "the training's augmented copies (train/augment.py)",
                        "augment": spec.identity(), "seed": seed},

@@ -87,6 +87,7 @@ class FeatureCache:
         (self.directory / "trunk").mkdir(parents=True, exist_ok=True)
         (self.directory / "pooled").mkdir(parents=True, exist_ok=True)
         (self.directory / "identity.json").write_text(json.dumps(identity, indent=2))
+        self.identity = identity
         self.preprocess = preprocess
         self.augment_spec = augment_spec
         self.seed = seed

@@ -45,6 +45,12 @@ class KerasOutputCache:
         digest.update(np.ascontiguousarray(pixels).data)
         return digest.hexdigest()
 
+    def named_key(self, description: dict) -> str:
+        """A key for outputs whose inputs are named rather than given as pixels (``description`` must hold
+        everything their values depend on besides the model, e.g. the trunk cache's identity and the row names)."""
+        header = {"model": self.model_sha256, **description}
+        return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
     def _path(self, key: str) -> Path:
         return self.directory / f"keras-outputs-{key[:32]}.npz"
 

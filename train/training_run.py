@@ -15,8 +15,8 @@ import numpy as np
 
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig
-from train.augment import BANK_CAMERA_KINDS, AugmentSpec
-from train.features import FeatureCache, bank_items
+from train.augment import AugmentSpec
+from train.features import FeatureCache
 from train import figures
 from train.callbacks import read_history
 from train.data import check_images, discover
@@ -207,7 +207,7 @@ def train_run(options: TrainOptions) -> dict:
     model, parts, cache = _build(options, weights, len(dataset.classes))
     fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), run_dir)
     model.save(run_dir / MODEL_FILE)
-    fit["bank_trunk_seconds"] = _prepare_bank_trunk(cache, parts, rows, dataset.root, options.progress)
+    fit["bank_seconds"] = _prepare_bank(model, run_dir, rows, dataset.root, options.preprocess, options.progress)
 
     metadata = {
         "classes": dataset.classes,
@@ -253,14 +253,21 @@ def train_run(options: TrainOptions) -> dict:
     return metrics
 
 
-def _prepare_bank_trunk(cache: FeatureCache, parts: Submodels, rows, data_root: Path, progress: bool) -> float:
-    """Trunk outputs of the rows edge-export's unknown-score bank adds to the training's own (each training
-    image as captured and its camera copies), computed while the trunk is loaded so that the first export
-    does not wait for them. Returns the seconds spent."""
+def _prepare_bank(model, run_dir: Path, rows, data_root: Path, preprocess: PreprocessConfig,
+                  progress: bool) -> float:
+    """The unknown score's bank as edge-export builds it by default (each training image as captured, its first
+    augmented copies and its camera copies), through the trained model while it is loaded: the trunk outputs the
+    training has not made yet, then the trained top over every row, kept in the run's Keras output cache so
+    that the export only reads them (train.embeddings.bank_embeddings). Returns the seconds spent."""
+    from train.embeddings import bank_embeddings
+    from train.output_cache import CACHE_DIR, KerasOutputCache
+
     started = time.perf_counter()
-    blocks = bank_items(rows_of(rows, "train"), data_root, 0, BANK_CAMERA_KINDS)
-    cache.ensure_trunk(parts.trunk, [item for items in blocks for item in items], progress=progress)
-    return round(time.perf_counter() - started, 1)
+    cache = KerasOutputCache(run_dir / CACHE_DIR, file_sha256(run_dir / MODEL_FILE))
+    bank_embeddings(model, run_dir, data_root, rows_of(rows, "train"), preprocess, progress=progress, cache=cache)
+    seconds = round(time.perf_counter() - started, 1)
+    log.info("unknown-score bank computed in %.0f s (kept for edge-export in %s)", seconds, cache.directory)
+    return seconds
 
 
 def _epoch_seconds(history: list[dict]) -> dict:
