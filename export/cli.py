@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.polarity import AS_IS, POLARITY_MODES
+from export.activation_ranges import DEFAULT_QUANTILE
 from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
 from train.augment import BANK_CAMERA_KINDS
@@ -97,6 +98,10 @@ def build_export_parser() -> argparse.ArgumentParser:
                    help="leave full-int8 TFLite's input normalisation and first convolution in float (one int8 scale "
                    "cannot hold the three channels' normalised pixels on their own grid); not the default: over "
                    "three trainings it moved the gates both ways (docs/quantisation.md)")
+    p.add_argument("--tflite-int8-range-quantile", type=float, default=DEFAULT_QUANTILE, metavar="Q",
+                   help="full-int8 TFLite: each activation's int8 range is its Q and 1-Q quantiles over the calibration "
+                   "images instead of its extremes, so that a few extreme values do not coarsen the rounding of all the "
+                   "others (export/activation_ranges.py; docs/quantisation.md); 0 keeps the converter's extremes")
     p.add_argument("--onnx-int8-first-conv", action="store_true",
                    help="quantise ONNX int8's first convolution too (by default it stays float: quantising it rounds "
                    "the normalised input to a grid that is not the pixels' own; measurements in docs/quantisation.md)")
@@ -178,6 +183,7 @@ def _export(argv: list[str]) -> int:
         progress=not args.no_progress, cache=not args.no_cache, bias_correction=not args.no_bias_correction,
         onnx_float_first_conv=not args.onnx_int8_first_conv, tflite_float_first_conv=args.tflite_int8_float_first_conv,
         onnx_beside_tflite=not args.onnx_after_tflite, float_check_share=args.float_check_share,
+        tflite_range_quantile=args.tflite_int8_range_quantile or None,
         ood_quantile=1.0 - args.unknown_rate, ood_bank_copies=args.bank_copies,
         ood_camera_copies=tuple(args.bank_camera_copies),
     ))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
+from export.activation_ranges import DEFAULT_QUANTILE, quantile_ranges
 from train.embeddings import with_embedding
 
 log = logging.getLogger(__name__)
@@ -99,31 +100,43 @@ def tflite_dynamic(saved_model: Path) -> bytes:
 
 
 def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray]], io_type: str,
-                float_first_conv: bool = False) -> bytes:
+                float_first_conv: bool = False, range_quantile: float | None = DEFAULT_QUANTILE) -> tuple[bytes, dict]:
     """Full-integer TFLite; ``io_type`` is the input tensor type ("uint8" pixels or "int8"); output float32.
+    Returns the flatbuffer and notes for its metadata.
+
+    The converter calibrates on ``calibration()``, then quantises. ``range_quantile``: each activation's range
+    is its quantiles instead of its extremes over the calibration images (export/activation_ranges.py; None:
+    the extremes, the converter's own rule).
 
     ``float_first_conv``: the arithmetic between the input and the first convolution (the in-graph
     normalisation) and that convolution stay float, as in the ONNX recipe: one int8 scale cannot hold the three
-    channels' mean-subtracted pixel ranges on the pixels' own grid, and the rounding moves the unknown score of
-    another plant's images (docs/quantisation.md). The converter leaves named layers in float only through its
-    quantisation debugger: calibrated once, quantised fully to find the layers' names, then again without them.
+    channels' mean-subtracted pixel ranges on the pixels' own grid (docs/quantisation.md). The quantiser leaves
+    named layers in float: quantised fully once to find the layers' names, then again without them.
     """
     import tensorflow as tf
+    from tensorflow.lite.python import convert as lite_convert
 
     converter = _converter(saved_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([x[None]] for x in calibration())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if float_first_conv:
+        converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
     converter.inference_input_type = getattr(tf, io_type)
-    if not float_first_conv:
-        return converter.convert()
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    one = next(iter(calibration()))
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=lambda: iter([[one[None]]]))
-    names = first_layers(debugger.get_nondebug_quantized_model())
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names)
-    log.info("full-int8 TFLite: %d layers left in float (%s)", len(names), ", ".join(n.split(";")[0] for n in names))
-    return debugger.get_nondebug_quantized_model()
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # the recorded ranges, to quantise below
+    calibrated = converter.convert()
+    notes: dict = {}
+    if range_quantile:
+        calibrated, notes["activation_ranges"] = quantile_ranges(calibrated, calibration, range_quantile)
+    quantize = functools.partial(lite_convert.mlir_quantize, calibrated, input_data_type=getattr(tf, io_type),
+                                 output_data_type=tf.float32)  # what converter.convert() does after calibrating
+    payload = quantize()
+    if float_first_conv:
+        names = first_layers(payload)
+        log.info("full-int8 TFLite: %d layers left in float (%s)", len(names), ", ".join(n.split(";")[0] for n in names))
+        payload = quantize(denylisted_nodes=names)
+    return payload, notes
 
 
 def first_layers(flatbuffer: bytes) -> list[str]:

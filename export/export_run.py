@@ -19,6 +19,7 @@ from edge_runtime.ood import OodSpec
 from edge_runtime.polarity import AS_IS, check_mode
 from edge_runtime.system import cpu_description
 from export import checks, convert
+from export.activation_ranges import DEFAULT_QUANTILE
 from export.bias_correction import BiasCorrection, correct_int8_biases
 from export.calibration import CalibrationSet, calibration_rows
 from export.crossplant_figures import write_crossplant_figures
@@ -59,6 +60,7 @@ class ExportOptions:
     bias_correction: bool = True  # full-int8 TFLite: correct each layer's bias for weight rounding
     onnx_float_first_conv: bool = True  # ONNX int8: keep the first convolution in float (convert.onnx_int8)
     tflite_float_first_conv: bool = False  # full-int8 TFLite: normalisation and first convolution in float
+    tflite_range_quantile: float | None = DEFAULT_QUANTILE  # full-int8 TFLite activation ranges (None: extremes)
     onnx_beside_tflite: bool = True  # make the ONNX formats in a second process while the TFLite ones convert
     float_check_share: float = 0.25  # share of each other plant's images a float artifact is checked on
 
@@ -145,7 +147,8 @@ def build_artifacts(run: TrainedRun, model, formats: list[ExportFormat], out: Pa
                     inputs, in_graph, dtype = calibration.as_pixels, True, "uint8"
                 else:
                     source, inputs, dtype = float_dir, calibration.as_float, "int8"
-                payload = convert.tflite_int8(source, inputs, dtype, options.tflite_float_first_conv)
+                payload, notes = convert.tflite_int8(source, inputs, dtype, options.tflite_float_first_conv,
+                                                     options.tflite_range_quantile)
                 if options.bias_correction:
                     payload, corrected = _bias_corrected(payload, built, source, inputs)
                     notes["bias_correction"] = corrected.to_dict()
@@ -293,7 +296,8 @@ def export_run(options: ExportOptions) -> dict:
                         "onnx_quantizer": options.onnx_quantizer,
                         "tflite_bias_correction": options.bias_correction,
                         "onnx_float_first_conv": options.onnx_float_first_conv,
-                        "tflite_float_first_conv": options.tflite_float_first_conv},
+                        "tflite_float_first_conv": options.tflite_float_first_conv,
+                        "tflite_range_quantile": options.tflite_range_quantile},
         "polarity": options.polarity,
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
