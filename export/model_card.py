@@ -31,6 +31,9 @@ def _polarity_text(polarity: str) -> str:
 
 def _int8_recipe_text(report: dict) -> str:
     text = ""
+    if report["calibration"].get("tflite_range_quantile"):
+        text += (f"; full-int8 TFLite activation ranges are the {report['calibration']['tflite_range_quantile']:g} "
+                 "quantiles of the calibration activations, not their extremes (export/activation_ranges.py)")
     if report["calibration"].get("tflite_bias_correction"):
         text += ("; full-int8 TFLite biases were then corrected for the weights' rounding "
                  "(export/bias_correction.py), as NNCF does for ONNX int8")
