@@ -70,9 +70,19 @@ def quantile_ranges(calibrated: bytes, calibration: Callable[[], Iterable[np.nda
 
 
 def _tails(values: np.ndarray, quantile: float) -> tuple[float, float]:
-    """The ``quantile`` and ``1 - quantile`` order statistics of ``values`` (nearest rank, by partition)."""
+    """The ``quantile`` and ``1 - quantile`` order statistics of ``values`` (nearest rank), exactly. Large tensors
+    first keep only the values beyond bounds taken from every 16th value; when enough remain on each side the
+    order statistics lie among them, else the whole tensor is partitioned."""
     n = values.size
     k = min(int(quantile * (n - 1)), n - 1)
+    if n > 65536:
+        sample = values[::16]
+        m = sample.size
+        j = min(m // 2, 4 * (k // 16) + 64)
+        bounds = np.partition(sample, (j, m - 1 - j))
+        low, high = values[values <= bounds[j]], values[values >= bounds[m - 1 - j]]
+        if low.size > k and high.size > k:
+            return float(np.partition(low, k)[k]), float(np.partition(high, high.size - 1 - k)[high.size - 1 - k])
     part = np.partition(values, (k, n - 1 - k))
     return float(part[k]), float(part[n - 1 - k])
 

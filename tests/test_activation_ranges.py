@@ -111,3 +111,18 @@ def test_the_full_int8_model_with_quantile_ranges_classifies_like_the_float_mode
         image = np.clip(rng.normal(120, 12, (SIDE, SIDE, 1)), 0, 255).repeat(3, axis=2).astype(np.uint8)
         assert np.abs(run(payload, image) - run(fp32, image)).max() < 0.05
         assert np.array_equal(run(plain, image), run(own, image))  # without quantile ranges: the converter's own
+
+
+@pytest.mark.parametrize("size", [1000, 70_000, 800_000])
+def test_the_tail_order_statistics_are_exact_for_any_tensor_size(size):
+    """Large tensors take a shortcut through a subsample's bounds; the result is the exact nearest-rank value."""
+    from export.activation_ranges import _tails
+
+    rng = np.random.default_rng(size)
+    for values in (rng.standard_t(2, size).astype(np.float32),  # heavy tails
+                   np.maximum(rng.normal(0, 1, size), 0).astype(np.float32),  # a ReLU output: many exact zeros
+                   np.sort(rng.normal(0, 1, size)).astype(np.float32)):  # sorted: the subsample sees only a stride
+        for quantile in (1e-5, 1e-4, 1e-2):
+            k = int(quantile * (size - 1))
+            ordered = np.sort(values)
+            assert _tails(values, quantile) == (float(ordered[k]), float(ordered[size - 1 - k]))
