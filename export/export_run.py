@@ -315,7 +315,10 @@ def export_run(options: ExportOptions) -> dict:
         "timings": _timings(started, setup_seconds, bank_seconds, convert_seconds, built, decode_seconds,
                             reference_seconds, checked, rows_out, cache is not None) | background,
         "machine": cpu_description(),
-        "notes": _notes(options, data),
+        "notes": _notes(options, data) + ([] if sample is None else [
+            f"Float artifacts (fp32, fp16 weights) were checked on {len(sample[0].items)} of the {len(data.items)} "
+            "images (every held-out NEU image, a fixed share of each larger set: --float-check-share) and held to "
+            "their probability differences from the float model (--max-float-dprob)."]),
         "figures": [str(f) for f in figures],
         "created": utc_now(),
     }
