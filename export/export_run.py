@@ -29,6 +29,7 @@ from export.report import write_report
 from train.augment import BANK_CAMERA_KINDS
 from train.embeddings import BANK_TRAINING_COPIES, training_copies_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
+from train.training_run import run_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,8 @@ def export_run(options: ExportOptions) -> dict:
     model = run.load_model()  # loaded once: the OOD bank, every conversion and the float reference use it
     cache = run.output_cache() if options.cache else None
     setup_seconds = time.perf_counter() - started
-    ood = training_copies_ood_spec(model, run.directory, data_root, rows, run.preprocess, options.ood_bank_copies,
+    ood = training_copies_ood_spec(model, run_feature_cache(run.directory, model), data_root, rows, run.preprocess,
+                                   options.ood_bank_copies,
                                    options.ood_k, options.ood_quantile, run.classes, options.ood_per_class,
                                    options.progress, cache, tuple(options.ood_camera_copies))
     bank_seconds = time.perf_counter() - started - setup_seconds

@@ -392,7 +392,7 @@ def test_the_exported_bank_and_thresholds_read_only_the_training_split(monkeypat
 
     monkeypatch.setattr(features, "read_image", fake_read)
     monkeypatch.setattr(embeddings, "keras_outputs", fake_outputs)
-    spec = embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
+    spec = embeddings.training_copies_ood_spec(None, None, Path("/data"), rows,
                                                PreprocessConfig(input_size=(SIDE, SIDE)), copies=2, k=2, quantile=0.9,
                                                progress=False, classes=["crazing", "inclusion"], camera_kinds=())
     assert sorted(set(read)) == sorted(f"/data/{r.path}" for r in rows if r.split == "train") and len(read) == 12 * 3
@@ -414,7 +414,7 @@ def stripes_and_spots_bank(monkeypatch, tmp_path, copies: int = 0, camera_kinds:
         int(Path(path).stem)))
     monkeypatch.setattr(embeddings, "keras_outputs", lambda model, pixels, preprocess, **kwargs: (
         np.zeros((len(pixels), 2), np.float32), texture_embedding(pixels)))
-    return embeddings.training_copies_ood_spec(None, tmp_path, Path("/data"), rows,
+    return embeddings.training_copies_ood_spec(None, None, Path("/data"), rows,
                                                PreprocessConfig(input_size=(SIDE, SIDE)), copies=copies, k=2,
                                                quantile=0.95, classes=["crazing", "inclusion"], progress=False,
                                                camera_kinds=camera_kinds)

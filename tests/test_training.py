@@ -280,6 +280,7 @@ def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_t
     from train import features
     from train.augment import BANK_CAMERA_KINDS, bank_camera_copy
     from train.embeddings import keras_outputs, training_copies_ood_spec
+    from train.training_run import run_feature_cache
     from train.run_dir import TrainedRun
 
     through_trunk = []
@@ -292,9 +293,10 @@ def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_t
     run = TrainedRun.open(trained_run)
     data_root, rows = run.manifest()
     model = run.load_model()
+    trunk = run_feature_cache(trained_run, model)
     trunk_files = lambda: {p.name for p in (trained_run.parent / ".feature-cache").glob("*/trunk/*.npy")}  # noqa: E731
     before = trunk_files()
-    ood = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=2, classes=run.classes,
+    ood = training_copies_ood_spec(model, trunk, data_root, rows, run.preprocess, copies=2, classes=run.classes,
                                    progress=False)
     train = [r for r in rows if r.split == "train"]
     assert {f"{r.sha256}_{c}.npy" for r in train for c in (0, 1, 2, *BANK_CAMERA_KINDS)} <= before
@@ -312,7 +314,7 @@ def test_the_unknown_scores_bank_reuses_the_trainings_trunk_outputs_and_equals_t
         assert np.min(np.sum(whole * rows_of_block, axis=1)) > 0.999
 
     after = trunk_files()
-    training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=3, classes=run.classes,
+    training_copies_ood_spec(model, trunk, data_root, rows, run.preprocess, copies=3, classes=run.classes,
                              progress=False)
     added = trunk_files() - after  # a copy training never drew: computed once, kept
     assert {f"{r.sha256}_3.npy" for r in train} <= trunk_files() and all(name.endswith("_3.npy") for name in added)
@@ -325,22 +327,24 @@ def test_edge_train_leaves_the_default_bank_so_that_the_export_runs_no_layer_for
     from train import features
     from train.embeddings import training_copies_ood_spec
     from train.run_dir import TrainedRun
+    from train.training_run import run_feature_cache
 
     run = TrainedRun.open(trained_run)
     data_root, rows = run.manifest()
     model = run.load_model()
-    fresh = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, classes=run.classes,
+    trunk = run_feature_cache(trained_run, model)
+    fresh = training_copies_ood_spec(model, trunk, data_root, rows, run.preprocess, classes=run.classes,
                                      progress=False)
     ran = []
     traced = features.traced
     monkeypatch.setattr(features, "traced", lambda m: ran.append(m.name) or traced(m))
-    stored = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, classes=run.classes,
+    stored = training_copies_ood_spec(model, trunk, data_root, rows, run.preprocess, classes=run.classes,
                                       progress=False, cache=run.output_cache())
     assert ran == []
     np.testing.assert_allclose(stored.bank, fresh.bank, atol=1e-5)
     assert stored.threshold == pytest.approx(fresh.threshold, abs=1e-6)
 
-    more = training_copies_ood_spec(model, trained_run, data_root, rows, run.preprocess, copies=3,
+    more = training_copies_ood_spec(model, trunk, data_root, rows, run.preprocess, copies=3,
                                     classes=run.classes, progress=False, cache=run.output_cache())
     assert len(more.bank) > len(stored.bank) and ran  # a block the training did not leave: computed
     np.testing.assert_allclose(more.bank[: 3 * len(fresh.bank) // 6], fresh.bank[: 3 * len(fresh.bank) // 6],

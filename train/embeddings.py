@@ -169,36 +169,35 @@ def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], 
 BANK_TRAINING_COPIES = 2  # augmented training copies of each training image in the bank (edge-export's default)
 
 
-def bank_embeddings(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
+def bank_embeddings(model, trunk, data_root: Path, rows, preprocess: PreprocessConfig,
                     copies: int = BANK_TRAINING_COPIES, camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS,
                     progress: bool = True, cache: KerasOutputCache | None = None):
     """The Keras model's embeddings of the bank rows of training images ``rows``, one (N, D) block per version
     (:func:`train.features.bank_items`); returns ``(blocks, augment spec, seed)`` of the copies.
 
+    ``trunk``: the run's trunk cache and its model cut there (train.training_run.run_feature_cache), or None.
     The layers below the run's cut (frozen in training) are not run again: their outputs are read from the
     run's trunk cache (train/features.py) and only the trained top runs, about a fifth of ResNet-50's work. Each
     block's embeddings are kept in ``cache`` (the run's Keras output cache) under the model, the trunk cache's
     identity and the rows' names: edge-train computes the default bank once, after its last epoch, so that an
     export only reads it. Rows missing from the trunk cache (another machine, a cleared cache, other kinds) are
-    computed and stored there first. A model folder without edge-train's config.json gets the current recipe's
-    copies through the whole model."""
+    computed and stored there first. Without a trunk cache (a model folder without edge-train's config.json) the
+    current recipe's copies go through the whole model."""
     from train.augment import AugmentSpec
     from train.features import bank_items, training_pixels
-    from train.training_run import run_feature_cache
 
     item_blocks = bank_items(rows, Path(data_root), copies, tuple(camera_kinds))
-    found = run_feature_cache(run_dir, model)
     blocks = []
-    if found is None:  # not an edge-train run: the current recipe's copies, through the whole model
+    if trunk is None:  # not an edge-train run: the current recipe's copies, through the whole model
         spec, seed = AugmentSpec(camera=True), 0
-        log.info("%s has no training settings (config.json): bank copies drawn with the default recipe", run_dir)
+        log.info("no training settings (config.json): bank copies drawn with the default recipe")
         for items in item_blocks:
             pixels = np.stack([training_pixels(item, preprocess, spec, seed) for item in items])
             name = items[0].camera or f"copy {items[0].copy}" if items else ""
             blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank {name}",
                                         cache=cache)[1])
         return blocks, spec, seed
-    trunk_cache, parts = found
+    trunk_cache, parts = trunk
     top = None
     for items in item_blocks:
         key = cache.named_key({"bank_rows": [i.name for i in items], "trunk": trunk_cache.identity}) \
@@ -226,7 +225,7 @@ def bank_embeddings(model, run_dir: Path, data_root: Path, rows, preprocess: Pre
     return blocks, trunk_cache.augment_spec, trunk_cache.seed
 
 
-def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, preprocess: PreprocessConfig,
+def training_copies_ood_spec(model, trunk, data_root: Path, rows, preprocess: PreprocessConfig,
                              copies: int = BANK_TRAINING_COPIES, k: int = 2, quantile: float = 0.98,
                              classes: list[str] | None = None, per_class: bool = True, progress: bool = True,
                              cache: KerasOutputCache | None = None,
@@ -236,12 +235,13 @@ def training_copies_ood_spec(model, run_dir: Path, data_root: Path, rows, prepro
     trained on: its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes, and
     the geometric ones) and one camera copy per kind in ``camera_kinds`` (train.augment.bank_camera_copy: the
     strong changes the training copies show rarely); thresholds = leave-one-out calibration over those rows, per
-    class. The embeddings come from :func:`bank_embeddings` (edge-train leaves the default bank's in ``cache``)."""
+    class. The embeddings come from :func:`bank_embeddings` (``trunk``: the run's trunk cache, or None; edge-train
+    leaves the default bank's embeddings in ``cache``)."""
     chosen = rows_of(rows, "train")
     labels = [r.label for r in chosen]
     classes = classes or sorted(set(labels))
     _check_labels(labels, classes)
-    blocks, spec, seed = bank_embeddings(model, run_dir, data_root, chosen, preprocess, copies, camera_kinds,
+    blocks, spec, seed = bank_embeddings(model, trunk, data_root, chosen, preprocess, copies, camera_kinds,
                                          progress, cache)
     info = {"images": len(chosen), "split": "train",
             "copies": {"count": copies, "source": "the training's augmented copies (train/augment.py)",

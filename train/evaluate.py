@@ -19,6 +19,7 @@ from train.data import normalize_label
 from train.embeddings import training_copies_ood_spec
 from train.predict import predict_files, predict_files_with_polarity
 from train.run_dir import TrainedRun
+from train.training_run import run_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def evaluate_folder(
         result = predict_files(model, paths, run.preprocess, progress=progress, desc=name)
     else:
         data_root, rows = run.manifest(None)
-        ood = training_copies_ood_spec(model, run.directory, data_root, rows, run.preprocess, classes=run.classes,
-                                       progress=progress)
+        ood = training_copies_ood_spec(model, run_feature_cache(run.directory, model), data_root, rows,
+                                       run.preprocess, classes=run.classes, progress=progress)
         result = predict_files_with_polarity(model, paths, run.preprocess, ood, polarity, progress)
     classes = run.classes
     predicted = result.probabilities.argmax(axis=1) if len(result.paths) else np.zeros(0, int)

@@ -20,8 +20,10 @@ from train.features import FeatureCache
 from train import figures
 from train.callbacks import read_history
 from train.data import check_images, discover
+from train.embeddings import bank_embeddings
 from train.metrics import report
 from train.model import Submodels, build_model, resolve_weights, submodels
+from train.output_cache import CACHE_DIR, KerasOutputCache
 from train.predict import predict_files
 from train.run_dir import (
     CONFIG_FILE,
@@ -207,7 +209,8 @@ def train_run(options: TrainOptions) -> dict:
     model, parts, cache = _build(options, weights, len(dataset.classes))
     fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), run_dir)
     model.save(run_dir / MODEL_FILE)
-    fit["bank_seconds"] = _prepare_bank(model, run_dir, rows, dataset.root, options.preprocess, options.progress)
+    fit["bank_seconds"] = _prepare_bank(model, run_dir, (cache, parts), rows, dataset.root, options.preprocess,
+                                        options.progress)
 
     metadata = {
         "classes": dataset.classes,
@@ -253,18 +256,15 @@ def train_run(options: TrainOptions) -> dict:
     return metrics
 
 
-def _prepare_bank(model, run_dir: Path, rows, data_root: Path, preprocess: PreprocessConfig,
-                  progress: bool) -> float:
+def _prepare_bank(model, run_dir: Path, trunk: tuple[FeatureCache, Submodels], rows, data_root: Path,
+                  preprocess: PreprocessConfig, progress: bool) -> float:
     """The unknown score's bank as edge-export builds it by default (each training image as captured, its first
     augmented copies and its camera copies), through the trained model while it is loaded: the trunk outputs the
     training has not made yet, then the trained top over every row, kept in the run's Keras output cache so
     that the export only reads them (train.embeddings.bank_embeddings). Returns the seconds spent."""
-    from train.embeddings import bank_embeddings
-    from train.output_cache import CACHE_DIR, KerasOutputCache
-
     started = time.perf_counter()
     cache = KerasOutputCache(run_dir / CACHE_DIR, file_sha256(run_dir / MODEL_FILE))
-    bank_embeddings(model, run_dir, data_root, rows_of(rows, "train"), preprocess, progress=progress, cache=cache)
+    bank_embeddings(model, trunk, data_root, rows_of(rows, "train"), preprocess, progress=progress, cache=cache)
     seconds = round(time.perf_counter() - started, 1)
     log.info("unknown-score bank computed in %.0f s (kept for edge-export in %s)", seconds, cache.directory)
     return seconds
