@@ -93,20 +93,26 @@ def _has_data(model, tensor) -> bool:
     return buffer is not None and buffer.data is not None and len(buffer.data) > 0
 
 
-def _input_path(model) -> list[int]:
-    """The graph input and every tensor between it and the first convolution (the normalisation, the padding):
-    the tensors that carry pixel values, normalised or not."""
+def first_conv_and_input_ops(model) -> tuple[object | None, list]:
+    """The first convolution of a TFLite model (flatbuffer object) and the operators on the path from the graph
+    input to it (the normalisation, the padding), nearest to the convolution first; (None, []) without one."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     from export.bias_correction import builtin_code
 
     graph = model.subgraphs[0]
-    producer = {out: op for op in graph.operators for out in op.outputs}
     conv = next((op for op in graph.operators if builtin_code(model, op) == schema.BuiltinOperator.CONV_2D), None)
-    path = list(graph.inputs)
-    tensor = conv.inputs[0] if conv is not None else None
-    while tensor is not None and tensor not in path:
-        path.append(tensor)
-        op = producer.get(tensor)
-        tensor = op.inputs[0] if op is not None else None
-    return path
+    producer = {out: op for op in graph.operators for out in op.outputs}
+    ops, tensor = [], conv.inputs[0] if conv is not None else None
+    while tensor in producer and producer[tensor] not in ops:
+        ops.append(producer[tensor])
+        tensor = ops[-1].inputs[0]
+    return conv, ops
+
+
+def _input_path(model) -> list[int]:
+    """The graph input and every tensor between it and the first convolution: the tensors that carry pixel
+    values, normalised or not."""
+    conv, ops = first_conv_and_input_ops(model)
+    inputs = [conv.inputs[0], *(op.inputs[0] for op in ops)] if conv is not None else []
+    return list(dict.fromkeys([*model.subgraphs[0].inputs, *inputs]))

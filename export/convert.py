@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
-from export.activation_ranges import DEFAULT_QUANTILE, quantile_ranges
+from export.activation_ranges import DEFAULT_QUANTILE, first_conv_and_input_ops, quantile_ranges
 from train.embeddings import with_embedding
 
 log = logging.getLogger(__name__)
@@ -148,20 +148,13 @@ def first_layers(flatbuffer: bytes) -> list[str]:
     from export.bias_correction import builtin_code
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    graph = model.subgraphs[0]
-    code = functools.partial(builtin_code, model)
-    ops = schema.BuiltinOperator
-    producer = {out: op for op in graph.operators for out in op.outputs}
-    conv = next((op for op in graph.operators if code(op) == ops.CONV_2D), None)
+    conv, path = first_conv_and_input_ops(model)
     if conv is None:
         raise ValueError("the model has no convolution to keep in float")
-    chosen, tensor = [conv], conv.inputs[0]
-    while tensor in producer:
-        op = producer[tensor]
-        if code(op) in (ops.ADD, ops.SUB, ops.MUL, ops.DIV):
-            chosen.append(op)
-        tensor = op.inputs[0]
-    return [graph.tensors[op.outputs[0]].name.decode() for op in reversed(chosen)]
+    ops = schema.BuiltinOperator
+    arithmetic = [op for op in path if builtin_code(model, op) in (ops.ADD, ops.SUB, ops.MUL, ops.DIV)]
+    tensors = model.subgraphs[0].tensors
+    return [tensors[op.outputs[0]].name.decode() for op in reversed([conv, *arithmetic])]
 
 
 def onnx_fp32(saved_model: Path, output: Path) -> Path:

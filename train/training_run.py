@@ -209,8 +209,9 @@ def train_run(options: TrainOptions) -> dict:
     model, parts, cache = _build(options, weights, len(dataset.classes))
     fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), run_dir)
     model.save(run_dir / MODEL_FILE)
-    fit["bank_seconds"] = _prepare_bank(model, run_dir, (cache, parts), rows, dataset.root, options.preprocess,
-                                        options.progress)
+    model_sha256 = file_sha256(run_dir / MODEL_FILE)
+    fit["bank_seconds"] = _prepare_bank(model, KerasOutputCache(run_dir / CACHE_DIR, model_sha256), (cache, parts),
+                                        rows, dataset.root, options.preprocess, options.progress)
 
     metadata = {
         "classes": dataset.classes,
@@ -226,7 +227,7 @@ def train_run(options: TrainOptions) -> dict:
         "data_layout": dataset.layout,
         "split_manifest": MANIFEST_NAME,
         "split_manifest_sha256": file_sha256(manifest),
-        "model_sha256": file_sha256(run_dir / MODEL_FILE),
+        "model_sha256": model_sha256,
         "skipped_bad_images": dataset.skipped,
         "created": utc_now(),
         "versions": tool_versions(),
@@ -256,14 +257,13 @@ def train_run(options: TrainOptions) -> dict:
     return metrics
 
 
-def _prepare_bank(model, run_dir: Path, trunk: tuple[FeatureCache, Submodels], rows, data_root: Path,
+def _prepare_bank(model, cache: KerasOutputCache, trunk: tuple[FeatureCache, Submodels], rows, data_root: Path,
                   preprocess: PreprocessConfig, progress: bool) -> float:
     """The unknown score's bank as edge-export builds it by default (each training image as captured, its first
     augmented copies and its camera copies), through the trained model while it is loaded: the trunk outputs the
     training has not made yet, then the trained top over every row, kept in the run's Keras output cache so
     that the export only reads them (train.embeddings.bank_embeddings). Returns the seconds spent."""
     started = time.perf_counter()
-    cache = KerasOutputCache(run_dir / CACHE_DIR, file_sha256(run_dir / MODEL_FILE))
     bank_embeddings(model, trunk, data_root, rows_of(rows, "train"), preprocess, progress=progress, cache=cache)
     seconds = round(time.perf_counter() - started, 1)
     log.info("unknown-score bank computed in %.0f s (kept for edge-export in %s)", seconds, cache.directory)
