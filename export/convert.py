@@ -56,12 +56,17 @@ def export_saved_model(model, directory: Path) -> Path:
 
 
 def export_pixel_saved_model(model, directory: Path, preprocess: PreprocessConfig) -> Path:
-    """The model with preprocessing inside the graph: input raw uint8 BGR pixels at the model size."""
+    """The model with preprocessing inside the graph: input BGR pixel values 0..255 at the model size.
+
+    The input is float32 holding pixel values, not uint8: the full-int8 converter then gives the file a uint8
+    input of scale 1 (every pixel level kept) and one requantising step to int8. A uint8 Keras input instead
+    becomes a cast to float and a quantisation whose range is widened to cover the normalised values too
+    (scale 1.485: pixel levels rounded to 172 steps before the normalisation rounds them again), two
+    elementwise operators more on the whole image (docs/quantisation.md)."""
     import keras
 
     height, width = preprocess.input_size
-    pixels = keras.Input((height, width, 3), dtype="uint8", name="pixels_bgr")
-    x = keras.ops.cast(pixels, "float32")
+    x = pixels = keras.Input((height, width, 3), dtype="float32", name="pixels_bgr")
     if preprocess.channel_order == "RGB":
         x = keras.ops.flip(x, axis=-1)
     x = keras.layers.Normalization(
@@ -118,7 +123,8 @@ def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray
 
     converter = _converter(saved_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[None]] for x in calibration())
+    dtype = saved_model_input_dtype(saved_model)  # uint8 pixels feed a float input of pixel values
+    converter.representative_dataset = lambda: ([np.asarray(x, dtype)[None]] for x in calibration())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if float_first_conv:
         converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
@@ -137,6 +143,16 @@ def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray
         log.info("full-int8 TFLite: %d layers left in float (%s)", len(names), ", ".join(n.split(";")[0] for n in names))
         payload = quantize(denylisted_nodes=names)
     return payload, notes
+
+
+def saved_model_input_dtype(saved_model: Path) -> np.dtype:
+    """The numpy dtype of a SavedModel's (single) serving input, read from its graph definition."""
+    import tensorflow as tf
+    from tensorflow.python.tools import saved_model_utils
+
+    signature = saved_model_utils.get_meta_graph_def(str(saved_model), "serve").signature_def["serving_default"]
+    (spec,) = signature.inputs.values()
+    return np.dtype(tf.dtypes.as_dtype(spec.dtype).as_numpy_dtype)
 
 
 def first_layers(flatbuffer: bytes) -> list[str]:

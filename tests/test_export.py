@@ -93,6 +93,19 @@ def test_every_format_is_written_with_readable_metadata(tiny_run: Path, exported
     assert "bias_correction" not in read_metadata(exported / FORMATS["onnx_int8"].filename).extra  # NNCF's own
 
 
+def test_the_full_int8_tflite_keeps_every_pixel_level_of_its_uint8_input(exported: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(exported / FORMATS["tflite_int8"].filename))
+    (feed,) = interpreter.get_input_details()
+    assert feed["dtype"] == np.uint8 and feed["quantization"] == (1.0, 0)  # one step per pixel level
+    readers = [op for op in interpreter._get_ops_details() if feed["index"] in op["inputs"]]
+    assert [op["op_name"] for op in readers] == ["QUANTIZE"]  # no cast to float and back on the way in
+    (requantized,) = readers[0]["outputs"]
+    scale, zero_point = interpreter._get_tensor_details(requantized, 0)["quantization"]
+    assert (scale, zero_point) == (1.0, -128)  # int8 holds the same 256 levels: pixel - 128
+
+
 def test_float_artifacts_match_keras(exported: Path):
     rows = {a["format"]: a for a in report(exported)["artifacts"]}
     for name in ("tflite_fp32", "onnx_fp32"):
