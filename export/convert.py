@@ -113,8 +113,8 @@ def tflite_int8(saved_model: Path, calibration: Callable[[], Iterable[np.ndarray
     is its quantiles instead of its extremes over the calibration images (export/activation_ranges.py; None:
     the extremes, the converter's own rule).
 
-    ``float_first_conv``: the arithmetic between the input and the first convolution (the in-graph
-    normalisation) and that convolution stay float, as in the ONNX recipe: one int8 scale cannot hold the three
+    ``float_first_conv``: everything between the input and the first convolution (the in-graph normalisation
+    and its padding) and that convolution stay float, as in the ONNX recipe: one int8 scale cannot hold the three
     channels' mean-subtracted pixel ranges on the pixels' own grid (docs/quantisation.md). The quantiser leaves
     named layers in float: quantised fully once to find the layers' names, then again without them.
     """
@@ -157,7 +157,7 @@ def saved_model_input_dtype(saved_model: Path) -> np.dtype:
 
 def first_layers(flatbuffer: bytes) -> list[str]:
     """Output tensor names of the first convolution of a TFLite model and of the arithmetic (add, subtract,
-    multiply, divide) on the path from the input to it: the input normalisation."""
+    multiply, divide) and padding on the path from the input to it: the input normalisation."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -168,9 +168,9 @@ def first_layers(flatbuffer: bytes) -> list[str]:
     if conv is None:
         raise ValueError("the model has no convolution to keep in float")
     ops = schema.BuiltinOperator
-    arithmetic = [op for op in path if builtin_code(model, op) in (ops.ADD, ops.SUB, ops.MUL, ops.DIV)]
+    in_float = [op for op in path if builtin_code(model, op) in (ops.ADD, ops.SUB, ops.MUL, ops.DIV, ops.PAD)]
     tensors = model.subgraphs[0].tensors
-    return [tensors[op.outputs[0]].name.decode() for op in reversed([conv, *arithmetic])]
+    return [tensors[op.outputs[0]].name.decode() for op in reversed([conv, *in_float])]
 
 
 def onnx_fp32(saved_model: Path, output: Path) -> Path:

@@ -60,7 +60,7 @@ class ExportOptions:
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
     bias_correction: bool = True  # full-int8 TFLite: correct each layer's bias for weight rounding
     onnx_float_first_conv: bool = True  # ONNX int8: keep the first convolution in float (convert.onnx_int8)
-    tflite_float_first_conv: bool = False  # full-int8 TFLite: normalisation and first convolution in float
+    tflite_float_first_conv: bool = True  # full-int8 TFLite: input path (normalisation, padding) and first conv in float
     tflite_range_quantile: float | None = DEFAULT_QUANTILE  # full-int8 TFLite activation ranges (None: extremes)
     onnx_beside_tflite: bool = True  # make the ONNX formats in a second process while the TFLite ones convert
     float_check_share: float = 0.25  # share of each other plant's images a float artifact is checked on

@@ -37,8 +37,11 @@ def _int8_recipe_text(report: dict) -> str:
     if report["calibration"].get("tflite_bias_correction"):
         text += ("; full-int8 TFLite biases were then corrected for the weights' rounding "
                  "(export/bias_correction.py), as NNCF does for ONNX int8")
-    if report["calibration"].get("onnx_float_first_conv"):
-        text += "; ONNX int8 keeps its first convolution in float (export/convert.py)"
+    kept = [name for name, key in (("full-int8 TFLite", "tflite_float_first_conv"), ("ONNX int8", "onnx_float_first_conv"))
+            if report["calibration"].get(key)]
+    if kept:
+        text += (f"; {' and '.join(kept)} keep{'s' if len(kept) == 1 else ''} the first convolution and everything "
+                 "before it in float (export/convert.py)")
     return text
 
 

@@ -72,6 +72,15 @@ def exported(tiny_run: Path) -> Path:
     return tiny_run / "export"
 
 
+@pytest.fixture(scope="module")
+def every_layer_int8(tiny_run: Path) -> Path:
+    """Full-int8 TFLite with its input path and first convolution quantised too (--tflite-int8-first-conv)."""
+    out = tiny_run / "export-every-layer"
+    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_int8", "--tflite-int8-first-conv",
+                 "--calibration-count", "24", "--min-agreement", "0", "--no-progress"]) == 0
+    return out
+
+
 def report(export_dir: Path) -> dict:
     return json.loads((export_dir / "export_report.json").read_text())
 
@@ -89,21 +98,25 @@ def test_every_format_is_written_with_readable_metadata(tiny_run: Path, exported
         assert meta.graph_sha256 == graph_sha256(path.read_bytes(), path.suffix)  # checked at every load
     int8 = read_metadata(exported / FORMATS["tflite_int8"].filename)
     assert int8.input_dtype == "uint8" and int8.preprocessing_in_graph
-    assert int8.extra["bias_correction"]["layers"] == 3 and int8.extra["bias_correction"]["images"] > 0
+    assert int8.extra["bias_correction"]["layers"] == 2 and int8.extra["bias_correction"]["images"] > 0  # + 1 float
     assert "bias_correction" not in read_metadata(exported / FORMATS["onnx_int8"].filename).extra  # NNCF's own
 
 
-def test_the_full_int8_tflite_keeps_every_pixel_level_of_its_uint8_input(exported: Path):
+def _input_reader(path: Path) -> tuple[str, tuple[float, int] | None]:
+    """The operator that reads a TFLite file's uint8 input, and the int8 quantisation of what it writes."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(str(exported / FORMATS["tflite_int8"].filename))
+    interpreter = Interpreter(str(path))
     (feed,) = interpreter.get_input_details()
     assert feed["dtype"] == np.uint8 and feed["quantization"] == (1.0, 0)  # one step per pixel level
-    readers = [op for op in interpreter._get_ops_details() if feed["index"] in op["inputs"]]
-    assert [op["op_name"] for op in readers] == ["QUANTIZE"]  # no cast to float and back on the way in
-    (requantized,) = readers[0]["outputs"]
-    scale, zero_point = interpreter._get_tensor_details(requantized, 0)["quantization"]
-    assert (scale, zero_point) == (1.0, -128)  # int8 holds the same 256 levels: pixel - 128
+    (reader,) = [op for op in interpreter._get_ops_details() if feed["index"] in op["inputs"]]
+    written = interpreter._get_tensor_details(reader["outputs"][0], 0)
+    return reader["op_name"], written["quantization"] if written["dtype"] == np.int8 else None
+
+
+def test_the_full_int8_tflite_keeps_every_pixel_level_of_its_uint8_input(exported: Path, every_layer_int8: Path):
+    assert _input_reader(exported / "model_int8.tflite") == ("DEQUANTIZE", None)  # exact, to the float first layers
+    assert _input_reader(every_layer_int8 / "model_int8.tflite") == ("QUANTIZE", (1.0, -128))  # pixel - 128, no cast
 
 
 def test_float_artifacts_match_keras(exported: Path):
@@ -260,7 +273,7 @@ def test_full_int8_with_normalised_input_is_bias_corrected_too(tiny_run: Path, t
                  "--calibration-count", "24", "--min-agreement", "0", "--no-progress"]) == 0
     meta = read_metadata(out / FORMATS["tflite_int8"].filename)
     assert meta.input_dtype == "int8" and not meta.preprocessing_in_graph
-    assert meta.extra["bias_correction"]["layers"] == 3
+    assert meta.extra["bias_correction"]["layers"] == 2
     comparison = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
     assert comparison["agreement"] >= 0.9 and comparison["groups"]["neu"]["accuracy"] >= 0.9
 
@@ -364,7 +377,7 @@ def test_ship_installs_a_passing_artifact_with_card_and_manifest(exported: Path,
     card = (dest / "MODEL_CARD.md").read_text()
     assert file_sha256(dest / "default.tflite") in card and "Known limits" in card
     assert "biases were then corrected for the weights' rounding" in card
-    assert "ONNX int8 keeps its first convolution in float" in card
+    assert "full-int8 TFLite and ONNX int8 keep the first convolution and everything before it in float" in card
     assert (dest / "split_manifest.csv").read_text().startswith("path,class,split,sha256")
 
 
@@ -562,26 +575,23 @@ def _tflite_layer_types(path: Path) -> tuple[list[bool], list[bool]]:
     return convs, arithmetic
 
 
-def test_full_int8_tflite_quantises_every_layer_by_default(exported: Path):
+def test_full_int8_tflite_leaves_its_input_path_and_first_convolution_in_float_by_default(exported: Path):
     convs, arithmetic = _tflite_layer_types(exported / "model_int8.tflite")
-    assert convs == [True, True] and all(arithmetic)
-    assert report(exported)["calibration"]["tflite_float_first_conv"] is False
-    assert read_metadata(exported / "model_int8.tflite").extra["bias_correction"]["layers"] == 3
-
-
-def test_full_int8_tflite_leaves_its_normalisation_and_first_convolution_in_float_when_asked(
-        tiny_run: Path, exported: Path, tmp_path: Path):
-    out = tmp_path / "float-first"
-    assert main([str(tiny_run), "--out", str(out), "--formats", "tflite_int8", "--tflite-int8-float-first-conv",
-                 "--calibration-count", "24", "--min-agreement", "0", "--no-progress"]) == 0
-    convs, arithmetic = _tflite_layer_types(out / "model_int8.tflite")
-    assert convs == [False, True] and arithmetic and not arithmetic[0]  # the in-graph mean subtraction
-    meta = read_metadata(out / "model_int8.tflite")
+    assert convs == [False, True] and arithmetic and not any(arithmetic)  # the in-graph normalisation, float
+    meta = read_metadata(exported / "model_int8.tflite")
     assert meta.input_dtype == "uint8" and meta.preprocessing_in_graph
-    assert report(out)["calibration"]["tflite_float_first_conv"] is True
+    assert report(exported)["calibration"]["tflite_float_first_conv"] is True
     assert meta.extra["bias_correction"]["layers"] == 2  # the int8 convolution and dense layer; the float one skipped
-    every_layer = next(a for a in report(exported)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
-    float_first = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+
+
+def test_full_int8_tflite_quantises_every_layer_when_asked(exported: Path, every_layer_int8: Path):
+    out = every_layer_int8
+    convs, arithmetic = _tflite_layer_types(out / "model_int8.tflite")
+    assert convs == [True, True] and all(arithmetic)
+    assert report(out)["calibration"]["tflite_float_first_conv"] is False
+    assert read_metadata(out / "model_int8.tflite").extra["bias_correction"]["layers"] == 3
+    every_layer = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+    float_first = next(a for a in report(exported)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
     assert float_first["max_abs_dprob"] <= every_layer["max_abs_dprob"] + 0.05
 
 
