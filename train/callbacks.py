@@ -51,6 +51,22 @@ def _plain(value):
         return None
 
 
+SELECTION_METRIC = "val_selection"
+LOSS_TIE_WEIGHT = 1e-3  # far below one validation image's share of accuracy for any loss below 10
+
+
+class SelectionScore(keras.callbacks.Callback):
+    """Adds ``val_selection`` to each epoch's logs: validation accuracy, ties broken by the lower validation loss.
+
+    A small validation set is classified perfectly after an epoch or two, and from then on every epoch ties on
+    accuracy: a checkpoint on accuracy alone keeps the *first* perfect epoch, trained least on the augmented
+    copies (docs/training.md). Placed before the callbacks that read it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_accuracy" in logs and "val_loss" in logs:
+            logs[SELECTION_METRIC] = float(logs["val_accuracy"]) - LOSS_TIE_WEIGHT * float(logs["val_loss"])
+
+
 class HistoryCSV(keras.callbacks.Callback):
     """Appends one row per epoch (with its wall time) to ``history.csv``; drops rows a resume will redo."""
 

@@ -3,8 +3,9 @@
 Stage 1 trains the head on pooled features of the frozen backbone (Adam 1e-3). Stage 2 unfreezes the top of
 the backbone (default: the conv5 stage, BatchNorm kept in inference mode) and trains it with the head on the
 cached outputs of the layers below (Adam 1e-4). Each training image has ``aug_copies`` cached augmented
-copies; every epoch draws one of them per image. Both stages use EarlyStopping, ModelCheckpoint and
-ReduceLROnPlateau on validation accuracy; the best model on validation is the result.
+copies; every epoch draws one of them per image. Both stages use EarlyStopping and ReduceLROnPlateau on
+validation accuracy; the checkpoint keeps the epoch of best validation accuracy, ties broken by the lower
+validation loss (train/callbacks.py: SelectionScore), and that epoch is the stage's result.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
-from train.callbacks import CallbackState, HistoryCSV
+from train.callbacks import SELECTION_METRIC, CallbackState, HistoryCSV, SelectionScore
 from train.features import CacheItem, FeatureCache
 from train.model import Submodels, set_trainable
 from train.run_dir import CHECKPOINT_DIR, HISTORY_FILE
@@ -204,11 +205,12 @@ def _run_stage(
     )
     best_path = ckpt / f"stage{stage}_best.weights.h5"
     checkpoint = keras.callbacks.ModelCheckpoint(
-        best_path, monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True
+        best_path, monitor=SELECTION_METRIC, mode="max", save_best_only=True, save_weights_only=True
     )
     backup_dir = ckpt / f"stage{stage}_backup"
     resumed = backup_dir.exists()
     callbacks = [
+        SelectionScore(),
         stopper,
         reducer,
         checkpoint,
@@ -232,8 +234,9 @@ def _run_stage(
         return StageResult(-1.0, 0, round(seconds, 1))
     stage_model.load_weights(best_path)
     epochs_run = len(history.history.get("val_accuracy", []))
-    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s)", stage, checkpoint.best, epochs_run, seconds)
-    return StageResult(float(checkpoint.best), epochs_run, round(seconds, 1), resumed)
+    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s); kept the epoch of best accuracy, then "
+             "lowest val loss", stage, stopper.best, epochs_run, seconds)
+    return StageResult(float(stopper.best), epochs_run, round(seconds, 1), resumed)
 
 
 def _write_stage_result(ckpt: Path, stage: int, result: StageResult) -> None:
