@@ -36,3 +36,16 @@ def test_among_epochs_that_tie_on_accuracy_the_one_with_the_lowest_loss_is_kept(
 def test_a_lower_loss_never_outweighs_a_better_accuracy(tmp_path):
     epochs = [(1 - 1 / 72, 1e-6), (1.0, 2.5), (1 - 2 / 72, 0.0)]  # one validation image more right, at any loss
     assert _kept_epoch(tmp_path, epochs) == 1
+
+
+def test_the_first_perfect_epoch_is_kept_unless_the_run_asks_for_the_loss_tie_break(tmp_path):
+    from dataclasses import asdict
+
+    from train.training_run import TrainOptions
+
+    saved = asdict(TrainOptions(data=str(tmp_path), run_dir=str(tmp_path / "run")))
+    assert TrainOptions.from_dict(saved).fit_settings().loss_tie_break is False
+    saved.pop("loss_tie_break")  # a run made before the option resumes as it was trained
+    assert TrainOptions.from_dict(saved).fit_settings().loss_tie_break is False
+    asked = TrainOptions(data=str(tmp_path), run_dir=str(tmp_path / "run"), loss_tie_break=True)
+    assert TrainOptions.from_dict(asdict(asked)).fit_settings().loss_tie_break is True

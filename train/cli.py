@@ -56,6 +56,10 @@ def build_fit_parser() -> argparse.ArgumentParser:
     rec.add_argument("--batch-size", type=int, default=32)
     rec.add_argument("--patience", type=int, default=5, help="EarlyStopping patience (epochs, val accuracy)")
     rec.add_argument("--lr-patience", type=int, default=2, help="ReduceLROnPlateau patience (epochs)")
+    rec.add_argument("--loss-tie-break", action="store_true",
+                     help="keep, among the epochs tied at the best validation accuracy, the one of lowest validation "
+                     "loss instead of the first (NEU's validation set is all right after an epoch or two): more "
+                     "robust under camera changes, fewer new defects caught (docs/training.md)")
     rec.add_argument("--aug-copies", type=int, default=3,
                      help="cached augmented copies per training image; each epoch draws one per image")
     rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
@@ -116,6 +120,7 @@ def _fit(argv: list[str]) -> int:
             input_size=args.input_size, unfreeze=args.unfreeze, epochs_stage1=args.epochs_stage1,
             epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2,
             batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
+            loss_tie_break=args.loss_tie_break,
             aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
             folds=args.folds, seed=args.seed, split_seed=args.split_seed, skip_bad=args.skip_bad,
             cache_dir=args.cache_dir,

@@ -3,9 +3,10 @@
 Stage 1 trains the head on pooled features of the frozen backbone (Adam 1e-3). Stage 2 unfreezes the top of
 the backbone (default: the conv5 stage, BatchNorm kept in inference mode) and trains it with the head on the
 cached outputs of the layers below (Adam 1e-4). Each training image has ``aug_copies`` cached augmented
-copies; every epoch draws one of them per image. Both stages use EarlyStopping and ReduceLROnPlateau on
-validation accuracy; the checkpoint keeps the epoch of best validation accuracy, ties broken by the lower
-validation loss (train/callbacks.py: SelectionScore), and that epoch is the stage's result.
+copies; every epoch draws one of them per image. Both stages use EarlyStopping, ModelCheckpoint and
+ReduceLROnPlateau on validation accuracy; the checkpoint keeps the first epoch of best validation accuracy
+(with ``loss_tie_break``, the one of lowest validation loss among those tied: train/callbacks.py), and that
+epoch is the stage's result.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FitSettings:
     batch_size: int = 32
     patience: int = 5
     lr_patience: int = 2
+    loss_tie_break: bool = False
     lr_factor: float = 0.2
     min_lr: float = 1e-6
     aug_copies: int = 3
@@ -205,7 +207,8 @@ def _run_stage(
     )
     best_path = ckpt / f"stage{stage}_best.weights.h5"
     checkpoint = keras.callbacks.ModelCheckpoint(
-        best_path, monitor=SELECTION_METRIC, mode="max", save_best_only=True, save_weights_only=True
+        best_path, monitor=SELECTION_METRIC if settings.loss_tie_break else "val_accuracy", mode="max",
+        save_best_only=True, save_weights_only=True,
     )
     backup_dir = ckpt / f"stage{stage}_backup"
     resumed = backup_dir.exists()
@@ -234,8 +237,8 @@ def _run_stage(
         return StageResult(-1.0, 0, round(seconds, 1))
     stage_model.load_weights(best_path)
     epochs_run = len(history.history.get("val_accuracy", []))
-    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s); kept the epoch of best accuracy, then "
-             "lowest val loss", stage, stopper.best, epochs_run, seconds)
+    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s); kept its %s epoch", stage, stopper.best,
+             epochs_run, seconds, "lowest-loss" if settings.loss_tie_break else "first")
     return StageResult(float(stopper.best), epochs_run, round(seconds, 1), resumed)
 
 

@@ -73,6 +73,7 @@ class TrainOptions:
     batch_size: int = 32
     patience: int = 5
     lr_patience: int = 2
+    loss_tie_break: bool = False  # checkpoint: among epochs tied on val accuracy, the lowest val loss (not the first)
     aug_copies: int = 3
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
     camera_augment: bool = True  # AugmentSpec.camera: another camera's look in the augmented copies
@@ -103,6 +104,7 @@ class TrainOptions:
             batch_size=self.batch_size,
             patience=self.patience,
             lr_patience=self.lr_patience,
+            loss_tie_break=self.loss_tie_break,
             aug_copies=self.aug_copies,
             unfreeze=self.unfreeze,
             seed=self.seed,
