@@ -1,4 +1,5 @@
-"""Which epoch a training stage keeps: the best validation accuracy, ties broken by the lower validation loss."""
+"""Which epoch a training stage keeps: the first of best validation accuracy, or with ``--loss-tie-break`` the
+one of lowest validation loss among those tied."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ keras = pytest.importorskip("keras")
 from train.callbacks import SELECTION_METRIC, SelectionScore  # noqa: E402
 
 
-def _kept_epoch(tmp_path: Path, epochs: list[tuple[float, float]]) -> int:
+def _kept_epoch(tmp_path: Path, epochs: list[tuple[float, float]], monitor: str = SELECTION_METRIC) -> int:
     """Run the stage's selection and checkpoint callbacks over (val_accuracy, val_loss) per epoch; the weights
     saved last tell which epoch was kept (each epoch's weights hold its own number)."""
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     best = tmp_path / "best.weights.h5"
     callbacks = keras.callbacks.CallbackList(
-        [SelectionScore(), keras.callbacks.ModelCheckpoint(best, monitor=SELECTION_METRIC, mode="max",
-                                                           save_best_only=True, save_weights_only=True)],
+        [SelectionScore(), keras.callbacks.ModelCheckpoint(best, monitor=monitor, mode="max", save_best_only=True,
+                                                           save_weights_only=True)],
         model=model)
     for epoch, (accuracy, loss) in enumerate(epochs):
         model.layers[0].kernel.assign(np.full((1, 1), epoch, np.float32))
@@ -30,7 +31,8 @@ def _kept_epoch(tmp_path: Path, epochs: list[tuple[float, float]]) -> int:
 
 def test_among_epochs_that_tie_on_accuracy_the_one_with_the_lowest_loss_is_kept(tmp_path):
     epochs = [(0.97, 0.07), (1.0, 0.009), (1.0, 0.003), (1.0, 6e-5), (1.0, 4e-7), (1.0, 2e-6)]
-    assert _kept_epoch(tmp_path, epochs) == 4  # accuracy alone would keep epoch 1, the first perfect one
+    assert _kept_epoch(tmp_path, epochs) == 4
+    assert _kept_epoch(tmp_path, epochs, monitor="val_accuracy") == 1  # the default: the first perfect epoch
 
 
 def test_a_lower_loss_never_outweighs_a_better_accuracy(tmp_path):
