@@ -60,8 +60,8 @@ class SelectionScore(keras.callbacks.Callback):
 
     A small validation set is classified perfectly after an epoch or two, and from then on every epoch ties on
     accuracy: a checkpoint on accuracy alone keeps the *first* perfect epoch, trained least on the augmented
-    copies; a checkpoint on this keeps the latest-fitting one (``edge-train --loss-tie-break``; the trade-off
-    measured in docs/training.md). Placed before the callbacks that read it."""
+    copies; a checkpoint on this keeps the best-fitting one (``edge-train --loss-tie-break``; measured in
+    docs/training.md). Placed before the callbacks that read it."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "val_accuracy" in logs and "val_loss" in logs:
