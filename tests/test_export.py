@@ -585,12 +585,11 @@ def test_full_int8_tflite_leaves_its_input_path_and_first_convolution_in_float_b
 
 
 def test_full_int8_tflite_quantises_every_layer_when_asked(exported: Path, every_layer_int8: Path):
-    out = every_layer_int8
-    convs, arithmetic = _tflite_layer_types(out / "model_int8.tflite")
+    convs, arithmetic = _tflite_layer_types(every_layer_int8 / "model_int8.tflite")
     assert convs == [True, True] and all(arithmetic)
-    assert report(out)["calibration"]["tflite_float_first_conv"] is False
-    assert read_metadata(out / "model_int8.tflite").extra["bias_correction"]["layers"] == 3
-    every_layer = next(a for a in report(out)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
+    assert report(every_layer_int8)["calibration"]["tflite_float_first_conv"] is False
+    assert read_metadata(every_layer_int8 / "model_int8.tflite").extra["bias_correction"]["layers"] == 3
+    every_layer = next(a for a in report(every_layer_int8)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
     float_first = next(a for a in report(exported)["artifacts"] if a["format"] == "tflite_int8")["comparison"]
     assert float_first["max_abs_dprob"] <= every_layer["max_abs_dprob"] + 0.05
 
