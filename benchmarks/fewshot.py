@@ -9,6 +9,10 @@ does (:func:`edge_runtime.adapt.build_head` on the same outputs, every view) and
 captured, is answered by :meth:`AdaptedHead.decide`, as the adapted model would answer it; ``unknown`` counts as
 wrong. The unknown answer's honesty is measured by leaving one class out of the enrolment: its images should be
 ``unknown`` (AUROC of the adapted score, share caught at the threshold).
+
+``--unlabelled-share S``: for each draw a share S of the other images is given to the enrolment unlabelled
+(``edge-adapt --unlabelled``; a left-out class's images among them) and only the rest is answered, once by the
+model adapted with them and once without (same images, same draws).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, MIRRORS, build_head, mirrored_views,
-                                transform)
+from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, MIRRORS, Unlabelled, build_head,
+                                mirrored_views, transform)
 from edge_runtime.adapt_cli import _class_folders, feature_output
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import setup_logging
@@ -44,45 +48,60 @@ def outputs_of(classifier: Classifier, files: list[Path], feature: str, views: i
 
 
 def evaluate(features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: list[str], shots: int,
-             draws: int, quantile: float, feature: str) -> dict[str, float]:
+             draws: int, quantile: float, feature: str, unlabelled_share: float = 0.0) -> dict[str, float]:
     """Mean and spread over draws of accuracy, unknown rate, and the held-out-class figures.
 
     ``features`` (V, N, D) and ``embeddings`` (V, N, E): every image in V views, the first as captured; enrolled
-    images bring every view, the others are answered as captured."""
+    images bring every view, the others are answered as captured. With ``unlabelled_share`` that share of the
+    others is enrolled unlabelled and the rest answered; ``accuracy_labelled_only`` is the same images answered
+    without them."""
     rows = transform(features)
     views = len(features)
-    accuracy, unknown, held_auroc, held_caught = [], [], [], []
+    figures: dict[str, list[float]] = {k: [] for k in ("accuracy", "unknown", "held_out_auroc", "held_out_caught",
+                                                       "accuracy_labelled_only")}
     for draw in range(draws):
         rng = np.random.default_rng(draw)
         enrolled = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
                                    for c in range(len(classes))])
         others = np.setdiff1d(np.arange(len(labels)), enrolled)
+        pool = np.array([], int)
+        if unlabelled_share > 0:
+            others = rng.permutation(others)
+            cut = int(round(len(others) * unlabelled_share))
+            pool, others = np.sort(others[:cut]), np.sort(others[cut:])
 
-        def head_of(index: np.ndarray):
+        def head_of(index: np.ndarray, with_pool: bool = True):
             names = [classes[labels[i]] for i in index] * views
             images = [str(i) for i in index] * views
+            unlabelled = (Unlabelled(rows[0, pool], embeddings[0, pool], [{"sha256": str(i)} for i in pool])
+                          if with_pool and len(pool) else None)
             return build_head(rows[:, index].reshape(-1, rows.shape[-1]),
                               embeddings[:, index].reshape(-1, embeddings.shape[-1]), names,
                               [{"sha256": i, "class": n} for i, n in zip(images, names)], [], False, feature,
-                              quantile)
+                              quantile, unlabelled=unlabelled)
 
         def answers(head):
             return head.decide(np.zeros((len(others), 0)), features[0, others], embeddings[0, others], None)
 
+        def right(head) -> float:
+            probabilities, scores = answers(head)
+            truth = np.array([head.labels.index(classes[labels[i]]) for i in others])
+            return float(np.mean((probabilities.argmax(1) == truth) & (scores <= 0)))
+
         head = head_of(enrolled)
-        probabilities, scores = answers(head)
-        truth = np.array([head.labels.index(classes[labels[i]]) for i in others])
-        accuracy.append(np.mean((probabilities.argmax(1) == truth) & (scores <= 0)))
-        unknown.append(np.mean(scores > 0))
+        figures["accuracy"].append(right(head))
+        figures["unknown"].append(float(np.mean(answers(head)[1] > 0)))
+        if len(pool):
+            figures["accuracy_labelled_only"].append(right(head_of(enrolled, with_pool=False)))
         for held in range(len(classes)):
             kept = enrolled[labels[enrolled] != held]
             _, scores = answers(head_of(kept))
             new = labels[others] == held
-            held_auroc.append(auroc(scores[~new], scores[new]))
-            held_caught.append(np.mean(scores[new] > 0))
-    return {"shots": shots, "accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
-            "unknown": float(np.mean(unknown)), "held_out_auroc": float(np.nanmean(held_auroc)),
-            "held_out_caught": float(np.mean(held_caught))}
+            figures["held_out_auroc"].append(auroc(scores[~new], scores[new]))
+            figures["held_out_caught"].append(float(np.mean(scores[new] > 0)))
+    result = {"shots": shots, "accuracy_std": float(np.std(figures["accuracy"]))}
+    result.update({k: float(np.nanmean(v)) for k, v in figures.items() if v})
+    return result
 
 
 def draw_figure(results: list[dict[str, float]], path: Path, title: str) -> None:
@@ -119,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE)
     parser.add_argument("--views", type=int, choices=range(1, len(MIRRORS) + 1), default=DEFAULT_VIEWS,
                         help="views enrolled per image, as edge-adapt --views")
+    parser.add_argument("--unlabelled-share", type=float, default=0.0, help="share of the other images enrolled "
+                        "unlabelled, as edge-adapt --unlabelled (the rest is answered)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None, help="PNG of accuracy against labelled images")
     args = parser.parse_args(argv)
@@ -131,13 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([classes.index(f.parent.name) for f in files])
     log.info("%d images of %d classes through %s (head on '%s')", len(files), len(classes), classifier.path, feature)
     features, embeddings = outputs_of(classifier, files, feature, args.views)
-    results = [evaluate(features, embeddings, labels, classes, n, args.draws, args.quantile, feature)
-               for n in args.shots]
-    print("| labelled per class | right (mean ± std over draws) | unknown | held-out class AUROC | held-out caught |")
-    print("|---:|---:|---:|---:|---:|")
+    if not 0.0 <= args.unlabelled_share < 1.0:
+        parser.error(f"--unlabelled-share must be in [0, 1), got {args.unlabelled_share}")
+    results = [evaluate(features, embeddings, labels, classes, n, args.draws, args.quantile, feature,
+                        args.unlabelled_share) for n in args.shots]
+    pooled = args.unlabelled_share > 0
+    print("| labelled per class | right (mean ± std over draws) |" + (" right without the unlabelled |" if pooled
+                                                                      else "") +
+          " unknown | held-out class AUROC | held-out caught |")
+    print("|---:|---:|" + ("---:|" if pooled else "") + "---:|---:|---:|")
     for r in results:
         print(f"| {r['shots']} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} % | "
-              f"{100 * r['unknown']:.1f} % | {r['held_out_auroc']:.3f} | {100 * r['held_out_caught']:.1f} % |")
+              + (f"{100 * r['accuracy_labelled_only']:.1f} % | " if pooled else "")
+              + f"{100 * r['unknown']:.1f} % | {r['held_out_auroc']:.3f} | {100 * r['held_out_caught']:.1f} % |")
     if args.figure:
         draw_figure(results, args.figure, f"{Path(args.data).name}: {classifier.path.name}, head on '{feature}', "
                                           f"{args.draws} draws, {args.views} views")

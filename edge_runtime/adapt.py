@@ -12,9 +12,14 @@ it, the backbone's pooled ``features``). Adapting leaves the graph as it is and 
   the base model's eyes, over the sphere;
 * a multinomial logistic regression fitted on them (numpy, a fixed number of full-batch gradient steps, so
   the same images give the same head);
-* the enrolled images' own unknown threshold: each image's cosine distance to its nearest *other* enrolled
-  image (leave-one-out), its ``quantile`` by :func:`edge_runtime.ood.threshold_from`. Never the images it is
-  later evaluated on.
+* the enrolled images' own unknown threshold: each labelled image's cosine distance to its nearest *other*
+  enrolled image (leave-one-out), its ``quantile`` by :func:`edge_runtime.ood.threshold_from`. Never the images
+  it is later evaluated on;
+* optionally, images of the line nobody labelled (``--unlabelled``): the head fitted on the labelled ones names
+  them, those it names with probability >= :data:`UNLABELLED_CONFIDENCE` and inside the unknown threshold are
+  enrolled under that name (as captured, marked ``"source": "unlabelled"``) and the head is fitted again, for
+  :data:`UNLABELLED_ROUNDS` rounds (self-training). They widen the head's view of each class; the threshold
+  still comes from the labelled images only, whose distances are those of images drawn as they come.
 
 Deciding (:meth:`AdaptedHead.decide`): without ``keep_base`` (``--only-new``) the enrolled head answers, and
 an image farther than the threshold from every enrolled image is ``unknown``. With ``keep_base`` two experts
@@ -47,6 +52,9 @@ LEARNING_RATE = 0.5
 # the views of an enrolled image, in order (``--views N`` takes the first N): axes of an HWC image to flip
 MIRRORS: dict[str, tuple[int, ...]] = {"as captured": (), "left-right": (1,), "top-bottom": (0,), "both": (0, 1)}
 DEFAULT_VIEWS = len(MIRRORS)
+UNLABELLED = "unlabelled"  # the ``source`` of an enrolled row the head named itself
+UNLABELLED_CONFIDENCE = 0.8  # head probability an unlabelled image needs to be enrolled under the head's answer
+UNLABELLED_ROUNDS = 2  # name the unlabelled images, refit; twice (a third round changed nothing measurable)
 
 
 def mirrored_views(pixels: np.ndarray, views: int = DEFAULT_VIEWS) -> list[tuple[str, np.ndarray]]:
@@ -135,27 +143,34 @@ class AdaptedHead:
         ``probabilities``: the graph's base-class output; ``feature``: the output the head reads;
         ``embedding`` and ``base``: the base model's embedding output and unknown score (used with ``keep_base``).
         """
-        x, bank = transform(feature), self.bank
-        if self.centre is not None:
-            x, bank = centred(x, self.centre), centred(bank, self.centre)
-        head = _softmax(TEMPERATURE * (x @ self.weights) + self.bias)
-        own = 1.0 - np.einsum("ij,kj->ik", x, bank).max(axis=1) - self.threshold
+        head, own = self.enrolled_answers(transform(feature))
         labels = self.labels
-        enrolled = np.zeros((len(x), len(labels)), np.float32)
+        enrolled = np.zeros((len(head), len(labels)), np.float32)
         enrolled[:, [labels.index(c) for c in self.classes]] = head
         if not self.keep_base:
-            return enrolled, own.astype(np.float32)
+            return enrolled, own
         if base is None:
             raise ValueError("an adapted model that keeps its base classes needs the base unknown score")
         padded = np.zeros_like(enrolled)
         padded[:, : len(self.base_labels)] = probabilities
         theirs = base.score(embedding, probabilities.argmax(axis=1)) - float(base.threshold)
-        e = l2_normalize(embedding)
-        nearest_trained = np.einsum("ij,kj->ik", e, base.bank).max(axis=1)
-        nearest_enrolled = np.einsum("ij,kj->ik", e, self.gate).max(axis=1)
-        use_enrolled = nearest_enrolled > nearest_trained
+        use_enrolled = self.enrolled_is_nearer(embedding, base.bank)
         return (np.where(use_enrolled[:, None], enrolled, padded),
                 np.where(use_enrolled, own, theirs).astype(np.float32))
+
+    def enrolled_answers(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(head probabilities over :attr:`classes`, unknown margins) of :func:`transform`-ed feature rows."""
+        x, bank = rows, self.bank
+        if self.centre is not None:
+            x, bank = centred(x, self.centre), centred(bank, self.centre)
+        head = _softmax(TEMPERATURE * (x @ self.weights) + self.bias)
+        own = 1.0 - np.einsum("ij,kj->ik", x, bank).max(axis=1) - self.threshold
+        return head.astype(np.float32), own.astype(np.float32)
+
+    def enrolled_is_nearer(self, embedding: np.ndarray, base_bank: np.ndarray) -> np.ndarray:
+        """Per image: is its nearest enrolled image nearer than the base model's nearest training image?"""
+        e = l2_normalize(embedding)
+        return np.einsum("ij,kj->ik", e, self.gate).max(axis=1) > np.einsum("ij,kj->ik", e, base_bank).max(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,18 +217,63 @@ class AdaptedHead:
 
 def build_head(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: list[dict[str, str]],
                base_labels: list[str], keep_base: bool, feature: str, quantile: float = DEFAULT_QUANTILE,
-               base_model_sha256: str = "", history: list[dict[str, Any]] | None = None) -> AdaptedHead:
+               base_model_sha256: str = "", history: list[dict[str, Any]] | None = None,
+               unlabelled: Unlabelled | None = None, base_bank: np.ndarray | None = None) -> AdaptedHead:
     """Fit the head and its threshold on enrolled images' :func:`transform`-ed features (N, D), their
-    L2-normalised embeddings (N, E) and classes (N)."""
-    classes = list(dict.fromkeys(labels))
+    L2-normalised embeddings (N, E) and classes (N); then, given ``unlabelled`` images of the line, enrol those
+    the head names confidently (self-training, :data:`UNLABELLED_ROUNDS` rounds). With ``keep_base`` an
+    unlabelled image is only taken when it lies nearer the enrolled images than the base model's training
+    images (``base_bank``), the ones the enrolled head would answer."""
     if len(labels) < 2:
         raise ValueError("at least two enrolled images are needed (the unknown threshold compares each with "
                          "the others)")
+    fitted = _fit(rows, gate, labels, enrolled, base_labels, keep_base, feature, quantile, base_model_sha256,
+                  history)
+    if unlabelled is None or not len(unlabelled.rows):
+        return fitted
+    if keep_base and base_bank is None:
+        raise ValueError("unlabelled images for a model that keeps its base classes need the base model's bank")
+    head = fitted
+    for _ in range(UNLABELLED_ROUNDS):
+        probabilities, margins = head.enrolled_answers(unlabelled.rows)
+        taken = (probabilities.max(axis=1) >= UNLABELLED_CONFIDENCE) & (margins <= 0)
+        if keep_base:
+            taken &= head.enrolled_is_nearer(unlabelled.gate, base_bank)
+        names = [head.classes[i] for i in probabilities.argmax(axis=1)]
+        chosen = np.flatnonzero(taken)
+        head = _fit(np.concatenate([rows, unlabelled.rows[chosen]]), np.concatenate([gate, unlabelled.gate[chosen]]),
+                    [*labels, *(names[i] for i in chosen)],
+                    [*enrolled, *({**unlabelled.records[i], "class": names[i], "source": UNLABELLED} for i in chosen)],
+                    base_labels, keep_base, feature, quantile, base_model_sha256, history)
+    return head
+
+
+@dataclass(frozen=True)
+class Unlabelled:
+    """Images of the line nobody labelled, as captured: transformed features (N, D), embeddings (N, E) and
+    provenance (sha256, file, folder) per image."""
+
+    rows: np.ndarray
+    gate: np.ndarray
+    records: list[dict[str, str]]
+
+
+def is_labelled(record: dict[str, str]) -> bool:
+    """An enrolled row a person labelled (not one the head named from ``--unlabelled`` images)."""
+    return record.get("source") != UNLABELLED
+
+
+def _fit(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: list[dict[str, str]],
+         base_labels: list[str], keep_base: bool, feature: str, quantile: float, base_model_sha256: str,
+         history: list[dict[str, Any]] | None) -> AdaptedHead:
+    """The head on every enrolled row; the threshold from the labelled rows' leave-one-out distances."""
+    classes = list(dict.fromkeys(labels))
     bank = np.asarray(rows, np.float32).astype(np.float16).astype(np.float32)  # as stored
     bank_labels = np.array([classes.index(c) for c in labels])
     centre = centre_of(bank, bank_labels)
     weights, bias = fit_logistic(centred(bank, centre), bank_labels, len(classes))
     distances = leave_one_out_distances(centred(bank, centre), [e["sha256"] for e in enrolled])
+    distances = distances[[is_labelled(e) for e in enrolled]]
     finite = distances[np.isfinite(distances)]
     if finite.size == 0:
         raise ValueError("every enrolled image is a copy of the same file; enrol different images")

@@ -2,12 +2,14 @@
 
     edge-adapt --data LABELLED_DIR --out line3.tflite --only-new     # the new line's classes only
     edge-adapt --data MORE_IMAGES --model line3.tflite --out line3.tflite   # extend it later
+    edge-adapt --data LABELLED_DIR --unlabelled LINE_FRAMES --out line3.tflite --only-new   # + unlabelled frames
     edge-adapt --info line3.tflite
 
 ``LABELLED_DIR`` holds one folder per class. A folder named like a class the model knows adds examples to it;
 other names add classes. The result is a model file of the base model's format (same graph, new metadata:
 :mod:`edge_runtime.adapt`) that edge-classify, Classifier.load, edge-bench and edge-export check take like
-any exported artifact.
+any exported artifact. ``LINE_FRAMES`` (any folder of the line's images, e.g. edge-classify's ``--sort-into``
+folders) lends the head the images it names confidently (:func:`edge_runtime.adapt.build_head`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, FEATURES, MIRRORS, AdaptedHead,
-                                build_head, mirrored_views, transform)
+                                Unlabelled, build_head, is_labelled, mirrored_views, transform)
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import HelpFormatter, dispatch, setup_logging
 from edge_runtime.errors import AdaptError, ImageReadError
@@ -52,10 +54,12 @@ class Enrolment:
 
 def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, only_new: bool = False,
           quantile: float = DEFAULT_QUANTILE, threads: int | None = None,
-          views: int = DEFAULT_VIEWS) -> AdaptedHead:
+          views: int = DEFAULT_VIEWS, unlabelled: str | Path | None = None) -> AdaptedHead:
     """Enrol the class folders under ``data`` into ``model`` (default: the shipped one) and write ``out``.
 
     Each image is enrolled in ``views`` views: as captured, then mirrored (:data:`edge_runtime.adapt.MIRRORS`).
+    ``unlabelled``: a folder of the line's images nobody labelled; those the head names confidently are
+    enrolled too (as captured), marked as such.
     """
     base_path = Path(model) if model is not None else default_model_path()
     out = Path(out)
@@ -72,6 +76,8 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
     started = time.perf_counter()
     new = _enrol(classifier, folders, feature, previous, views)
     rows, gate, labels, enrolled = _merge(previous, new, only_new)
+    pool, pool_skipped = (_read_unlabelled(classifier, Path(unlabelled), feature, {e["sha256"] for e in enrolled})
+                          if unlabelled is not None else (None, []))
     keep_base = not only_new and (previous.keep_base if previous else True)
     base_labels = previous.base_labels if previous else list(classifier.labels)
     history = [*(previous.history if previous else []),
@@ -79,7 +85,16 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
                 "classes": {c: len(_images(new.enrolled, c)) for c in dict.fromkeys(new.labels)},
                 "skipped": len(new.skipped), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     head = build_head(np.stack(rows), np.stack(gate), labels, enrolled, base_labels, keep_base, feature, quantile,
-                      previous.base_model_sha256 if previous else file_sha256(base_path), history)
+                      previous.base_model_sha256 if previous else file_sha256(base_path), history, pool,
+                      classifier.ood.bank)
+    if pool is not None:
+        taken = head.enrolled[len(enrolled):]
+        history[-1]["unlabelled"] = {"from": str(Path(unlabelled)), "read": len(pool.records),
+                                     "skipped": len(pool_skipped),
+                                     "taken": {c: len(_images(taken, c)) for c in head.classes if _images(taken, c)}}
+        head = dataclasses.replace(head, history=history)
+        log.info("unlabelled: %d of %d image(s) from %s enrolled under the head's answer %s", len(_images(taken)),
+                 len(pool.records), unlabelled, history[-1]["unlabelled"]["taken"])
     extra = {k: v for k, v in classifier.metadata.extra.items() if k not in ("adapted", "polarity")}
     meta = dataclasses.replace(classifier.metadata, labels=head.labels, extra={**extra, "adapted": head.to_dict()})
     try:
@@ -156,6 +171,40 @@ def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
     return result
 
 
+def _read_unlabelled(classifier: Classifier, root: Path, feature: str,
+                     enrolled: set[str]) -> tuple[Unlabelled, list[str]]:
+    """Features of every readable image under ``root`` (as captured), except copies of enrolled images; the
+    skipped unreadable files."""
+    if not root.is_dir():
+        raise AdaptError(f"--unlabelled '{root}' is not a folder; give a folder of the line's images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    rows, gate, records, skipped, seen = [], [], [], [], set(enrolled)
+    for start in range(0, len(files), BATCH):
+        pending = []
+        for path in files[start:start + BATCH]:
+            try:
+                image, digest = read_image(path), file_sha256(path)
+            except (ImageReadError, OSError) as exc:
+                log.warning("skipped: %s", exc)
+                skipped.append(str(path))
+                continue
+            if digest not in seen:
+                seen.add(digest)
+                pending.append((path, classifier.prepare(image), digest))
+        if pending:
+            outputs = classifier.device_outputs(np.stack([x for _, x, _ in pending]))
+            rows.extend(transform(outputs[feature]))
+            gate.extend(outputs[EMBEDDING])
+            records.extend({"sha256": d, "file": p.name, "folder": str(p.parent), "view": "as captured"}
+                           for p, _, d in pending)
+    if not records:
+        raise AdaptError(f"--unlabelled '{root}' holds no readable image that is not enrolled already "
+                         f"({len(files)} image file(s), {len(skipped)} unreadable); give a folder of the line's "
+                         "images")
+    log.info("unlabelled: %d image(s) read from %s (%d skipped as unreadable)", len(records), root, len(skipped))
+    return Unlabelled(np.stack(rows), np.stack(gate), records), skipped
+
+
 def _merge(previous: AdaptedHead | None, new: Enrolment,
            only_new: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[dict[str, str]]]:
     """Rows, embeddings, labels and provenance of the adapted model: the earlier enrolment (its classes in DIR
@@ -184,6 +233,7 @@ def info(path: str | Path) -> dict[str, Any]:
     for name in head.labels:
         records = [e for e in head.enrolled if e["class"] == name]
         classes[name] = {"images": len(_images(records)), "folders": sorted({e.get("folder", "") for e in records}),
+                         "from_unlabelled": len(_images([e for e in records if not is_labelled(e)])),
                          "from_base_model": head.keep_base and name in head.base_labels}
     return {"model": str(path), "adapted": True, "classes": classes, "keep_base_classes": head.keep_base,
             "feature": head.feature, "unknown_distance": head.threshold, "quantile": head.quantile,
@@ -202,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "itself, replaced atomically)")
     parser.add_argument("--model", default=None, help="base model: an exported artifact or an adapted model to "
                         "extend (default: the shipped default model)")
+    parser.add_argument("--unlabelled", metavar="DIR", default=None, help="a folder of the line's images nobody "
+                        "labelled (e.g. edge-classify's --sort-into folders): those the head fitted on --data names "
+                        "with confidence are enrolled under that name too (self-training); the unknown threshold "
+                        "still comes from the labelled images only")
     parser.add_argument("--only-new", action="store_true", help="keep only the classes of --data (a new plant); "
                         "without it the model's own classes stay")
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="share of the enrolled images "
@@ -227,7 +281,8 @@ def _main(argv: list[str]) -> int:
         parser.error("--data and --out are required (or --info MODEL)")
     if not 0.0 < args.quantile <= 1.0:
         parser.error(f"--quantile must be in (0, 1], got {args.quantile}")
-    adapt(args.data, args.out, args.model, args.only_new, args.quantile, args.threads, args.views)
+    adapt(args.data, args.out, args.model, args.only_new, args.quantile, args.threads, args.views,
+          args.unlabelled)
     return 0
 
 

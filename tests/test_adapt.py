@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from edge_runtime import Classifier, MetadataError, ModelLoadError
-from edge_runtime.adapt import (DEFAULT_VIEWS, EMBEDDING, FEATURES, MIRRORS, AdaptedHead, build_head, centred,
-                                 leave_one_out_distances, mirrored_views, transform)
+from edge_runtime.adapt import (DEFAULT_VIEWS, EMBEDDING, FEATURES, MIRRORS, UNLABELLED, AdaptedHead, Unlabelled,
+                                 build_head, centred, is_labelled, leave_one_out_distances, mirrored_views,
+                                 transform)
 from edge_runtime.adapt_cli import adapt, info, main
 from edge_runtime.metadata import read_metadata
 from edge_runtime.model_file import write_model
-from edge_runtime.ood import build_spec
+from edge_runtime.ood import build_spec, l2_normalize, threshold_from
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -199,6 +200,77 @@ def test_the_head_works_on_features_centred_on_the_enrolled_classes():
     assert AdaptedHead.from_dict(head.to_dict()).centre == pytest.approx(head.centre)
 
 
+def _arc(rng: np.random.Generator, angles: np.ndarray, centre: np.ndarray, axis: int) -> np.ndarray:
+    """Raw non-negative features of images spread along an arc in the plane of ``axis`` and ``axis + 1``."""
+    raw = np.repeat(centre[None], len(angles), axis=0) + rng.normal(scale=0.02, size=(len(angles), len(centre)))
+    raw[:, axis], raw[:, axis + 1] = 1 + np.cos(angles), 1 + np.sin(angles)
+    return np.abs(raw)
+
+
+def test_unlabelled_images_the_head_names_confidently_widen_a_class_and_leave_its_threshold_alone():
+    rng = np.random.default_rng(4)
+    centre = np.full(24, 0.5)
+    # each class's images lie along an arc of its own; only one end of each is labelled
+    rows = transform(np.concatenate([_arc(rng, np.linspace(0.0, 0.3, 4), centre, axis) for axis in (0, 4, 8)]))
+    names = list("aaaabbbbcccc")
+    enrolled = [{"sha256": str(i), "class": n} for i, n in enumerate(names)]
+    far_end = _arc(rng, np.array([0.75]), centre, 0)  # raw features, as the graph outputs them
+    stranger = np.abs(centre + 3 * np.eye(24)[12])[None]  # a defect nobody labelled: another direction
+    pool = transform(np.concatenate([_arc(rng, np.linspace(0.35, 0.7, 8), centre, 0), stranger]))
+    unlabelled = Unlabelled(pool, pool, [{"sha256": f"u{i}", "file": f"u{i}.png"} for i in range(len(pool))])
+
+    alone = build_head(rows, rows, names, enrolled, BASE, False, EMBEDDING)
+    widened = build_head(rows, rows, names, enrolled, BASE, False, EMBEDDING, unlabelled=unlabelled)
+
+    taken = [e for e in widened.enrolled if not is_labelled(e)]
+    assert taken and all(e["source"] == UNLABELLED and e["class"] == "a" for e in taken)
+    assert "u8" not in {e["sha256"] for e in taken}  # the stranger is not enrolled under any name
+    _, before = alone.decide(np.zeros((1, 3)), far_end, None, None)
+    probabilities, after = widened.decide(np.zeros((2, 3)), np.concatenate([far_end, stranger]), None, None)
+    assert before[0] > 0 and after[0] <= 0 and widened.labels[probabilities[0].argmax()] == "a"
+    assert after[1] > 0  # still unknown
+    # the threshold: the labelled rows' leave-one-out distances to every other enrolled row, their quantile
+    loo = leave_one_out_distances(centred(widened.bank, widened.centre), [e["sha256"] for e in widened.enrolled])
+    labelled_only = loo[[is_labelled(e) for e in widened.enrolled]]
+    assert len(labelled_only) == len(rows) and widened.threshold == pytest.approx(
+        threshold_from(labelled_only, widened.quantile))
+
+
+def test_unlabelled_frames_of_the_line_are_enrolled_under_the_heads_answer(base_model, tmp_path, caplog):
+    data = _folders(tmp_path / "line", ["red_iron", "slag"], 4)
+    frames = _folders(tmp_path / "frames", ["red_iron", "slag"], 5, first_seed=20)  # sub-folders: any layout
+    (frames / "broken.png").write_bytes(b"not an image")
+    (frames / "again.png").write_bytes((data / "slag" / "slag_0.png").read_bytes())  # already labelled
+    for i in range(3):  # a defect nobody labelled
+        cv2.imwrite(str(frames / f"oxide_{i}.png"), _image("oxide", 300 + i))
+    head = adapt(data, tmp_path / "line.tflite", base_model.path, only_new=True, unlabelled=frames)
+    taken = [e for e in head.enrolled if not is_labelled(e)]
+    assert taken and all(e["class"] == Path(e["folder"]).name for e in taken)  # the frames' folders: the truth
+    assert not any(e["file"].startswith("oxide") for e in taken) and all(e["view"] == "as captured" for e in taken)
+    record = head.history[-1]["unlabelled"]
+    assert record["read"] == 13 and record["skipped"] == 1 and sum(record["taken"].values()) == len(taken)
+    assert "broken.png" in caplog.text
+    about = info(tmp_path / "line.tflite")["classes"]
+    assert {n: c["from_unlabelled"] for n, c in about.items()} == record["taken"] | {
+        n: 0 for n in about if n not in record["taken"]}
+    assert Classifier.load(tmp_path / "line.tflite").predict(_image("oxide", 400)).unknown
+
+
+def test_with_the_base_classes_kept_an_unlabelled_image_nearer_the_training_images_stays_the_base_models():
+    rng = np.random.default_rng(5)
+    centre = np.full(24, 0.5)
+    rows = transform(np.concatenate([_arc(rng, np.linspace(0.0, 0.3, 4), centre, axis) for axis in (0, 4, 8)]))
+    names = list("aaaabbbbcccc")
+    enrolled = [{"sha256": str(i), "class": n} for i, n in enumerate(names)]
+    gate = np.abs(rng.normal(size=(12, 8))) + np.eye(8)[0] * 4  # the enrolled images' embeddings
+    base_bank = l2_normalize(np.abs(rng.normal(size=(5, 8))) + np.eye(8)[5] * 4)  # the training images'
+    pool = transform(np.repeat(_arc(rng, np.array([0.32]), centre, 0), 2, axis=0))  # one look, two embeddings
+    unlabelled = Unlabelled(pool, np.stack([gate[0], base_bank[0]]), [{"sha256": "near-enrolled"},
+                                                                     {"sha256": "near-training"}])
+    head = build_head(rows, gate, names, enrolled, BASE, True, EMBEDDING, unlabelled=unlabelled, base_bank=base_bank)
+    assert [e["sha256"] for e in head.enrolled if not is_labelled(e)] == ["near-enrolled"]
+
+
 def test_a_crash_while_writing_leaves_the_previous_model(base_model, tmp_path, monkeypatch):
     out = tmp_path / "line.tflite"
     adapt(_folders(tmp_path / "a", ["red_iron", "slag"], 2), out, base_model.path, only_new=True)
@@ -220,7 +292,7 @@ def test_a_changed_byte_in_an_adapted_model_is_refused(base_model, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no_folder", "no_classes", "empty_class", "unreadable_class", "no_embedding",
-                                  "wrong_suffix", "unwritable"])
+                                  "wrong_suffix", "unwritable", "no_unlabelled_folder", "no_unlabelled_image"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(base_model, tmp_path, caplog, case):
     data = _folders(tmp_path / "line", ["red_iron", "slag"], 2)
     out, model = tmp_path / "out" / "line.tflite", base_model.path
@@ -240,12 +312,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(base_model, tmp_path, c
         out = tmp_path / "line.onnx"
     elif case == "unwritable":
         (tmp_path / "out").write_text("a file where the folder should be")
-    assert main(["--data", str(data), "--model", str(model), "--out", str(out)]) == 2
+    extra = []
+    if case.startswith("no_unlabelled"):
+        frames = tmp_path / "frames"
+        if case == "no_unlabelled_image":
+            frames.mkdir()
+            (frames / "broken.jpg").write_bytes(b"not an image")
+        extra = ["--unlabelled", str(frames)]
+    assert main(["--data", str(data), "--model", str(model), "--out", str(out), *extra]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0]
     expected = {"no_folder": "missing", "no_classes": "no class folders", "empty_class": "oxide",
                 "unreadable_class": "oxide", "no_embedding": "bare.tflite", "wrong_suffix": "suffix",
-                "unwritable": "line.tflite"}[case]
+                "unwritable": "line.tflite", "no_unlabelled_folder": "frames",
+                "no_unlabelled_image": "frames"}[case]
     assert expected in errors[0]
     assert not out.exists() or case == "unwritable"
 
