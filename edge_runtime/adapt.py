@@ -18,8 +18,9 @@ it, the backbone's pooled ``features``). Adapting leaves the graph as it is and 
 * optionally, images of the line nobody labelled (``--unlabelled``): the head fitted on the labelled ones names
   them, those it names with probability >= :data:`UNLABELLED_CONFIDENCE` and inside the unknown threshold are
   enrolled under that name (as captured, marked ``"source": "unlabelled"``) and the head is fitted again, for
-  :data:`UNLABELLED_ROUNDS` rounds (self-training). They widen the head's view of each class; the threshold
-  still comes from the labelled images only, whose distances are those of images drawn as they come.
+  :data:`UNLABELLED_ROUNDS` rounds (self-training). They train the head (and its centre) only: the unknown
+  distance, its threshold and the choice of expert stay with the labelled images, so a new kind of defect
+  among the unlabelled frames cannot make itself known by being named.
 
 Deciding (:meth:`AdaptedHead.decide`): without ``keep_base`` (``--only-new``) the enrolled head answers, and
 an image farther than the threshold from every enrolled image is ``unknown``. With ``keep_base`` two experts
@@ -35,6 +36,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,7 +56,7 @@ MIRRORS: dict[str, tuple[int, ...]] = {"as captured": (), "left-right": (1,), "t
 DEFAULT_VIEWS = len(MIRRORS)
 UNLABELLED = "unlabelled"  # the ``source`` of an enrolled row the head named itself
 UNLABELLED_CONFIDENCE = 0.8  # head probability an unlabelled image needs to be enrolled under the head's answer
-UNLABELLED_ROUNDS = 2  # name the unlabelled images, refit; twice (a third round changed nothing measurable)
+UNLABELLED_ROUNDS = 2  # name the unlabelled images and refit, this many times (docs/adapt.md)
 
 
 def mirrored_views(pixels: np.ndarray, views: int = DEFAULT_VIEWS) -> list[tuple[str, np.ndarray]]:
@@ -136,6 +138,17 @@ class AdaptedHead:
     def width(self) -> int:
         return int(self.bank.shape[1])
 
+    @cached_property
+    def labelled(self) -> np.ndarray:
+        """Per bank row: labelled by a person (True) or named by the head from unlabelled images (False)."""
+        return np.array([is_labelled(e) for e in self.enrolled], bool)
+
+    @cached_property
+    def _distance_bank(self) -> np.ndarray:
+        """The labelled rows as the unknown distance compares with them (centred when the head is)."""
+        bank = self.bank[self.labelled]
+        return bank if self.centre is None else centred(bank, self.centre)
+
     def decide(self, probabilities: np.ndarray, feature: np.ndarray, embedding: np.ndarray,
                base: OodSpec | None) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities over :attr:`labels`, adapted unknown scores) of a batch.
@@ -160,17 +173,16 @@ class AdaptedHead:
 
     def enrolled_answers(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(head probabilities over :attr:`classes`, unknown margins) of :func:`transform`-ed feature rows."""
-        x, bank = rows, self.bank
-        if self.centre is not None:
-            x, bank = centred(x, self.centre), centred(bank, self.centre)
+        x = rows if self.centre is None else centred(rows, self.centre)
         head = _softmax(TEMPERATURE * (x @ self.weights) + self.bias)
-        own = 1.0 - np.einsum("ij,kj->ik", x, bank).max(axis=1) - self.threshold
+        own = 1.0 - np.einsum("ij,kj->ik", x, self._distance_bank).max(axis=1) - self.threshold
         return head.astype(np.float32), own.astype(np.float32)
 
     def enrolled_is_nearer(self, embedding: np.ndarray, base_bank: np.ndarray) -> np.ndarray:
-        """Per image: is its nearest enrolled image nearer than the base model's nearest training image?"""
+        """Per image: is its nearest labelled enrolled image nearer than the base model's nearest training image?"""
         e = l2_normalize(embedding)
-        return np.einsum("ij,kj->ik", e, self.gate).max(axis=1) > np.einsum("ij,kj->ik", e, base_bank).max(axis=1)
+        enrolled = np.einsum("ij,kj->ik", e, self.gate[self.labelled]).max(axis=1)
+        return enrolled > np.einsum("ij,kj->ik", e, base_bank).max(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -266,14 +278,16 @@ def is_labelled(record: dict[str, str]) -> bool:
 def _fit(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: list[dict[str, str]],
          base_labels: list[str], keep_base: bool, feature: str, quantile: float, base_model_sha256: str,
          history: list[dict[str, Any]] | None) -> AdaptedHead:
-    """The head on every enrolled row; the threshold from the labelled rows' leave-one-out distances."""
+    """The head and its centre on every enrolled row; the threshold from the labelled rows' leave-one-out
+    distances among themselves."""
     classes = list(dict.fromkeys(labels))
     bank = np.asarray(rows, np.float32).astype(np.float16).astype(np.float32)  # as stored
     bank_labels = np.array([classes.index(c) for c in labels])
     centre = centre_of(bank, bank_labels)
     weights, bias = fit_logistic(centred(bank, centre), bank_labels, len(classes))
-    distances = leave_one_out_distances(centred(bank, centre), [e["sha256"] for e in enrolled])
-    distances = distances[[is_labelled(e) for e in enrolled]]
+    labelled = [is_labelled(e) for e in enrolled]
+    distances = leave_one_out_distances(centred(bank[labelled], centre),
+                                        [e["sha256"] for e, keep in zip(enrolled, labelled) if keep])
     finite = distances[np.isfinite(distances)]
     if finite.size == 0:
         raise ValueError("every enrolled image is a copy of the same file; enrol different images")

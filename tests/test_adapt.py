@@ -207,7 +207,7 @@ def _arc(rng: np.random.Generator, angles: np.ndarray, centre: np.ndarray, axis:
     return np.abs(raw)
 
 
-def test_unlabelled_images_the_head_names_confidently_widen_a_class_and_leave_its_threshold_alone():
+def test_unlabelled_images_the_head_names_confidently_train_the_head_but_never_the_unknown_distance():
     rng = np.random.default_rng(4)
     centre = np.full(24, 0.5)
     # each class's images lie along an arc of its own; only one end of each is labelled
@@ -216,24 +216,30 @@ def test_unlabelled_images_the_head_names_confidently_widen_a_class_and_leave_it
     enrolled = [{"sha256": str(i), "class": n} for i, n in enumerate(names)]
     far_end = _arc(rng, np.array([0.75]), centre, 0)  # raw features, as the graph outputs them
     stranger = np.abs(centre + 3 * np.eye(24)[12])[None]  # a defect nobody labelled: another direction
-    pool = transform(np.concatenate([_arc(rng, np.linspace(0.35, 0.7, 8), centre, 0), stranger]))
+    pool = transform(np.concatenate([_arc(rng, np.linspace(0.3, 0.7, 9), centre, 0), stranger]))
     unlabelled = Unlabelled(pool, pool, [{"sha256": f"u{i}", "file": f"u{i}.png"} for i in range(len(pool))])
 
     alone = build_head(rows, rows, names, enrolled, BASE, False, EMBEDDING)
     widened = build_head(rows, rows, names, enrolled, BASE, False, EMBEDDING, unlabelled=unlabelled)
 
-    taken = [e for e in widened.enrolled if not is_labelled(e)]
-    assert taken and all(e["source"] == UNLABELLED and e["class"] == "a" for e in taken)
-    assert "u8" not in {e["sha256"] for e in taken}  # the stranger is not enrolled under any name
-    _, before = alone.decide(np.zeros((1, 3)), far_end, None, None)
-    probabilities, after = widened.decide(np.zeros((2, 3)), np.concatenate([far_end, stranger]), None, None)
-    assert before[0] > 0 and after[0] <= 0 and widened.labels[probabilities[0].argmax()] == "a"
-    assert after[1] > 0  # still unknown
-    # the threshold: the labelled rows' leave-one-out distances to every other enrolled row, their quantile
-    loo = leave_one_out_distances(centred(widened.bank, widened.centre), [e["sha256"] for e in widened.enrolled])
-    labelled_only = loo[[is_labelled(e) for e in widened.enrolled]]
-    assert len(labelled_only) == len(rows) and widened.threshold == pytest.approx(
-        threshold_from(labelled_only, widened.quantile))
+    taken = [i for i, e in enumerate(widened.enrolled) if not is_labelled(e)]
+    assert len(taken) >= 2 and all(widened.enrolled[i]["source"] == UNLABELLED for i in taken)
+    assert {widened.enrolled[i]["class"] for i in taken} == {"a"}
+    assert "u9" not in {widened.enrolled[i]["sha256"] for i in taken}  # the stranger is not enrolled under any name
+    def lead_of_a(head):  # how far class a's logit leads the others' for the far end of a's arc
+        logits = centred(transform(far_end), head.centre) @ head.weights + head.bias
+        return logits[0, 0] - logits[0, 1:].max()
+
+    assert lead_of_a(widened) > lead_of_a(alone) > 0  # the head learnt where class a's images go...
+    # ...but distances are to labelled images only: a taken image is not its own neighbour
+    _, margins = widened.enrolled_answers(widened.bank[taken])
+    labelled_bank = centred(widened.bank[widened.labelled], widened.centre)
+    nearest_labelled = 1 - (centred(widened.bank[taken], widened.centre) @ labelled_bank.T).max(axis=1)
+    assert np.allclose(margins, nearest_labelled - widened.threshold, atol=1e-5) and (nearest_labelled > 1e-3).all()
+    assert widened.decide(np.zeros((1, 3)), stranger, None, None)[1][0] > 0  # still unknown
+    # the threshold: the labelled rows' leave-one-out distances among themselves, their quantile
+    loo = leave_one_out_distances(labelled_bank, [e["sha256"] for e in widened.enrolled if is_labelled(e)])
+    assert len(loo) == len(rows) and widened.threshold == pytest.approx(threshold_from(loo, widened.quantile))
 
 
 def test_unlabelled_frames_of_the_line_are_enrolled_under_the_heads_answer(base_model, tmp_path, caplog):
