@@ -87,15 +87,23 @@ def centred(rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (D, C) and bias (C,) of a softmax regression on unit-length rows ``x`` with labels ``y``."""
+    """Weights (D, C) and bias (C,) of a softmax regression on unit-length rows ``x`` with labels ``y``.
+
+    Full-batch gradient descent from zero. The weights never leave the span of the rows, so with fewer rows than
+    features the same steps run on the rows' Gram matrix (weights = x.T @ coefficients): the same head, several
+    times faster."""
     x = np.asarray(x, np.float64)
     targets = np.eye(classes)[y]
-    weights, bias = np.zeros((x.shape[1], classes)), np.zeros(classes)
+    dual = len(x) <= x.shape[1]
+    kernel = x @ x.T if dual else x
+    coefficients, bias = np.zeros((kernel.shape[1], classes)), np.zeros(classes)
     for _ in range(STEPS):
-        probabilities = _softmax(TEMPERATURE * (x @ weights) + bias)
+        probabilities = _softmax(TEMPERATURE * (kernel @ coefficients) + bias)
         gradient = (probabilities - targets) / len(x)
-        weights -= LEARNING_RATE * (TEMPERATURE * x.T @ gradient + L2_PENALTY * weights)
+        step = TEMPERATURE * (gradient if dual else x.T @ gradient)
+        coefficients -= LEARNING_RATE * (step + L2_PENALTY * coefficients)
         bias -= LEARNING_RATE * gradient.sum(0)
+    weights = x.T @ coefficients if dual else coefficients
     return weights.astype(np.float32), bias.astype(np.float32)
 
 

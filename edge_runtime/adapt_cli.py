@@ -253,12 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="base model: an exported artifact or an adapted model to "
                         "extend (default: the shipped default model)")
     parser.add_argument("--unlabelled", metavar="DIR", default=None, help="a folder of the line's images nobody "
-                        "labelled (e.g. edge-classify's --sort-into folders): those the head fitted on --data names "
-                        "with confidence are enrolled under that name too (self-training); the unknown threshold "
-                        "still comes from the labelled images only")
+                        "labelled (searched recursively; e.g. edge-classify's --sort-into folder): those the head "
+                        "fitted on --data names with confidence train it too (self-training); what is unknown is "
+                        "still decided by the labelled images only")
     parser.add_argument("--only-new", action="store_true", help="keep only the classes of --data (a new plant); "
                         "without it the model's own classes stay")
-    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="share of the enrolled images "
+    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="share of the labelled images "
                         "whose leave-one-out distance lies inside the unknown threshold")
     parser.add_argument("--views", type=int, choices=range(1, len(MIRRORS) + 1), default=DEFAULT_VIEWS,
                         help="views enrolled per image, in this order: " + ", ".join(MIRRORS) + " (mirror "
