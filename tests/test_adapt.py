@@ -15,8 +15,8 @@ import pytest
 
 from edge_runtime import Classifier, MetadataError, ModelLoadError
 from edge_runtime.adapt import (DEFAULT_VIEWS, EMBEDDING, FEATURES, MIRRORS, UNLABELLED, AdaptedHead, Unlabelled,
-                                 build_head, centred, is_labelled, leave_one_out_distances, mirrored_views,
-                                 transform)
+                                 build_head, centred, fit_logistic, is_labelled, leave_one_out_distances,
+                                 mirrored_views, transform)
 from edge_runtime.adapt_cli import adapt, info, main
 from edge_runtime.metadata import read_metadata
 from edge_runtime.model_file import write_model
@@ -179,6 +179,17 @@ def test_the_threshold_comes_from_the_enrolled_images_only():
     duplicates = [{"sha256": "same", "class": c} for c in "ab"]  # one file enrolled twice is not a neighbour
     with pytest.raises(ValueError, match="copy of the same file"):
         build_head(rows[:2], rows[:2], ["a", "b"], duplicates, BASE, False, EMBEDDING)
+
+
+def test_the_head_is_the_same_whether_fitted_on_the_rows_or_on_their_gram_matrix():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 6)
+    narrow = transform(np.abs(rng.normal(size=(18, 12)) + 2 * np.eye(12)[labels * 4]))  # more rows than features
+    wide = np.concatenate([narrow, np.zeros((18, 20))], axis=1)  # the same rows, more features than rows
+    (w_rows, b_rows), (w_gram, b_gram) = fit_logistic(narrow, labels, 3), fit_logistic(wide, labels, 3)
+    assert ((narrow @ w_rows + b_rows).argmax(1) == labels).all()
+    assert np.allclose(w_gram[:12], w_rows, atol=1e-5) and not w_gram[12:].any()
+    assert np.allclose(b_gram, b_rows, atol=1e-5)
 
 
 def test_the_head_works_on_features_centred_on_the_enrolled_classes():
