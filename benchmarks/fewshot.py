@@ -114,6 +114,9 @@ def draw_figure(results: list[dict[str, float]], path: Path, title: str) -> None
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(shots, [100 * r["accuracy"] for r in results], yerr=[100 * r["accuracy_std"] for r in results],
                 marker="o", capsize=4, label="right (unknown counts as wrong)")
+    if all("accuracy_labelled_only" in r for r in results):
+        ax.plot(shots, [100 * r["accuracy_labelled_only"] for r in results], marker="o", linestyle="--",
+                label="right, the same images without the unlabelled ones")
     ax.plot(shots, [100 * r["unknown"] for r in results], marker="s", label="answered unknown")
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(s) for s in shots])
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
               + f"{100 * r['unknown']:.1f} % | {r['held_out_auroc']:.3f} | {100 * r['held_out_caught']:.1f} % |")
     if args.figure:
         draw_figure(results, args.figure, f"{Path(args.data).name}: {classifier.path.name}, head on '{feature}', "
-                                          f"{args.draws} draws, {args.views} views")
+                                          f"{args.draws} draws, {args.views} views"
+                                          + (f", {args.unlabelled_share:.0%} unlabelled" if pooled else ""))
     return 0
 
 
