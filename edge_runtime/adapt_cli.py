@@ -39,6 +39,7 @@ from edge_runtime.shipped import default_model_path
 log = logging.getLogger("edge-adapt")
 
 BATCH = 16
+UNLABELLED_LIMIT = 1000  # frames read from --unlabelled at most (evenly spaced): a bounded file and enrolment time
 
 
 @dataclasses.dataclass
@@ -54,12 +55,13 @@ class Enrolment:
 
 def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, only_new: bool = False,
           quantile: float = DEFAULT_QUANTILE, threads: int | None = None,
-          views: int = DEFAULT_VIEWS, unlabelled: str | Path | None = None) -> AdaptedHead:
+          views: int = DEFAULT_VIEWS, unlabelled: str | Path | None = None,
+          unlabelled_limit: int = UNLABELLED_LIMIT) -> AdaptedHead:
     """Enrol the class folders under ``data`` into ``model`` (default: the shipped one) and write ``out``.
 
     Each image is enrolled in ``views`` views: as captured, then mirrored (:data:`edge_runtime.adapt.MIRRORS`).
     ``unlabelled``: a folder of the line's images nobody labelled; those the head names confidently are
-    enrolled too (as captured), marked as such.
+    enrolled too (as captured), marked as such; at most ``unlabelled_limit`` of its images, evenly spaced.
     """
     base_path = Path(model) if model is not None else default_model_path()
     out = Path(out)
@@ -76,8 +78,8 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
     started = time.perf_counter()
     new = _enrol(classifier, folders, feature, previous, views)
     rows, gate, labels, enrolled = _merge(previous, new, only_new)
-    pool, pool_skipped = (_read_unlabelled(classifier, Path(unlabelled), feature, {e["sha256"] for e in enrolled})
-                          if unlabelled is not None else (None, []))
+    pool, pool_skipped = (_read_unlabelled(classifier, Path(unlabelled), feature, {e["sha256"] for e in enrolled},
+                                           unlabelled_limit) if unlabelled is not None else (None, []))
     keep_base = not only_new and (previous.keep_base if previous else True)
     base_labels = previous.base_labels if previous else list(classifier.labels)
     history = [*(previous.history if previous else []),
@@ -171,13 +173,17 @@ def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
     return result
 
 
-def _read_unlabelled(classifier: Classifier, root: Path, feature: str,
-                     enrolled: set[str]) -> tuple[Unlabelled, list[str]]:
-    """Features of every readable image under ``root`` (as captured), except copies of enrolled images; the
-    skipped unreadable files."""
+def _read_unlabelled(classifier: Classifier, root: Path, feature: str, enrolled: set[str],
+                     limit: int = UNLABELLED_LIMIT) -> tuple[Unlabelled, list[str]]:
+    """Features of the readable images under ``root`` (as captured; at most ``limit``, evenly spaced in name
+    order), except copies of enrolled images; the skipped unreadable files."""
     if not root.is_dir():
         raise AdaptError(f"--unlabelled '{root}' is not a folder; give a folder of the line's images")
     files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    if len(files) > limit:
+        log.info("unlabelled: %d image files under %s; reading %d of them, evenly spaced (--unlabelled-limit)",
+                 len(files), root, limit)
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     rows, gate, records, skipped, seen = [], [], [], [], set(enrolled)
     for start in range(0, len(files), BATCH):
         pending = []
@@ -256,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "labelled (searched recursively; e.g. edge-classify's --sort-into folder): those the head "
                         "fitted on --data names with confidence train it too (self-training); what is unknown is "
                         "still decided by the labelled images only")
+    parser.add_argument("--unlabelled-limit", type=int, default=UNLABELLED_LIMIT, metavar="N", help="read at most "
+                        "N images of --unlabelled, evenly spaced (they are stored in the model and fitted on)")
     parser.add_argument("--only-new", action="store_true", help="keep only the classes of --data (a new plant); "
                         "without it the model's own classes stay")
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="share of the labelled images "
@@ -281,8 +289,10 @@ def _main(argv: list[str]) -> int:
         parser.error("--data and --out are required (or --info MODEL)")
     if not 0.0 < args.quantile <= 1.0:
         parser.error(f"--quantile must be in (0, 1], got {args.quantile}")
+    if args.unlabelled_limit < 1:
+        parser.error(f"--unlabelled-limit must be at least 1, got {args.unlabelled_limit}")
     adapt(args.data, args.out, args.model, args.only_new, args.quantile, args.threads, args.views,
-          args.unlabelled)
+          args.unlabelled, args.unlabelled_limit)
     return 0
 
 

@@ -273,6 +273,15 @@ def test_unlabelled_frames_of_the_line_are_enrolled_under_the_heads_answer(base_
     assert Classifier.load(tmp_path / "line.tflite").predict(_image("oxide", 400)).unknown
 
 
+def test_a_large_unlabelled_folder_is_read_up_to_the_limit_evenly_spaced(base_model, tmp_path, caplog):
+    frames = _folders(tmp_path / "frames", ["red_iron", "slag"], 6, first_seed=40)
+    head = adapt(_folders(tmp_path / "line", ["red_iron", "slag"], 3), tmp_path / "line.tflite", base_model.path,
+                 only_new=True, unlabelled=frames, unlabelled_limit=4)
+    assert head.history[-1]["unlabelled"]["read"] == 4 and "reading 4 of them" in caplog.text
+    folders = {Path(e["folder"]).name for e in head.enrolled if not is_labelled(e)}
+    assert folders <= {"red_iron", "slag"}
+
+
 def test_with_the_base_classes_kept_an_unlabelled_image_nearer_the_training_images_stays_the_base_models():
     rng = np.random.default_rng(5)
     centre = np.full(24, 0.5)
