@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -274,6 +275,7 @@ def test_unlabelled_frames_of_the_line_are_enrolled_under_the_heads_answer(base_
 
 
 def test_a_large_unlabelled_folder_is_read_up_to_the_limit_evenly_spaced(base_model, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     frames = _folders(tmp_path / "frames", ["red_iron", "slag"], 6, first_seed=40)
     head = adapt(_folders(tmp_path / "line", ["red_iron", "slag"], 3), tmp_path / "line.tflite", base_model.path,
                  only_new=True, unlabelled=frames, unlabelled_limit=4)
