@@ -219,13 +219,18 @@ def _arc(rng: np.random.Generator, angles: np.ndarray, centre: np.ndarray, axis:
     return np.abs(raw)
 
 
-def test_unlabelled_images_the_head_names_confidently_train_the_head_but_never_the_unknown_distance():
-    rng = np.random.default_rng(4)
+def _three_arcs(seed: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, list[str], list[dict[str, str]]]:
+    """(generator, centre, rows, names, records): three classes, each along an arc of its own, only one end of
+    each labelled (four images)."""
+    rng = np.random.default_rng(seed)
     centre = np.full(24, 0.5)
-    # each class's images lie along an arc of its own; only one end of each is labelled
     rows = transform(np.concatenate([_arc(rng, np.linspace(0.0, 0.3, 4), centre, axis) for axis in (0, 4, 8)]))
     names = list("aaaabbbbcccc")
-    enrolled = [{"sha256": str(i), "class": n} for i, n in enumerate(names)]
+    return rng, centre, rows, names, [{"sha256": str(i), "class": n} for i, n in enumerate(names)]
+
+
+def test_unlabelled_images_the_head_names_confidently_train_the_head_but_never_the_unknown_distance():
+    rng, centre, rows, names, enrolled = _three_arcs(4)
     far_end = _arc(rng, np.array([0.75]), centre, 0)  # raw features, as the graph outputs them
     stranger = np.abs(centre + 3 * np.eye(24)[12])[None]  # a defect nobody labelled: another direction
     pool = transform(np.concatenate([_arc(rng, np.linspace(0.3, 0.7, 9), centre, 0), stranger]))
@@ -285,11 +290,7 @@ def test_a_large_unlabelled_folder_is_read_up_to_the_limit_evenly_spaced(base_mo
 
 
 def test_with_the_base_classes_kept_an_unlabelled_image_nearer_the_training_images_stays_the_base_models():
-    rng = np.random.default_rng(5)
-    centre = np.full(24, 0.5)
-    rows = transform(np.concatenate([_arc(rng, np.linspace(0.0, 0.3, 4), centre, axis) for axis in (0, 4, 8)]))
-    names = list("aaaabbbbcccc")
-    enrolled = [{"sha256": str(i), "class": n} for i, n in enumerate(names)]
+    rng, centre, rows, names, enrolled = _three_arcs(5)
     gate = np.abs(rng.normal(size=(12, 8))) + np.eye(8)[0] * 4  # the enrolled images' embeddings
     base_bank = l2_normalize(np.abs(rng.normal(size=(5, 8))) + np.eye(8)[5] * 4)  # the training images'
     pool = transform(np.repeat(_arc(rng, np.array([0.32]), centre, 0), 2, axis=0))  # one look, two embeddings
