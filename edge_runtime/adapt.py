@@ -13,7 +13,7 @@ it, the backbone's pooled ``features``). Adapting leaves the graph as it is and 
 * a multinomial logistic regression fitted on them (numpy, a fixed number of full-batch gradient steps, so
   the same images give the same head);
 * the enrolled images' own unknown threshold: each labelled image's cosine distance to its nearest *other*
-  enrolled image (leave-one-out), its ``quantile`` by :func:`edge_runtime.ood.threshold_from`. Never the images
+  labelled image (leave-one-out), its ``quantile`` by :func:`edge_runtime.ood.threshold_from`. Never the images
   it is later evaluated on;
 * optionally, images of the line nobody labelled (``--unlabelled``): the head fitted on the labelled ones names
   them, those it names with probability >= :data:`UNLABELLED_CONFIDENCE` and inside the unknown threshold are
@@ -157,6 +157,10 @@ class AdaptedHead:
         bank = self.bank[self.labelled]
         return bank if self.centre is None else centred(bank, self.centre)
 
+    @cached_property
+    def _labelled_gate(self) -> np.ndarray:
+        return self.gate[self.labelled]
+
     def decide(self, probabilities: np.ndarray, feature: np.ndarray, embedding: np.ndarray,
                base: OodSpec | None) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities over :attr:`labels`, adapted unknown scores) of a batch.
@@ -189,7 +193,7 @@ class AdaptedHead:
     def enrolled_is_nearer(self, embedding: np.ndarray, base_bank: np.ndarray) -> np.ndarray:
         """Per image: is its nearest labelled enrolled image nearer than the base model's nearest training image?"""
         e = l2_normalize(embedding)
-        enrolled = np.einsum("ij,kj->ik", e, self.gate[self.labelled]).max(axis=1)
+        enrolled = np.einsum("ij,kj->ik", e, self._labelled_gate).max(axis=1)
         return enrolled > np.einsum("ij,kj->ik", e, base_bank).max(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,13 +251,11 @@ def build_head(rows: np.ndarray, gate: np.ndarray, labels: list[str], enrolled: 
     if len(labels) < 2:
         raise ValueError("at least two enrolled images are needed (the unknown threshold compares each with "
                          "the others)")
-    fitted = _fit(rows, gate, labels, enrolled, base_labels, keep_base, feature, quantile, base_model_sha256,
-                  history)
+    head = _fit(rows, gate, labels, enrolled, base_labels, keep_base, feature, quantile, base_model_sha256, history)
     if unlabelled is None or not len(unlabelled.rows):
-        return fitted
+        return head
     if keep_base and base_bank is None:
         raise ValueError("unlabelled images for a model that keeps its base classes need the base model's bank")
-    head = fitted
     for _ in range(UNLABELLED_ROUNDS):
         probabilities, margins = head.enrolled_answers(unlabelled.rows)
         taken = (probabilities.max(axis=1) >= UNLABELLED_CONFIDENCE) & (margins <= 0)

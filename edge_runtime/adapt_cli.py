@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -144,12 +144,9 @@ def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
     for name, files in folders.items():
         pending: list[tuple[Path, np.ndarray, str, str]] = []
         for path in files:
-            try:
-                image, digest = read_image(path), file_sha256(path)
-            except (ImageReadError, OSError) as exc:
-                log.warning("skipped: %s", exc)
-                result.skipped.append(str(path))
+            if (read := _read_or_skip(path, result.skipped)) is None:
                 continue
+            image, digest = read
             if digest in seen:
                 log.warning("skipped '%s': the same image is already enrolled as '%s'", path, seen[digest])
                 continue
@@ -159,18 +156,33 @@ def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
         if not pending:
             raise AdaptError(f"class folder '{path.parent}' has no readable new image; add readable images "
                              "(the skipped files are listed above)")
-        for start in range(0, len(pending), BATCH):
-            chunk = pending[start:start + BATCH]
-            outputs = classifier.device_outputs(np.stack([x for _, x, _, _ in chunk]))
-            embeddings, rows = outputs[EMBEDDING], transform(outputs[feature])
-            for (path, _, digest, view), row, embedding in zip(chunk, rows, embeddings):
-                result.rows.append(row)
-                result.gate.append(embedding)
-                result.labels.append(name)
-                result.enrolled.append({"sha256": digest, "class": name, "file": path.name,
-                                        "folder": str(path.parent), "view": view})
+        outputs = _outputs(classifier, [x for _, x, _, _ in pending], feature)
+        for (path, _, digest, view), (row, embedding) in zip(pending, outputs):
+            result.rows.append(row)
+            result.gate.append(embedding)
+            result.labels.append(name)
+            result.enrolled.append({"sha256": digest, "class": name, "file": path.name,
+                                    "folder": str(path.parent), "view": view})
         log.info("%-30s %4d image(s) enrolled", name, len(_images(result.enrolled, name)))
     return result
+
+
+def _read_or_skip(path: Path, skipped: list[str]) -> tuple[np.ndarray, str] | None:
+    """The image and its sha256; None when it cannot be read (logged, and listed in ``skipped``)."""
+    try:
+        return read_image(path), file_sha256(path)
+    except (ImageReadError, OSError) as exc:
+        log.warning("skipped: %s", exc)
+        skipped.append(str(path))
+        return None
+
+
+def _outputs(classifier: Classifier, prepared: list[np.ndarray],
+             feature: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(:func:`transform`-ed ``feature`` row, embedding) of each prepared image, run in batches."""
+    for start in range(0, len(prepared), BATCH):
+        outputs = classifier.device_outputs(np.stack(prepared[start:start + BATCH]))
+        yield from zip(transform(outputs[feature]), outputs[EMBEDDING])
 
 
 def _read_unlabelled(classifier: Classifier, root: Path, feature: str, enrolled: set[str],
@@ -185,24 +197,17 @@ def _read_unlabelled(classifier: Classifier, root: Path, feature: str, enrolled:
                  len(files), root, limit)
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     rows, gate, records, skipped, seen = [], [], [], [], set(enrolled)
-    for start in range(0, len(files), BATCH):
+    for start in range(0, len(files), BATCH):  # a batch read at a time: a large folder is never held decoded
         pending = []
         for path in files[start:start + BATCH]:
-            try:
-                image, digest = read_image(path), file_sha256(path)
-            except (ImageReadError, OSError) as exc:
-                log.warning("skipped: %s", exc)
-                skipped.append(str(path))
-                continue
-            if digest not in seen:
-                seen.add(digest)
-                pending.append((path, classifier.prepare(image), digest))
-        if pending:
-            outputs = classifier.device_outputs(np.stack([x for _, x, _ in pending]))
-            rows.extend(transform(outputs[feature]))
-            gate.extend(outputs[EMBEDDING])
-            records.extend({"sha256": d, "file": p.name, "folder": str(p.parent), "view": "as captured"}
-                           for p, _, d in pending)
+            if (read := _read_or_skip(path, skipped)) is not None and read[1] not in seen:
+                seen.add(read[1])
+                pending.append((path, classifier.prepare(read[0]), read[1]))
+        for (path, _, digest), (row, embedding) in zip(pending, _outputs(classifier, [x for _, x, _ in pending],
+                                                                          feature)):
+            rows.append(row)
+            gate.append(embedding)
+            records.append({"sha256": digest, "file": path.name, "folder": str(path.parent), "view": "as captured"})
     if not records:
         raise AdaptError(f"--unlabelled '{root}' holds no readable image that is not enrolled already "
                          f"({len(files)} image file(s), {len(skipped)} unreadable); give a folder of the line's "
