@@ -137,10 +137,10 @@ def _images(enrolled: list[dict[str, str]], name: str | None = None) -> set[str]
 
 def _enrol(classifier: Classifier, folders: dict[str, list[Path]], feature: str,
            previous: AdaptedHead | None, views: int = DEFAULT_VIEWS) -> Enrolment:
-    """Features of every readable image in ``views`` views; unreadable files and copies already enrolled are
-    skipped (logged)."""
+    """Features of every readable image in ``views`` views; unreadable files and copies of images already
+    labelled are skipped (logged). A frame the head once named from unlabelled images may be labelled now."""
     result = Enrolment()
-    seen = {e["sha256"]: e["class"] for e in (previous.enrolled if previous else [])}
+    seen = {e["sha256"]: e["class"] for e in (previous.enrolled if previous else []) if is_labelled(e)}
     for name, files in folders.items():
         pending: list[tuple[Path, np.ndarray, str, str]] = []
         for path in files:
@@ -219,13 +219,15 @@ def _read_unlabelled(classifier: Classifier, root: Path, feature: str, enrolled:
 def _merge(previous: AdaptedHead | None, new: Enrolment,
            only_new: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[dict[str, str]]]:
     """Rows, embeddings, labels and provenance of the adapted model: the earlier enrolment (its classes in DIR
-    only, with ``only_new``) followed by the new images."""
+    only, with ``only_new``; frames named from unlabelled images that are labelled now, left out) followed by the
+    new images."""
     rows, gate, labels, enrolled = [], [], [], []
+    labelled_now = {e["sha256"] for e in new.enrolled}
     if previous is not None:
         for row, embedding, index, record in zip(previous.bank, previous.gate, previous.bank_labels,
                                                  previous.enrolled):
             name = previous.classes[int(index)]
-            if not only_new or name in new.labels:
+            if (not only_new or name in new.labels) and (is_labelled(record) or record["sha256"] not in labelled_now):
                 rows.append(row)
                 gate.append(embedding)
                 labels.append(name)

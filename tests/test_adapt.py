@@ -279,6 +279,19 @@ def test_unlabelled_frames_of_the_line_are_enrolled_under_the_heads_answer(base_
     assert Classifier.load(tmp_path / "line.tflite").predict(_image("oxide", 400)).unknown
 
 
+def test_a_frame_once_named_from_the_unlabelled_ones_can_be_labelled_later(base_model, tmp_path):
+    out = tmp_path / "line.tflite"
+    frames = _folders(tmp_path / "frames", ["red_iron", "slag"], 4, first_seed=60)
+    first = adapt(_folders(tmp_path / "a", ["red_iron", "slag"], 3), out, base_model.path, only_new=True,
+                  unlabelled=frames)
+    named = next(e for e in first.enrolled if not is_labelled(e))
+    (tmp_path / "b" / "oxide").mkdir(parents=True)  # a person labels that frame, under another name even
+    (tmp_path / "b" / "oxide" / named["file"]).write_bytes((Path(named["folder"]) / named["file"]).read_bytes())
+    second = adapt(tmp_path / "b", out, out)
+    rows = [e for e in second.enrolled if e["sha256"] == named["sha256"]]
+    assert len(rows) == DEFAULT_VIEWS and all(is_labelled(e) and e["class"] == "oxide" for e in rows)
+
+
 def test_a_large_unlabelled_folder_is_read_up_to_the_limit_evenly_spaced(base_model, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     frames = _folders(tmp_path / "frames", ["red_iron", "slag"], 6, first_seed=40)
