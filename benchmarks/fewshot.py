@@ -12,7 +12,8 @@ wrong. The unknown answer's honesty is measured by leaving one class out of the 
 
 ``--unlabelled-share S``: for each draw a share S of the other images is given to the enrolment unlabelled
 (``edge-adapt --unlabelled``; a left-out class's images among them) and only the rest is answered, once by the
-model adapted with them and once without (same images, same draws).
+model adapted with them and once without (same images, same draws). ``--transductive``: every other image is
+given unlabelled and then answered (a box that learnt from the frames it answers).
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ def outputs_of(classifier: Classifier, files: list[Path], feature: str, views: i
 
 
 def evaluate(features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: list[str], shots: int,
-             draws: int, quantile: float, feature: str, unlabelled_share: float = 0.0) -> dict[str, float]:
+             draws: int, quantile: float, feature: str, unlabelled_share: float = 0.0,
+             transductive: bool = False) -> dict[str, float]:
     """Mean and spread over draws of accuracy, unknown rate, and the held-out-class figures.
 
     ``features`` (V, N, D) and ``embeddings`` (V, N, E): every image in V views, the first as captured; enrolled
     images bring every view, the others are answered as captured. With ``unlabelled_share`` that share of the
     others is enrolled unlabelled and the rest answered; ``accuracy_labelled_only`` is the same images answered
-    without them."""
+    without them. ``transductive``: every other image is enrolled unlabelled and answered."""
     rows = transform(features)
     views = len(features)
     figures: dict[str, list[float]] = {k: [] for k in ("accuracy", "unknown", "held_out_auroc", "held_out_caught",
@@ -64,8 +66,8 @@ def evaluate(features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, c
         enrolled = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
                                    for c in range(len(classes))])
         others = np.setdiff1d(np.arange(len(labels)), enrolled)
-        pool = np.array([], int)
-        if unlabelled_share > 0:
+        pool = others if transductive else np.array([], int)
+        if unlabelled_share > 0 and not transductive:
             others = rng.permutation(others)
             cut = int(round(len(others) * unlabelled_share))
             pool, others = np.sort(others[:cut]), np.sort(others[cut:])
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="views enrolled per image, as edge-adapt --views")
     parser.add_argument("--unlabelled-share", type=float, default=0.0, help="share of the other images enrolled "
                         "unlabelled, as edge-adapt --unlabelled (the rest is answered)")
+    parser.add_argument("--transductive", action="store_true", help="every other image is given unlabelled and "
+                        "answered (instead of --unlabelled-share)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--figure", type=Path, default=None, help="PNG of accuracy against labelled images")
     args = parser.parse_args(argv)
@@ -158,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.unlabelled_share < 1.0:
         parser.error(f"--unlabelled-share must be in [0, 1), got {args.unlabelled_share}")
     results = [evaluate(features, embeddings, labels, classes, n, args.draws, args.quantile, feature,
-                        args.unlabelled_share) for n in args.shots]
-    pooled = args.unlabelled_share > 0
+                        args.unlabelled_share, args.transductive) for n in args.shots]
+    pooled = args.unlabelled_share > 0 or args.transductive
     print("| labelled per class | right (mean ± std over draws) |" + (" right without the unlabelled |" if pooled
                                                                       else "") +
           " unknown | held-out class AUROC | held-out caught |")
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.figure:
         draw_figure(results, args.figure, f"{Path(args.data).name}: {classifier.path.name}, head on '{feature}', "
                                           f"{args.draws} draws, {args.views} views"
-                                          + (f", {args.unlabelled_share:.0%} unlabelled" if pooled else ""))
+                                          + (", transductive" if args.transductive else
+                                             f", {args.unlabelled_share:.0%} unlabelled" if pooled else ""))
     return 0
 
 
