@@ -305,3 +305,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return dispatch(sys.argv[1:] if argv is None else argv, {}, _main, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

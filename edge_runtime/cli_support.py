@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 
 from edge_runtime.errors import EdgeRuntimeError
@@ -42,3 +43,6 @@ def dispatch(argv: list[str], commands: dict[str, Callable[[list[str]], int]], d
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
+    except BrokenPipeError:  # whoever read stdout went away (``| head``): nothing more to tell them, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter flushes stdout at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by it

@@ -381,6 +381,17 @@ def test_unreadable_files_are_listed_skipped_and_counted(base_model, tmp_path, c
     assert "truncated.png" in caplog.text
 
 
+def test_info_piped_into_a_reader_that_stops_early_ends_quietly(base_model, tmp_path):
+    adapt(_folders(tmp_path / "line", ["red_iron", "slag"], 2), tmp_path / "line.tflite", base_model.path,
+          only_new=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "edge_runtime.adapt_cli", "--info", str(tmp_path / "line.tflite")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written, as `| head` after its first lines
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141 and b"Traceback" not in stderr
+
+
 def test_an_adapted_model_runs_through_edge_classify_and_edge_export_check(base_model, tmp_path):
     data = _folders(tmp_path / "line", ["red_iron", "slag"], 6)
     out = tmp_path / "line.tflite"
