@@ -91,12 +91,12 @@ def adapt(data: str | Path, out: str | Path, model: str | Path | None = None, on
                       classifier.ood.bank)
     if pool is not None:
         taken = head.enrolled[len(enrolled):]
-        history[-1]["unlabelled"] = {"from": str(Path(unlabelled)), "read": len(pool.records),
-                                     "skipped": len(pool_skipped),
-                                     "taken": {c: len(_images(taken, c)) for c in head.classes if _images(taken, c)}}
-        head = dataclasses.replace(head, history=history)
+        counts = {c: len(_images(taken, c)) for c in head.classes if _images(taken, c)}
+        record = {"from": str(Path(unlabelled)), "read": len(pool.records), "skipped": len(pool_skipped),
+                  "taken": counts}
+        head = dataclasses.replace(head, history=[*head.history[:-1], {**head.history[-1], "unlabelled": record}])
         log.info("unlabelled: %d of %d image(s) from %s enrolled under the head's answer %s", len(_images(taken)),
-                 len(pool.records), unlabelled, history[-1]["unlabelled"]["taken"])
+                 len(pool.records), unlabelled, counts)
     extra = {k: v for k, v in classifier.metadata.extra.items() if k not in ("adapted", "polarity")}
     meta = dataclasses.replace(classifier.metadata, labels=head.labels, extra={**extra, "adapted": head.to_dict()})
     try:
