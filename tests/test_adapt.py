@@ -411,3 +411,41 @@ def test_an_adapted_model_runs_through_edge_classify_and_edge_export_check(base_
     from export.cli import main as export_main
 
     assert export_main(["check", str(out), "--data", str(check), "--no-progress"]) == 0
+
+
+def test_the_camera_enrolment_benchmark_teaches_a_changed_camera_and_measures_it_beside_the_base(base_model,
+                                                                                                   tmp_path):
+    """benchmarks.camera_enrolment: a few training images per class, as the changed camera sees them, enrolled
+    with the real edge-adapt; the held-out images answered under the same change by the adapted and the base
+    model; new-class images under the change stay unknown."""
+    from benchmarks.camera_enrolment import run, summary, write_camera_images
+    from benchmarks.nuisance import exposure, Nuisance
+    from train.split import ManifestRow, write_manifest
+
+    data = _folders(tmp_path / "data", BASE, per_class=8)
+    rows = [ManifestRow(f"{name}/{name}_{i}.png", name, "train" if i < 6 else ("val" if i == 6 else "test"), "x")
+            for name in BASE for i in range(8)]
+    write_manifest(tmp_path / "manifest.csv", rows)
+    darker = Nuisance("darker", "trained", exposure(0.8))
+
+    write_camera_images(darker, data, tmp_path / "manifest.csv", 2, 1, 0, tmp_path / "camera")
+    labelled = sorted(p.relative_to(tmp_path / "camera/labelled").as_posix()
+                      for p in (tmp_path / "camera/labelled").rglob("*.png"))
+    assert len(labelled) == 2 * len(BASE) and {p.split("/")[0] for p in labelled} == set(BASE)
+    assert all(int(p.split("_")[-1][:-4]) < 6 for p in labelled)  # training images only
+    assert len(list((tmp_path / "camera/unlabelled").glob("*.png"))) == len(BASE)
+    written = cv2.imread(str(tmp_path / "camera/labelled" / labelled[0]))
+    original = cv2.imread(str(data / labelled[0]))
+    assert written.mean() < 0.85 * original.mean()  # as the darker camera sees it
+
+    new_class = [_image("slag", 500 + s) for s in range(4)]
+    result = run(base_model.path, data, tmp_path / "manifest.csv", [darker], [2], 1, 0, new_class)
+    assert [(r["shots"], r["draw"]) for r in result] == [(0, -1), (2, 0)]  # the base model's row, then the draw's
+    base, adapted = result
+    assert base["change"] == adapted["change"] == "darker"
+    assert base["unknown"] == 1.0  # the base model has never seen the darker camera
+    assert adapted["right"] == 1.0 and adapted["unknown"] == 0.0  # two images per class taught it
+    assert base["as_captured_unknown"] == adapted["as_captured_unknown"] == 0.0
+    assert base["as_captured_right"] == adapted["as_captured_right"] == 1.0
+    assert base["new_classes_unknown"] == adapted["new_classes_unknown"] == 1.0  # still nothing new is known
+    assert "| darker | base model |" in summary(result) and "| darker | 2 |" in summary(result)

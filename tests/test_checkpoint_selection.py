@@ -51,3 +51,47 @@ def test_the_first_perfect_epoch_is_kept_unless_the_run_asks_for_the_loss_tie_br
     assert TrainOptions.from_dict(saved).fit_settings().loss_tie_break is False
     asked = TrainOptions(data=str(tmp_path), run_dir=str(tmp_path / "run"), loss_tie_break=True)
     assert TrainOptions.from_dict(asdict(asked)).fit_settings().loss_tie_break is True
+
+
+def _averaged(tmp_path: Path, epochs: list[float], resume_after: int | None = None):
+    """Run TiedEpochAverage over epochs of the given val_accuracy; each epoch's weight is its own number."""
+    from train.callbacks import TiedEpochAverage
+
+    tmp_path.mkdir(exist_ok=True)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    average = TiedEpochAverage(tmp_path / "mean.npz")
+    average.set_model(model)
+    average.on_train_begin()
+    for epoch, accuracy in enumerate(epochs):
+        if epoch == resume_after:  # a new process continues the stage from the saved mean
+            average = TiedEpochAverage(tmp_path / "mean.npz")
+            average.set_model(model)
+            average.on_train_begin()
+        model.layers[0].kernel.assign(np.full((1, 1), epoch, np.float32))
+        average.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    return average
+
+
+def test_the_average_is_over_the_epochs_tied_at_the_best_accuracy_only(tmp_path):
+    average = _averaged(tmp_path, [0.9, 0.97, 1.0, 1.0, 0.98, 1.0])
+    assert average.count == 3 and average.best == 1.0
+    assert average.mean[0][0, 0] == pytest.approx((2 + 3 + 5) / 3)
+
+
+def test_a_resumed_stage_goes_on_with_the_saved_average(tmp_path):
+    uninterrupted = _averaged(tmp_path / "a", [1.0, 1.0, 1.0, 1.0])
+    resumed = _averaged(tmp_path / "b", [1.0, 1.0, 1.0, 1.0], resume_after=2)
+    assert resumed.count == uninterrupted.count == 4
+    assert resumed.mean[0][0, 0] == pytest.approx(uninterrupted.mean[0][0, 0]) == pytest.approx(1.5)
+
+
+def test_the_tied_epochs_average_is_kept_only_when_the_run_asks_for_it(tmp_path):
+    from dataclasses import asdict
+
+    from train.training_run import TrainOptions
+
+    saved = asdict(TrainOptions(data=str(tmp_path), run_dir=str(tmp_path / "run")))
+    saved.pop("average_tied_epochs")  # a run made before the option resumes as it was trained
+    assert TrainOptions.from_dict(saved).fit_settings().average_tied_epochs is False
+    asked = TrainOptions(data=str(tmp_path), run_dir=str(tmp_path / "run"), average_tied_epochs=True)
+    assert TrainOptions.from_dict(asdict(asked)).fit_settings().average_tied_epochs is True

@@ -60,6 +60,9 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      help="keep, among the epochs tied at the best validation accuracy, the one of lowest validation "
                      "loss instead of the first (NEU's validation set is all right after an epoch or two); measured on "
                      "three seeds in docs/training.md (closed-set gains on two, line jitter more often unknown on all)")
+    rec.add_argument("--average-tied-epochs", action="store_true",
+                     help="keep the mean of the weights of every epoch tied at the best validation accuracy (weight "
+                     "averaging) instead of one of them; measured in docs/training.md")
     rec.add_argument("--aug-copies", type=int, default=3,
                      help="cached augmented copies per training image; each epoch draws one per image")
     rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
@@ -120,7 +123,7 @@ def _fit(argv: list[str]) -> int:
             input_size=args.input_size, unfreeze=args.unfreeze, epochs_stage1=args.epochs_stage1,
             epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2,
             batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
-            loss_tie_break=args.loss_tie_break,
+            loss_tie_break=args.loss_tie_break, average_tied_epochs=args.average_tied_epochs,
             aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
             folds=args.folds, seed=args.seed, split_seed=args.split_seed, skip_bad=args.skip_bad,
             cache_dir=args.cache_dir,

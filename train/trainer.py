@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
-from train.callbacks import SELECTION_METRIC, CallbackState, HistoryCSV, SelectionScore
+from train.callbacks import SELECTION_METRIC, CallbackState, HistoryCSV, SelectionScore, TiedEpochAverage
 from train.features import CacheItem, FeatureCache
 from train.model import Submodels, set_trainable
 from train.run_dir import CHECKPOINT_DIR, HISTORY_FILE
@@ -46,6 +46,7 @@ class FitSettings:
     patience: int = 5
     lr_patience: int = 2
     loss_tie_break: bool = False
+    average_tied_epochs: bool = False
     lr_factor: float = 0.2
     min_lr: float = 1e-6
     aug_copies: int = 3
@@ -222,6 +223,9 @@ def _run_stage(
                       {"early_stopping": stopper, "reduce_lr": reducer, "checkpoint": checkpoint}),
         HistoryCSV(out_dir / HISTORY_FILE, stage),
     ]
+    average = TiedEpochAverage(ckpt / f"stage{stage}_tied_average.npz") if settings.average_tied_epochs else None
+    if average is not None:
+        callbacks.insert(0, average)
     started = time.perf_counter()
     history = stage_model.fit(
         train_data,
@@ -237,9 +241,30 @@ def _run_stage(
         return StageResult(-1.0, 0, round(seconds, 1))
     stage_model.load_weights(best_path)
     epochs_run = len(history.history.get("val_accuracy", []))
-    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s); kept its %s epoch", stage, stopper.best,
-             epochs_run, seconds, "lowest-loss" if settings.loss_tie_break else "first")
+    kept = "the lowest-loss epoch" if settings.loss_tie_break else "the first epoch"
+    if average is not None and _keep_average(stage_model, average, val_data):
+        stage_model.save_weights(best_path)
+        kept = f"mean of {average.count} tied epochs"
+    log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s); kept: %s", stage, stopper.best,
+             epochs_run, seconds, kept)
     return StageResult(float(stopper.best), epochs_run, round(seconds, 1), resumed)
+
+
+def _keep_average(stage_model: keras.Model, average: TiedEpochAverage,
+                  val_data: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Loads the tied epochs' mean into ``stage_model`` if it is as right on validation as they were."""
+    if average.count < 2:
+        return False
+    checkpoint = stage_model.get_weights()
+    stage_model.set_weights(average.mean)
+    probabilities = stage_model(val_data[0], training=False)
+    accuracy = float(np.mean(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=1) == val_data[1]))
+    if accuracy >= average.best - 1e-9:
+        return True
+    log.warning("the mean of the %d tied epochs is right for %.4f of validation (they were %.4f): keeping the "
+                "checkpoint", average.count, accuracy, average.best)
+    stage_model.set_weights(checkpoint)
+    return False
 
 
 def _write_stage_result(ckpt: Path, stage: int, result: StageResult) -> None:

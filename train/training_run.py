@@ -74,6 +74,7 @@ class TrainOptions:
     patience: int = 5
     lr_patience: int = 2
     loss_tie_break: bool = False  # checkpoint: among epochs tied on val accuracy, the lowest val loss (not the first)
+    average_tied_epochs: bool = False  # keep the mean weights of the epochs tied on val accuracy
     aug_copies: int = 3
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
     camera_augment: bool = True  # AugmentSpec.camera: another camera's look in the augmented copies
@@ -105,6 +106,7 @@ class TrainOptions:
             patience=self.patience,
             lr_patience=self.lr_patience,
             loss_tie_break=self.loss_tie_break,
+            average_tied_epochs=self.average_tied_epochs,
             aug_copies=self.aug_copies,
             unfreeze=self.unfreeze,
             seed=self.seed,
