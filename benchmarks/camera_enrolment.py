@@ -52,7 +52,8 @@ def write_camera_images(change: Nuisance, data_root: Path, manifest: Path, shots
 
 
 def unknown_share(classifier: Classifier, images: list[np.ndarray], batch: int = 32) -> float:
-    answers = [p for start in range(0, len(images), batch) for p in classifier.predict_batch(images[start:start + batch])]
+    answers = [p for start in range(0, len(images), batch)
+               for p in classifier.predict_batch(images[start:start + batch])]
     return float(np.mean([p.unknown for p in answers]))
 
 
