@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.nuisance import AS_CAPTURED, NUISANCES, Nuisance, held_out_images, measure, new_class_images
+from benchmarks.nuisance import (AS_CAPTURED, NUISANCES, Nuisance, add_data_arguments, held_out_images, manifest_of,
+                                 measure, new_class_images)
 from edge_runtime.adapt_cli import adapt
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import setup_logging
@@ -115,19 +116,13 @@ def summary(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.camera_enrolment", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=None, help="an exported model (default: the shipped one)")
-    p.add_argument("--data", default="../shared/datasets/neu", help="folder the manifest's paths are relative to")
-    p.add_argument("--manifest", default=None, help="split manifest (default: the one beside the shipped model)")
+    add_data_arguments(p)
     p.add_argument("--changes", nargs="+", default=None, metavar="NAME",
                    help="camera changes by name (default: every one of benchmarks.nuisance)")
     p.add_argument("--shots", nargs="+", type=int, default=[10], help="labelled images per class enrolled")
     p.add_argument("--draws", type=int, default=2, help="draws of those images per change and shots")
     p.add_argument("--unlabelled", type=int, default=0, metavar="N",
                    help="also hand N more images per class over unlabelled (edge-adapt --unlabelled)")
-    p.add_argument("--xsdd", default=None, help="X-SDD root: its five classes without NEU counterpart are new classes")
-    p.add_argument("--gc10", default=None, help="GC10-DET root: its crops and frames without NEU counterpart")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None, help="also write every row as JSON to this file")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -141,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown camera change(s) {unknown}; choose from: {', '.join(by_name)}", file=sys.stderr)
         return 2
     model = Path(args.model) if args.model else default_model_path()
-    manifest = Path(args.manifest) if args.manifest else default_model_path().parent / "split_manifest.csv"
+    manifest = manifest_of(args)
     preprocess = Classifier.load(model, threads=args.threads).metadata.preprocess
     new_images = new_class_images(args.xsdd and Path(args.xsdd), args.gc10 and Path(args.gc10), preprocess) \
         if (args.xsdd or args.gc10) else []

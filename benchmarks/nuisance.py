@@ -385,23 +385,34 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.nuisance", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, held-out images and new-class images options shared by the camera-change benchmarks."""
     p.add_argument("--model", default=None, help="a .tflite/.onnx from edge-export (default: the shipped model)")
     p.add_argument("--data", default="../shared/datasets/neu", help="NEU folder the manifest's paths are relative to")
     p.add_argument("--manifest", default=None,
                    help="split manifest (default: the shipped one, edge_runtime/models/split_manifest.csv)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    p.add_argument("--xsdd", default=None, help="X-SDD root: its five classes without NEU counterpart are new classes")
+    p.add_argument("--gc10", default=None, help="GC10-DET root: its crops and frames without NEU counterpart")
+
+
+def manifest_of(args: argparse.Namespace) -> Path:
+    from edge_runtime.shipped import default_model_path
+
+    return Path(args.manifest) if args.manifest else default_model_path().parent / "split_manifest.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.nuisance", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_arguments(p)
     p.add_argument("--splits", nargs="+", default=["val", "test"], help="which splits of the manifest to use")
     p.add_argument("--unknown-rate", type=float, default=None,
                    help="operating point: target in-domain unknown rate (default: the model's own threshold)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--curve", default=None, metavar="PNG",
                    help="also sweep the model's rate table and draw in-domain unknown rate against new-class "
                    "detection (needs --xsdd and/or --gc10 for the new-class images)")
-    p.add_argument("--xsdd", default=None, help="X-SDD root: its five classes without NEU counterpart are new classes")
-    p.add_argument("--gc10", default=None, help="GC10-DET root: its crops and frames without NEU counterpart")
     return p
 
 
@@ -409,13 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from edge_runtime.classifier import Classifier
-    from edge_runtime.shipped import default_model_path
 
     classifier = Classifier.load(args.model, threads=args.threads)
     if args.unknown_rate is not None:
         classifier.unknown_rate = args.unknown_rate
-    manifest = Path(args.manifest) if args.manifest else default_model_path().parent / "split_manifest.csv"
-    images, labels = held_out_images(Path(args.data), manifest, args.splits)
+    images, labels = held_out_images(Path(args.data), manifest_of(args), args.splits)
     rows = measure(classifier, images, labels)
     print(markdown(rows))
     result = {"model": str(classifier.path), "unknown_rate": classifier.unknown_rate, "rows": rows}
