@@ -56,13 +56,16 @@ def build_fit_parser() -> argparse.ArgumentParser:
     rec.add_argument("--batch-size", type=int, default=32)
     rec.add_argument("--patience", type=int, default=5, help="EarlyStopping patience (epochs, val accuracy)")
     rec.add_argument("--lr-patience", type=int, default=2, help="ReduceLROnPlateau patience (epochs)")
-    rec.add_argument("--loss-tie-break", action="store_true",
-                     help="keep, among the epochs tied at the best validation accuracy, the one of lowest validation "
-                     "loss instead of the first (NEU's validation set is all right after an epoch or two); measured on "
-                     "three seeds in docs/training.md (closed-set gains on two, line jitter more often unknown on all)")
-    rec.add_argument("--average-tied-epochs", action="store_true",
-                     help="keep the mean of the weights of every epoch tied at the best validation accuracy (weight "
-                     "averaging) instead of one of them; measured in docs/training.md")
+    tied = rec.add_mutually_exclusive_group()
+    tied.add_argument("--loss-tie-break", action="store_true",
+                      help="keep, among the epochs tied at the best validation accuracy, the one of lowest validation "
+                      "loss instead of the first (NEU's validation set is all right after an epoch or two); measured "
+                      "on three seeds in docs/training.md (closed-set gains on two, line jitter more often unknown on "
+                      "all)")
+    tied.add_argument("--average-tied-epochs", action="store_true",
+                      help="keep the mean of the weights of the epochs tied at the best validation accuracy (weight "
+                      "averaging) instead of one of them; measured on three seeds in docs/training.md (closed-set "
+                      "gains on two, line jitter more often unknown on all)")
     rec.add_argument("--aug-copies", type=int, default=3,
                      help="cached augmented copies per training image; each epoch draws one per image")
     rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
