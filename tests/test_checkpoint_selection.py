@@ -95,3 +95,27 @@ def test_the_tied_epochs_average_is_kept_only_when_the_run_asks_for_it(tmp_path)
     assert TrainOptions.from_dict(saved).fit_settings().average_tied_epochs is False
     asked = TrainOptions(data=str(tmp_path), run_dir=str(tmp_path / "run"), average_tied_epochs=True)
     assert TrainOptions.from_dict(asdict(asked)).fit_settings().average_tied_epochs is True
+
+
+def test_the_mean_of_the_tied_epochs_replaces_the_checkpoint_only_if_it_is_as_right_on_validation(tmp_path):
+    from train.callbacks import TiedEpochAverage
+    from train.trainer import _keep_average
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax", use_bias=False)])
+    x, y = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([0, 1])
+    right = [np.eye(2, dtype=np.float32)]  # class = the larger input
+    average = TiedEpochAverage(tmp_path / "mean.npz")
+    average.best, average.count = 1.0, 3
+
+    average.mean = [np.array([[1.0, 0.5], [0.5, 1.0]], np.float32)]  # as right as the epochs were
+    model.set_weights(right)
+    assert _keep_average(model, average, (x, y))
+    np.testing.assert_array_equal(model.get_weights()[0], average.mean[0])
+
+    average.mean = [np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)]  # wrong for every validation image
+    model.set_weights(right)
+    assert not _keep_average(model, average, (x, y))
+    np.testing.assert_array_equal(model.get_weights()[0], right[0])  # the checkpoint stays
+
+    average.count = 1  # a single best epoch: nothing to average
+    assert not _keep_average(model, average, (x, y))

@@ -5,8 +5,8 @@ the backbone (default: the conv5 stage, BatchNorm kept in inference mode) and tr
 cached outputs of the layers below (Adam 1e-4). Each training image has ``aug_copies`` cached augmented
 copies; every epoch draws one of them per image. Both stages use EarlyStopping, ModelCheckpoint and
 ReduceLROnPlateau on validation accuracy; the checkpoint keeps the first epoch of best validation accuracy
-(with ``loss_tie_break``, the one of lowest validation loss among those tied: train/callbacks.py), and that
-epoch is the stage's result.
+(with ``loss_tie_break``, the one of lowest validation loss among those tied; with ``average_tied_epochs``, the
+mean of the tied epochs' weights: train/callbacks.py), and that epoch is the stage's result.
 """
 
 from __future__ import annotations
