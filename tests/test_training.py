@@ -102,12 +102,16 @@ def test_a_run_made_with_one_seed_for_everything_resumes_with_its_split():
     assert TrainOptions.from_dict({"data": "d", "run_dir": "r", "seed": 5, "split_seed": 0}).split_seed == 0
 
 
-def test_resume_finishes_an_interrupted_run_without_redoing_stage_1(trained_run: Path, tmp_path: Path):
+def test_resume_finishes_an_interrupted_run_without_redoing_stage_1_even_one_made_before_newer_settings(trained_run: Path, tmp_path: Path):
     run = tmp_path / "runs" / "interrupted"
     shutil.copytree(trained_run, run)
     # As if killed during stage 2: no stage-2 result, no final model or metrics.
     for name in ("checkpoints/stage2_result.json", "model.keras", "metrics.json", "metadata.json"):
         (run / name).unlink()
+    config = json.loads((run / "config.json").read_text())
+    for newer in ("loss_tie_break", "average_tied_epochs"):  # as written before these settings existed
+        config.pop(newer)
+    (run / "config.json").write_text(json.dumps(config))
     stage1_rows = [r for r in history(run) if r["stage"] == "1"]
     assert main(["--resume", str(run), "--no-progress"]) == 0
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()

@@ -150,7 +150,8 @@ def _prepare(options: TrainOptions):
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in asdict(options).items() if k != "progress"}
     if (run_dir / CONFIG_FILE).is_file():
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        # read as a resume reads it: settings added since the run was made take the values it was trained with
+        saved = asdict(TrainOptions.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())))
         changed = sorted(k for k in config if k != "run_dir" and saved.get(k) != config[k])
         if changed:
             raise ValueError(
