@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.nuisance import (AS_CAPTURED, NUISANCES, Nuisance, add_data_arguments, held_out_images, manifest_of,
                                  measure, new_class_images)
+from edge_runtime.adapt import DEFAULT_QUANTILE
 from edge_runtime.adapt_cli import adapt
 from edge_runtime.classifier import Classifier
 from edge_runtime.cli_support import setup_logging
@@ -59,7 +60,8 @@ def unknown_share(classifier: Classifier, images: list[np.ndarray], batch: int =
 
 
 def run(model: Path, data_root: Path, manifest: Path, changes: list[Nuisance], shots: list[int], draws: int,
-        unlabelled: int, new_images: list[np.ndarray], threads: int | None = None) -> list[dict]:
+        unlabelled: int, new_images: list[np.ndarray], threads: int | None = None,
+        quantile: float = DEFAULT_QUANTILE) -> list[dict]:
     """One row per change, shots and draw (plus the base model's row per change, ``shots`` 0)."""
     held, labels = held_out_images(data_root, manifest)
     base = Classifier.load(model, threads=threads)
@@ -74,7 +76,7 @@ def run(model: Path, data_root: Path, manifest: Path, changes: list[Nuisance], s
                     folder = Path(tmp)
                     write_camera_images(change, data_root, manifest, count, unlabelled, draw, folder)
                     adapt(folder / "labelled", folder / f"adapted{model.suffix}", model=model, threads=threads,
-                          unlabelled=folder / "unlabelled" if unlabelled else None)
+                          quantile=quantile, unlabelled=folder / "unlabelled" if unlabelled else None)
                     adapted = Classifier.load(folder / f"adapted{model.suffix}", threads=threads)
                     measured = measure(adapted, held, labels, nuisances=(AS_CAPTURED, change))
                     rows.append(_row(change, count, draw, measured,
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="camera changes by name (default: every one of benchmarks.nuisance)")
     p.add_argument("--shots", nargs="+", type=int, default=[10], help="labelled images per class enrolled")
     p.add_argument("--draws", type=int, default=2, help="draws of those images per change and shots")
+    p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="edge-adapt --quantile")
     p.add_argument("--unlabelled", type=int, default=0, metavar="N",
                    help="also hand N more images per class over unlabelled (edge-adapt --unlabelled)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -142,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         if (args.xsdd or args.gc10) else []
     changes = [by_name[n] for n in args.changes] if args.changes else list(NUISANCES)
     rows = run(model, Path(args.data), manifest, changes, args.shots, args.draws, args.unlabelled, new_images,
-               args.threads)
+               args.threads, args.quantile)
     print(summary(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(model), "unlabelled": args.unlabelled, "rows": rows},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"model": str(model), "unlabelled": args.unlabelled,
+                                               "quantile": args.quantile, "rows": rows}, indent=2))
     return 0
 
 
