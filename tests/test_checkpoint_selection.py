@@ -102,6 +102,7 @@ def test_the_mean_of_the_tied_epochs_replaces_the_checkpoint_only_if_it_is_as_ri
     from train.trainer import _keep_average
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax", use_bias=False)])
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # as the stage compiles it
     x, y = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([0, 1])
     right = [np.eye(2, dtype=np.float32)]  # class = the larger input
     average = TiedEpochAverage(tmp_path / "mean.npz")

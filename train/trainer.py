@@ -257,8 +257,7 @@ def _keep_average(stage_model: keras.Model, average: TiedEpochAverage,
         return False
     checkpoint = stage_model.get_weights()
     stage_model.set_weights(average.mean)
-    probabilities = stage_model(val_data[0], training=False)
-    accuracy = float(np.mean(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=1) == val_data[1]))
+    accuracy = stage_model.evaluate(*val_data, verbose=0, return_dict=True)["accuracy"]
     if accuracy >= average.best - 1e-9:
         return True
     log.warning("the mean of the %d tied epochs is right for %.4f of validation (they were %.4f): keeping the "
