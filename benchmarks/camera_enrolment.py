@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from benchmarks.nuisance import (AS_CAPTURED, NUISANCES, Nuisance, add_data_arguments, held_out_images, manifest_of,
-                                 measure, new_class_images)
+                                 measure, new_class_images, predict_all)
 from edge_runtime.adapt import DEFAULT_QUANTILE
 from edge_runtime.adapt_cli import adapt
 from edge_runtime.classifier import Classifier
@@ -53,10 +53,8 @@ def write_camera_images(change: Nuisance, data_root: Path, manifest: Path, shots
             cv2.imwrite(str(where / f"{Path(rows[i].path).stem}.png"), image)
 
 
-def unknown_share(classifier: Classifier, images: list[np.ndarray], batch: int = 32) -> float:
-    answers = [p for start in range(0, len(images), batch)
-               for p in classifier.predict_batch(images[start:start + batch])]
-    return float(np.mean([p.unknown for p in answers]))
+def unknown_share(classifier: Classifier, images: list[np.ndarray]) -> float:
+    return float(np.mean([p.unknown for p in predict_all(classifier, images)]))
 
 
 def run(model: Path, data_root: Path, manifest: Path, changes: list[Nuisance], shots: list[int], draws: int,

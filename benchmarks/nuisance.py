@@ -280,16 +280,18 @@ def nuisance_names() -> list[str]:
     return [n.name for n in NUISANCES]
 
 
+def predict_all(classifier, images: list[np.ndarray], batch: int = 32) -> list:
+    """The classifier's answers (``Prediction``) to decoded images, ``batch`` at a time."""
+    return [p for start in range(0, len(images), batch) for p in classifier.predict_batch(images[start:start + batch])]
+
+
 def measure(classifier, images: list[np.ndarray], labels: list[str], nuisances=(AS_CAPTURED, *NUISANCES),
             batch: int = 32) -> list[dict]:
     """Per change: images, share right (best class), share unknown, share right and known."""
     rows = []
     expected = np.array(labels)
     for nuisance in nuisances:
-        predictions = []
-        changed = [nuisance.apply(image) for image in images]
-        for start in range(0, len(changed), batch):
-            predictions += classifier.predict_batch(changed[start : start + batch])
+        predictions = predict_all(classifier, [nuisance.apply(image) for image in images], batch)
         predicted = np.array([p.predicted for p in predictions])
         unknown = np.array([p.unknown for p in predictions])
         right = predicted == expected
