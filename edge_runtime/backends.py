@@ -302,13 +302,9 @@ class OpenVINOBackend(Backend):
     silenced = ("openvino_telemetry",)
 
     def __init__(self, path: Path, threads: int) -> None:
-        ov = _import_engine(type(self))
-        core = ov.Core()
+        _import_engine(type(self))  # a missing package is reported as such, not as a rejected model
         try:
-            model = core.read_model(str(path))
-            quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-            single = _batch_of_one(ov, model)
-            compiled = core.compile_model(single or model, "CPU", _openvino_config(core, threads, quantized))
+            model, compiled, one_at_a_time = openvino_compile(path, threads)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own exception types
             raise ModelLoadError(path, f"OpenVINO rejected it ({exc}); re-export it with edge-export") from exc
         inputs, outputs = model.inputs, compiled.outputs
@@ -319,7 +315,7 @@ class OpenVINOBackend(Backend):
         if dtype not in (np.float32, np.uint8, np.int8):
             raise ModelLoadError(path, f"unsupported input type {dtype}; expected float32, uint8 or int8")
         self._request = compiled.create_infer_request()
-        self._one_at_a_time = single is not None
+        self._one_at_a_time = one_at_a_time
         self._output_count = len(outputs)
         super().__init__(
             path,
@@ -339,6 +335,21 @@ class OpenVINOBackend(Backend):
         self._request.infer({0: batch})
         # the request's output buffers are reused by the next call: copy them out
         return [self._request.get_output_tensor(i).data.copy() for i in range(self._output_count)]
+
+
+def openvino_compile(path: str | Path, threads: int, performance_counters: bool = False) -> tuple[Any, Any, bool]:
+    """Read and compile ``path`` for the CPU as :class:`OpenVINOBackend` runs it: (model as read, compiled
+    model, whether batches run image by image). ``performance_counters`` turns on OpenVINO's per-layer timing
+    (``benchmarks.profile``)."""
+    ov = _import_engine(OpenVINOBackend)
+    core = ov.Core()
+    model = core.read_model(str(path))
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    single = _batch_of_one(ov, model)
+    config = _openvino_config(core, threads, quantized)
+    if performance_counters:
+        config["PERF_COUNT"] = True
+    return model, core.compile_model(single or model, "CPU", config), single is not None
 
 
 def _batch_of_one(ov: ModuleType, model: Any) -> Any | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
 from export.activation_ranges import DEFAULT_QUANTILE, first_conv_and_input_ops, quantile_ranges
+from export.qdq_graph import activations_to_uint8, subsample_strided_pointwise_inputs
 from train.embeddings import with_embedding
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,8 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
     ``quantizer="nncf"`` (default): NNCF post-training quantisation, which also corrects each layer's bias for
     the quantisation error; its signed activations are then stored as uint8 (:func:`activations_to_uint8`,
     exact) because ONNX Runtime's fast kernels are u8*s8. ``"ort"``: ONNX Runtime's ``quantize_static``.
+    Either way, 1×1 stride-2 convolutions then take a subsampled input, exact, which OpenVINO runs in int8
+    (:func:`subsample_strided_pointwise_inputs`).
 
     ``float_first_conv`` (default) keeps the first convolution in float: quantising it rounds the normalised
     input to a grid that is not the pixels' own and the 7×7×3 filters to 7 bits, the largest single source of
@@ -297,10 +300,11 @@ def onnx_int8(fp32_model: Path, output: Path, calibration: Callable[[], Iterable
     input_name = next(i.name for i in model.graph.input if i.name not in constants)
     samples = [x[None].astype(np.float32) for x in calibration()]
     float_nodes = [first_conv_name(model)] if float_first_conv else []
-    if quantizer == "nncf":
-        _nncf_int8(model, output, input_name, samples, float_nodes)
-    else:
-        _ort_int8(model, output, input_name, samples, float_nodes)
+    quantize = _nncf_int8 if quantizer == "nncf" else _ort_int8
+    quantized = quantize(model, output, input_name, samples, float_nodes)
+    rewritten = subsample_strided_pointwise_inputs(quantized)
+    log.debug("%d strided 1x1 convolutions take a subsampled input", rewritten)
+    onnx.save(quantized, str(output))
     return float_nodes
 
 
@@ -317,7 +321,9 @@ def first_conv_name(model) -> str:
     return node.name
 
 
-def _ort_int8(model, output: Path, input_name: str, samples: list[np.ndarray], float_nodes: list[str]) -> None:
+def _ort_int8(model, output: Path, input_name: str, samples: list[np.ndarray], float_nodes: list[str]):
+    """ONNX Runtime's ``quantize_static``; it writes ``output``, which is read back for the rewrites."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -331,11 +337,11 @@ def _ort_int8(model, output: Path, input_name: str, samples: list[np.ndarray], f
     quantize_static(model, str(output), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     reduce_range=True, nodes_to_exclude=float_nodes)
+    return onnx.load(str(output))
 
 
-def _nncf_int8(model, output: Path, input_name: str, samples: list[np.ndarray], float_nodes: list[str]) -> None:
+def _nncf_int8(model, output: Path, input_name: str, samples: list[np.ndarray], float_nodes: list[str]):
     import nncf
-    import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     quantized = nncf.quantize(
@@ -344,36 +350,7 @@ def _nncf_int8(model, output: Path, input_name: str, samples: list[np.ndarray], 
         advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),  # 7-bit weights
         ignored_scope=nncf.IgnoredScope(names=float_nodes) if float_nodes else None,
     )
-    onnx.save(activations_to_uint8(quantized), str(output))
-
-
-def activations_to_uint8(model):
-    """Store every int8 activation quantiser of a QDQ model as uint8 (zero point + 128, same scale).
-
-    Exact: int8 ``q = clamp(round(x / s) + z, -128, 127)`` equals the uint8 ``clamp(round(x / s) + z + 128,
-    0, 255)`` minus 128, and the DequantizeLinear that follows undoes either. Weights stay int8.
-    """
-    from onnx import TensorProto, numpy_helper
-
-    initializers = {i.name: i for i in model.graph.initializer}
-    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-           and len(n.input) > 2 and n.input[2] in initializers]
-    weight_zero_points = {n.input[2] for n in qdq if n.input[0] in initializers}
-    activation_zero_points = {n.input[2] for n in qdq if n.input[0] not in initializers}
-    if weight_zero_points & activation_zero_points:
-        raise ValueError("a zero point is shared by weights and activations; cannot retype it")
-    retyped = set()
-    for name in activation_zero_points:
-        tensor = initializers[name]
-        if tensor.data_type == TensorProto.INT8:
-            shifted = numpy_helper.to_array(tensor).astype(np.int16) + 128
-            tensor.CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), name))
-            retyped.add(name)
-    outputs = {n.output[0] for n in qdq if n.op_type == "QuantizeLinear" and n.input[2] in retyped}
-    for info in [*model.graph.value_info, *model.graph.output]:
-        if info.name in outputs and info.type.tensor_type.elem_type == TensorProto.INT8:
-            info.type.tensor_type.elem_type = TensorProto.UINT8
-    return model
+    return activations_to_uint8(quantized)
 
 
 if __name__ == "__main__":

@@ -613,7 +613,7 @@ def test_int8_activations_retyped_to_uint8_give_identical_outputs():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.convert import activations_to_uint8
+    from export.qdq_graph import activations_to_uint8
 
     inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
              numpy_helper.from_array(np.array(-7, np.int8), "z")]
@@ -632,6 +632,63 @@ def test_int8_activations_retyped_to_uint8_give_identical_outputs():
     zero_point = {i.name: i for i in retyped.graph.initializer}["z"]
     assert zero_point.data_type == TensorProto.UINT8 and int(numpy_helper.to_array(zero_point)) == 121
     np.testing.assert_array_equal(run(retyped), before)
+
+
+def _down_sampling_block(odd_side: bool = False):
+    """A QDQ graph shaped like a ResNet down-sampling block: one quantised activation read by two 1×1 stride-2
+    convolutions (shortcut and main branch), a 3×3 stride-2 one on another quantised activation, and a 1×1
+    stride-2 one whose dequantised input also feeds an Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    side = 9 if odd_side else 8
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(3, np.uint8), "z")]
+    nodes = []
+    for name, shape in (("w_short", (4, 3, 1, 1)), ("w_main", (4, 3, 1, 1)), ("w_3x3", (4, 3, 3, 3)),
+                        ("w_shared", (3, 3, 1, 1))):
+        inits.append(numpy_helper.from_array(rng.normal(0, 1, shape).astype(np.float32), name))
+    for source in ("a", "b", "c"):
+        nodes += [helper.make_node("QuantizeLinear", [source, "s", "z"], [f"{source}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{source}_q", "s", "z"], [f"{source}_dq"])]
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+             helper.make_node("Sigmoid", ["x"], ["c"]), *nodes,
+             helper.make_node("Conv", ["a_dq", "w_short"], ["short"], kernel_shape=[1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["a_dq", "w_main"], ["main"], kernel_shape=[1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["b_dq", "w_3x3"], ["wide"], kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c_dq", "w_shared"], ["shared"], kernel_shape=[1, 1], strides=[2, 2]),
+             helper.make_node("Add", ["c_dq", "x"], ["c_plus_x"])]
+    outputs = ["short", "main", "wide", "shared", "c_plus_x"]
+    graph = helper.make_graph(nodes, "down", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", "c", "h", "w"]) for o in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("odd_side", [False, True])
+def test_strided_pointwise_convolutions_take_a_subsampled_input_with_identical_outputs(odd_side: bool):
+    import onnx
+    import onnxruntime as ort
+
+    from export.qdq_graph import subsample_strided_pointwise_inputs
+
+    model = _down_sampling_block(odd_side)
+    x = np.random.default_rng(1).normal(0, 2, (1, 3, 9 if odd_side else 8, 9 if odd_side else 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(model)
+    rewritten = onnx.load_from_string(model.SerializeToString())
+    assert subsample_strided_pointwise_inputs(rewritten) == 2  # the shortcut and the main branch; not 3×3, not shared
+    onnx.checker.check_model(rewritten)
+    strides = {n.output[0]: list(next(a for a in n.attribute if a.name == "strides").ints)
+               for n in rewritten.graph.node if n.op_type == "Conv"}
+    assert strides == {"short": [1, 1], "main": [1, 1], "wide": [2, 2], "shared": [2, 2]}
+    slices = [n for n in rewritten.graph.node if n.op_type == "Slice"]
+    assert [n.input[0] for n in slices] == ["a_q"]  # the 8-bit integers are subsampled
+    for got, want in zip(run(rewritten), before):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_export_with_polarity_auto_stores_it_and_checks_the_float_model_the_same_way(tiny_run: Path, tmp_path: Path):

@@ -289,3 +289,57 @@ def test_float_models_are_held_to_float32_and_quantised_ones_keep_the_plugins_pr
     load_backend(tiny_edge_models.onnx, "openvino", threads=1)
     load_backend(int8_onnx, "openvino", threads=2)
     assert seen == {1: False, 2: True}
+
+
+def _strided_pointwise_block(path: Path) -> Path:
+    """An int8 QDQ ResNet down-sampling block: a quantised activation read by two 1×1 stride-2 convolutions
+    with int8 per-channel weights, their sum the output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    channels, width = 16, 32
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    nodes = [helper.make_node("Relu", ["input"], ["a"]),
+             helper.make_node("QuantizeLinear", ["a", "s", "z"], ["a_q"]),
+             helper.make_node("DequantizeLinear", ["a_q", "s", "z"], ["a_dq"])]
+    for branch in ("short", "main"):
+        inits += [numpy_helper.from_array(rng.integers(-63, 64, (width, channels, 1, 1)).astype(np.int8), f"{branch}_w"),
+                  numpy_helper.from_array(np.full(width, 0.01, np.float32), f"{branch}_ws"),
+                  numpy_helper.from_array(np.zeros(width, np.int8), f"{branch}_wz")]
+        nodes += [helper.make_node("DequantizeLinear", [f"{branch}_w", f"{branch}_ws", f"{branch}_wz"],
+                                   [f"{branch}_wf"], axis=0),
+                  helper.make_node("Conv", ["a_dq", f"{branch}_wf"], [branch], kernel_shape=[1, 1], strides=[2, 2])]
+    nodes.append(helper.make_node("Add", ["short", "main"], ["output"]))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, 28, 28])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, width, 14, 14])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_strided_pointwise_convolutions_with_a_subsampled_input_run_in_int8(tmp_path):
+    """edge-export's rewrite of 1×1 stride-2 convolutions (export.qdq_graph) is what lets OpenVINO run them in
+    int8; the per-layer profile (benchmarks.profile) names every convolution that did not."""
+    import onnx
+
+    from benchmarks.profile import profile_openvino
+    from export.qdq_graph import subsample_strided_pointwise_inputs
+
+    original = _strided_pointwise_block(tmp_path / "block.onnx")
+    model = onnx.load(str(original))
+    assert subsample_strided_pointwise_inputs(model) == 2
+    rewritten = tmp_path / "block_subsampled.onnx"
+    onnx.save(model, str(rewritten))
+
+    profile = profile_openvino(rewritten, threads=1, runs=2)
+    assert profile["not_int8"] == {}
+    assert any(kind.startswith("Convolution") and "I8" in kind.upper() for kind in profile["by_op_type"])
+    assert abs(sum(v["share"] for v in profile["by_op_type"].values()) - 1) < 1e-6
+    x = np.random.default_rng(0).normal(0, 1, (1, 16, 28, 28)).astype(np.float32)
+    import openvino as ov
+
+    def run(path: Path) -> np.ndarray:
+        return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x})[0]
+
+    np.testing.assert_allclose(run(rewritten), run(original), atol=1e-4)
