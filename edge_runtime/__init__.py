@@ -3,7 +3,7 @@
 Everything here depends only on numpy and OpenCV, plus the inference engine a model needs, imported only
 when such a model is loaded, so that it runs on a small CPU box next to a line camera. Three engines
 (:data:`edge_runtime.backends.ENGINES`): LiteRT (``litert``, ai-edge-litert) for .tflite, ONNX Runtime
-(``onnxruntime``) for .onnx, and optionally OpenVINO (``openvino``, ``pip install ".[openvino]"``) for .onnx.
+(``onnxruntime``) and OpenVINO (``openvino``) for .onnx, all three in ``pip install ".[edge]"``.
 ``--engine auto`` (edge-classify's default, ``Classifier.load(engine="auto")``) measures the engine/artifact
 pairs that passed their export accuracy gates and caches the fastest per machine
 (:mod:`edge_runtime.engine_select`); ``--engine litert|onnxruntime|openvino`` pins one.

@@ -296,7 +296,6 @@ class OpenVINOBackend(Backend):
     suffixes = (".onnx",)
     package = "openvino"
     module = "openvino"
-    extra = "openvino"
     # importing openvino sends a usage event to an analytics server from a forked process (openvino.tools.ovc
     # imports openvino_telemetry); a line box sends nothing, so that module is kept out and ovc uses its stub
     silenced = ("openvino_telemetry",)

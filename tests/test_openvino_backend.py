@@ -155,7 +155,7 @@ def test_an_engine_that_cannot_run_the_file_is_refused(tiny_edge_models, engine,
 
 def test_a_missing_openvino_gives_its_install_hint_and_is_no_candidate(tiny_edge_models, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
-    with pytest.raises(BackendUnavailableError, match=r'pip install "steel-edge-inspect\[openvino\]"'):
+    with pytest.raises(BackendUnavailableError, match=r'pip install "steel-edge-inspect\[edge\]"'):
         load_backend(tiny_edge_models.onnx, "openvino")
     monkeypatch.setattr(engine_candidates.importlib.util, "find_spec", lambda name: None if name == "openvino" else 1)
     assert [c.engine for c in engine_candidates.file_candidates(tiny_edge_models.onnx)] == ["onnxruntime"]
