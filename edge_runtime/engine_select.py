@@ -1,8 +1,8 @@
 """``--engine auto``: measure the candidate (engine, model file) pairs on this machine and use the fastest.
 
-The candidates come from :mod:`edge_runtime.engine_candidates`. Each is loaded and run on a fixed seeded
-input (warm-up runs, then up to 10 timed runs; the median counts), all within a total time budget; the lowest
-median wins (ties: the earlier candidate, the default first). The choice is cached per machine in
+The candidates come from :mod:`edge_runtime.engine_candidates`. Each is loaded and warmed up on a fixed seeded
+input, then they are timed round-robin (up to 10 rounds of one call each; the median counts), all within a
+total time budget; the lowest median wins (ties: the earlier candidate, the default first). The choice is cached per machine in
 ``engine-choice.json`` under the user cache dir (``$EDGE_RUNTIME_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/steel-edge-inspect``, else ``~/.cache/steel-edge-inspect``), keyed by CPU model and ISA flags,
 thread count, the engine packages' versions and the candidate set (file names and sha256). A hit loads the
@@ -42,6 +42,8 @@ MAX_CACHE_ENTRIES = 16
 DEFAULT_BUDGET_S = 12.0
 WARMUP_RUNS = 2
 TIMED_RUNS = 10
+CALLS_PER_TURN = 5  # timed calls per candidate and round (see _timed_rounds)
+SETTLE_CALLS = 2  # untimed calls before them: the first calls after another engine's are slower
 PROBE_SEED = 0
 NOT_MEASURED = "not measured: the time budget ran out"
 
@@ -80,69 +82,93 @@ def probe_input(backend: Backend) -> np.ndarray:
     return pixels.astype(np.float32) - 128.0  # roughly the range of mean-subtracted pixels
 
 
-def time_runs(run: Callable[[], object], until: float, warmup: int = WARMUP_RUNS, repeats: int = TIMED_RUNS,
-              clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Run ``warmup`` untimed then up to ``repeats`` timed calls (ms), not starting one that would end after ``until``.
-
-    The first warm-up and the first timed run always happen, so every measured candidate has a figure.
-    """
-    last = 0.0
-    for i in range(warmup):
-        if i > 0 and clock() + last > until:
-            break
-        start = clock()
-        run()
-        last = clock() - start
-    samples: list[float] = []
-    while len(samples) < repeats:
-        if samples and clock() + statistics.median(samples) / 1000 > until:
-            break
-        start = clock()
-        run()
-        samples.append((clock() - start) * 1000)
-    return samples
-
-
 def measure_candidates(candidates: Sequence[Candidate], threads: int, budget_s: float = DEFAULT_BUDGET_S,
                        warmup: int = WARMUP_RUNS, repeats: int = TIMED_RUNS,
                        keep: Callable[[Candidate], bool] = lambda c: True) -> tuple[list[Measurement], Backend | None]:
-    """Load and time each candidate in turn within ``budget_s`` seconds in all (loading included).
+    """Load every candidate, then time them round-robin, within ``budget_s`` seconds in all (loading included).
 
-    Each candidate gets an equal share of the time left; the first is always measured, later ones are not
-    started once the budget is spent. Returns the measurements (in candidate order) and the fastest
-    candidate among those ``keep`` accepts, still loaded (None if none was measured).
+    Candidates are loaded and warmed up (``warmup`` untimed calls) in order until half the budget is spent; the
+    first always is, later ones are then not measured. The timed calls alternate between the loaded candidates,
+    one call each per round, up to ``repeats`` rounds, so that other work on the machine (a second process, a
+    busy hour) weighs on every candidate alike instead of on whichever ran at that moment; a round is not
+    started when it would end after the deadline (the first always runs). All loaded candidates are held in
+    memory until the rounds end. Returns the measurements (in candidate order) and the fastest candidate among
+    those ``keep`` accepts, still loaded (None if none was measured).
     """
-    deadline = time.perf_counter() + budget_s
+    start = time.perf_counter()
+    deadline, loading_deadline = start + budget_s, start + budget_s / 2
     measurements: list[Measurement] = []
-    best: tuple[float, Backend] | None = None
+    loaded: list[tuple[Measurement, Backend, np.ndarray, list[float]]] = []
     for i, candidate in enumerate(candidates):
-        now = time.perf_counter()
-        if i > 0 and now >= deadline:
+        if i > 0 and time.perf_counter() >= loading_deadline:
             measurements.append(Measurement(candidate, error=NOT_MEASURED))
             continue
-        until = now + (deadline - now) / (len(candidates) - i)
-        measurement, backend = _measure_one(candidate, threads, until, warmup, repeats)
+        measurement, backend, batch = _load_and_warm_up(candidate, threads, warmup)
         measurements.append(measurement)
-        log.debug("engine auto: %s: %s", candidate.label, _describe(measurement))
-        if backend is not None and keep(candidate) and (best is None or measurement.median_ms < best[0]):
+        if backend is not None:
+            loaded.append((measurement, backend, batch, []))
+    _timed_rounds(loaded, deadline, repeats)
+    best: tuple[float, Backend] | None = None
+    for measurement, backend, _, samples in loaded:
+        measurement.median_ms = float(np.median(samples))
+        measurement.p90_ms = float(np.percentile(samples, 90))
+        measurement.runs = len(samples)
+        log.debug("engine auto: %s: %s", measurement.candidate.label, _describe(measurement))
+        if keep(measurement.candidate) and (best is None or measurement.median_ms < best[0]):
             best = (measurement.median_ms, backend)
-        del backend
     return measurements, best[1] if best else None
 
 
-def _measure_one(candidate: Candidate, threads: int, until: float, warmup: int,
-                 repeats: int) -> tuple[Measurement, Backend | None]:
+def _load_and_warm_up(candidate: Candidate, threads: int,
+                      warmup: int) -> tuple[Measurement, Backend | None, np.ndarray | None]:
     start = time.perf_counter()
     try:
         backend = load_backend(candidate.path, candidate.engine, threads)
         batch = probe_input(backend)
         load_s = time.perf_counter() - start
-        samples = time_runs(lambda: backend.run_outputs(batch), until, warmup, repeats)
+        for _ in range(max(warmup, 1)):
+            backend.run_outputs(batch)
     except (EdgeRuntimeError, ValueError, RuntimeError) as exc:
         log.warning("engine auto: cannot use %s: %s", candidate.label, exc)
-        return Measurement(candidate, error=str(exc), load_s=time.perf_counter() - start, exception=exc), None
-    return Measurement(candidate, median_ms=float(np.median(samples)), p90_ms=float(np.percentile(samples, 90)),
-                       runs=len(samples), load_s=load_s), backend
+        return Measurement(candidate, error=str(exc), load_s=time.perf_counter() - start, exception=exc), None, None
+    return Measurement(candidate, load_s=load_s), backend, batch
+
+
+def _timed_rounds(loaded: list[tuple[Measurement, Backend, np.ndarray, list[float]]], deadline: float,
+                  repeats: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    """Rounds in which each loaded candidate makes ``SETTLE_CALLS`` untimed calls, then up to ``CALLS_PER_TURN``
+    timed calls (ms, appended to its samples), until each has ``repeats``; every other round runs the candidates
+    in reverse order (A B, B A, ...), so that load rising or falling during the probe weighs on each alike. No
+    call starts that would end after ``deadline`` by the candidate's last call's length, except each
+    candidate's first timed call.
+
+    The untimed calls are there because the first calls after another engine's are slower (its worker threads
+    still spinning, its weights in the caches): measured on the shipped models, OpenVINO took 18–20 ms and
+    then 12 ms for its first two calls after ONNX Runtime's, against 6.4–7.4 ms from the third on."""
+    def fits(seconds: float) -> bool:
+        return clock() + seconds <= deadline
+
+    def timed_call(backend: Backend, batch: np.ndarray) -> float:
+        start = clock()
+        backend.run_outputs(batch)
+        return clock() - start
+
+    for round_number in range(repeats):
+        before = sum(len(samples) for *_, samples in loaded)
+        for _, backend, batch, samples in (loaded if round_number % 2 == 0 else loaded[::-1]):
+            if len(samples) >= repeats:
+                continue
+            last = samples[-1] / 1000 if samples else 0.0
+            for _ in range(SETTLE_CALLS):
+                if fits(last):
+                    last = timed_call(backend, batch)
+            for _ in range(min(CALLS_PER_TURN, repeats - len(samples))):
+                if samples and not fits(last):
+                    break
+                last = timed_call(backend, batch)
+                samples.append(last * 1000)
+        if sum(len(samples) for *_, samples in loaded) == before:
+            break
 
 
 def fastest(measurements: Sequence[Measurement],

@@ -154,6 +154,25 @@ def test_the_total_time_budget_is_respected(engines, tmp_path):
     assert sum(m.runs for m in measurements) < 4 * es.TIMED_RUNS
 
 
+def test_load_that_fades_during_the_probe_weighs_on_every_candidate_alike(engines, tmp_path, monkeypatch):
+    """Another process holds the CPU when the probe starts and lets go gradually (each call 0.6 ms less extra
+    than the one before, from 20 ms). Measured one after the other, the default engine would take the worst of
+    it and lose to an engine twice as slow; timed in alternating order (A B, B A), it still wins."""
+    engines(default=2, other=4)
+    calls = [0]
+
+    def invoke(self, batch):
+        calls[0] += 1
+        time.sleep((self.delay_ms + max(0.0, 20 - 0.6 * calls[0])) / 1000)
+        return [np.full((len(batch), 3), 1 / 3, np.float32)]
+
+    for name in ("default", "other"):
+        monkeypatch.setattr(backends.ENGINES[name], "_invoke", invoke)
+    measurements, backend = es.measure_candidates(ec.file_candidates(model_file(tmp_path)), THREADS, budget_s=5)
+    assert backend.name == "default"
+    assert [m.runs for m in measurements] == [es.TIMED_RUNS, es.TIMED_RUNS]
+
+
 def test_with_enough_budget_every_candidate_gets_the_full_number_of_runs(engines, tmp_path):
     engines(default=1, other=1)
     measurements, _ = es.measure_candidates(ec.file_candidates(model_file(tmp_path)), THREADS, budget_s=5)
