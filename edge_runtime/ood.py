@@ -33,6 +33,7 @@ The figures, the options that were compared and the chosen default: docs/unknown
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,6 +74,15 @@ class OodSpec:
         if self.rate_table is not None:
             _check_rate_table(self.rate_table, self.class_offsets)
 
+    @functools.cached_property
+    def _float_bank(self) -> np.ndarray:
+        return np.ascontiguousarray(self.bank, np.float32)
+
+    @functools.cached_property
+    def _class_banks(self) -> dict[int, np.ndarray]:
+        """Each class's bank rows, gathered once instead of on every frame (0.3 ms of a 6 ms frame)."""
+        return class_banks(self._float_bank, self.bank_labels)
+
     @property
     def rate(self) -> float:
         """The in-distribution unknown rate this threshold was chosen for (1 - quantile)."""
@@ -88,9 +98,10 @@ class OodSpec:
         threshold (minus its offset), so that ``score > threshold`` is the decision either way. With
         ``bank_labels`` and ``classes``, the neighbours are the predicted class's bank rows only."""
         if classes is not None and self.bank_labels is not None:
-            scores = knn_cosine_score(embeddings, self.bank, self.k, self.bank_labels, classes)
+            scores = _score_within_classes(l2_normalize(np.atleast_2d(embeddings)), self._float_bank, self.k,
+                                           self._class_banks, classes)
         else:
-            scores = knn_cosine_score(embeddings, self.bank, self.k)
+            scores = knn_cosine_score(embeddings, self._float_bank, self.k)
         if classes is not None and self.class_offsets is not None:
             offsets = np.asarray(self.class_offsets, np.float32)
             index = np.asarray(classes, dtype=np.int64).reshape(-1)
@@ -199,12 +210,23 @@ def knn_cosine_score(embeddings: np.ndarray, bank: np.ndarray, k: int, bank_labe
     queries, bank = l2_normalize(np.atleast_2d(embeddings)), np.asarray(bank, np.float32)
     if bank_labels is None or classes is None:
         return _kth_score(queries, bank, k)
-    labels, wanted = np.asarray(bank_labels).reshape(-1), np.asarray(classes).reshape(-1)
+    return _score_within_classes(queries, bank, k, class_banks(bank, bank_labels), classes)
+
+
+def class_banks(bank: np.ndarray, bank_labels: np.ndarray) -> dict[int, np.ndarray]:
+    """The rows of ``bank`` of each class in ``bank_labels``, contiguous."""
+    labels = np.asarray(bank_labels).reshape(-1)
+    return {int(cls): np.ascontiguousarray(bank[labels == cls]) for cls in np.unique(labels)}
+
+
+def _score_within_classes(queries: np.ndarray, bank: np.ndarray, k: int, banks: dict[int, np.ndarray],
+                          classes: np.ndarray) -> np.ndarray:
+    wanted = np.asarray(classes).reshape(-1)
     scores = np.empty(len(queries), np.float32)
     for cls in np.unique(wanted):  # only the class's own rows are compared: a sixth of the work for NEU
-        rows = labels == cls
         at = wanted == cls
-        scores[at] = _kth_score(queries[at], bank[rows] if rows.sum() >= k else bank, k)
+        rows = banks.get(int(cls))
+        scores[at] = _kth_score(queries[at], rows if rows is not None and len(rows) >= k else bank, k)
     return scores
 
 
