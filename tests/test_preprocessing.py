@@ -15,6 +15,7 @@ from edge_runtime.preprocessing import (
     PreprocessConfig,
     correct_defective_pixels,
     load_image,
+    normalize,
     prepare_pixels,
     preprocess,
     read_image,
@@ -57,6 +58,22 @@ def test_preprocess_resizes_and_subtracts_the_caffe_mean():
     out = preprocess(np.full((200, 200), 100, np.uint8), CFG)
     assert out.shape == (224, 224, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], [100 - m for m in CAFFE_MEAN_BGR], atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(224, 224, 3), (4, 224, 224, 3), (2, 3, 5, 7, 3)])
+@pytest.mark.parametrize("order", ["BGR", "RGB"])
+def test_normalising_gives_the_float32_mean_subtraction_bit_for_bit(shape, order):
+    """The device's fast path (one OpenCV pass) and the plain float32 arithmetic give identical input."""
+    config = PreprocessConfig(channel_order=order)
+    pixels = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    reference = pixels.astype(np.float32)
+    if order == "RGB":
+        reference = reference[..., ::-1]
+    reference = reference - np.asarray(config.mean, np.float32)
+    out = normalize(pixels, config)
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_array_equal(out, reference)
+    np.testing.assert_array_equal(normalize(pixels.astype(np.float32), config), reference)  # non-uint8 input
 
 
 def test_large_frames_are_shrunk_to_the_model_size():
