@@ -1,12 +1,12 @@
 """``--engine auto``: measure the candidate (engine, model file) pairs on this machine and use the fastest.
 
 The candidates come from :mod:`edge_runtime.engine_candidates`. Each is loaded and warmed up on a fixed seeded
-input, then they are timed round-robin (up to 10 rounds of one call each; the median counts), all within a
-total time budget; the lowest median wins (ties: the earlier candidate, the default first). The choice is cached per machine in
-``engine-choice.json`` under the user cache dir (``$EDGE_RUNTIME_CACHE_DIR``, else
-``$XDG_CACHE_HOME/steel-edge-inspect``, else ``~/.cache/steel-edge-inspect``), keyed by CPU model and ISA flags,
-thread count, the engine packages' versions and the candidate set (file names and sha256). A hit loads the
-chosen pair without measuring; delete the file to measure again.
+input, then they are timed in turns, in alternating order (10 timed calls each; the median counts), all
+within a total time budget; the lowest median wins (ties: the earlier candidate, the default first). The
+choice is cached per machine in ``engine-choice.json`` under the user cache dir (``$EDGE_RUNTIME_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/steel-edge-inspect``, else ``~/.cache/steel-edge-inspect``), keyed by CPU model and ISA
+flags, thread count, the engine packages' versions and the candidate set (file names and sha256). A hit loads
+the chosen pair without measuring; delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -88,12 +87,11 @@ def measure_candidates(candidates: Sequence[Candidate], threads: int, budget_s: 
     """Load every candidate, then time them round-robin, within ``budget_s`` seconds in all (loading included).
 
     Candidates are loaded and warmed up (``warmup`` untimed calls) in order until half the budget is spent; the
-    first always is, later ones are then not measured. The timed calls alternate between the loaded candidates,
-    one call each per round, up to ``repeats`` rounds, so that other work on the machine (a second process, a
-    busy hour) weighs on every candidate alike instead of on whichever ran at that moment; a round is not
-    started when it would end after the deadline (the first always runs). All loaded candidates are held in
-    memory until the rounds end. Returns the measurements (in candidate order) and the fastest candidate among
-    those ``keep`` accepts, still loaded (None if none was measured).
+    first always is, later ones are then not measured. The loaded candidates are then timed in turns
+    (:func:`_timed_rounds`, ``repeats`` timed calls each), so that other work on the machine (a second
+    process, a busy hour) weighs on every candidate alike instead of on whichever ran at that moment. All
+    loaded candidates are held in memory until the rounds end. Returns the measurements (in candidate order)
+    and the fastest candidate among those ``keep`` accepts, still loaded (None if none was measured).
     """
     start = time.perf_counter()
     deadline, loading_deadline = start + budget_s, start + budget_s / 2

@@ -660,8 +660,9 @@ def _down_sampling_block(odd_side: bool = False):
              helper.make_node("Conv", ["c_dq", "w_shared"], ["shared"], kernel_shape=[1, 1], strides=[2, 2]),
              helper.make_node("Add", ["c_dq", "x"], ["c_plus_x"])]
     outputs = ["short", "main", "wide", "shared", "c_plus_x"]
-    graph = helper.make_graph(nodes, "down", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", "c", "h", "w"]) for o in outputs], inits)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])]
+    outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", "c", "h", "w"]) for o in outputs]
+    graph = helper.make_graph(nodes, "down", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

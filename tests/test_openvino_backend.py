@@ -305,14 +305,16 @@ def _strided_pointwise_block(path: Path) -> Path:
              helper.make_node("QuantizeLinear", ["a", "s", "z"], ["a_q"]),
              helper.make_node("DequantizeLinear", ["a_q", "s", "z"], ["a_dq"])]
     for branch in ("short", "main"):
-        inits += [numpy_helper.from_array(rng.integers(-63, 64, (width, channels, 1, 1)).astype(np.int8), f"{branch}_w"),
+        weights = rng.integers(-63, 64, (width, channels, 1, 1)).astype(np.int8)
+        inits += [numpy_helper.from_array(weights, f"{branch}_w"),
                   numpy_helper.from_array(np.full(width, 0.01, np.float32), f"{branch}_ws"),
                   numpy_helper.from_array(np.zeros(width, np.int8), f"{branch}_wz")]
         nodes += [helper.make_node("DequantizeLinear", [f"{branch}_w", f"{branch}_ws", f"{branch}_wz"],
                                    [f"{branch}_wf"], axis=0),
                   helper.make_node("Conv", ["a_dq", f"{branch}_wf"], [branch], kernel_shape=[1, 1], strides=[2, 2])]
     nodes.append(helper.make_node("Add", ["short", "main"], ["output"]))
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, 28, 28])],
+    graph = helper.make_graph(nodes, "block",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, 28, 28])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, width, 14, 14])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
