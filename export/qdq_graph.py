@@ -69,7 +69,7 @@ def subsample_strided_pointwise_inputs(model) -> int:
         if (not convolutions or quantize is None or quantize.op_type != "QuantizeLinear"
                 or not all(_is_strided_pointwise(c, dequantize.output[0]) for c in convolutions)):
             continue
-        kept = f"{dequantize.input[0]}/subsampled"
+        kept = f"{dequantize.output[0]}/subsampled_input"  # one per dequantiser: two may read one quantiser
         steps = [f"{kept}/{part}" for part in ("starts", "ends", "axes", "steps")]
         for name, values in zip(steps, ([0, 0], [np.iinfo(np.int64).max] * 2, [2, 3], [2, 2])):
             graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))

@@ -692,6 +692,39 @@ def test_strided_pointwise_convolutions_take_a_subsampled_input_with_identical_o
         np.testing.assert_array_equal(got, want)
 
 
+def test_two_dequantisers_of_one_quantiser_each_get_their_own_subsampled_input():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.qdq_graph import subsample_strided_pointwise_inputs
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(3, np.uint8), "z"),
+             numpy_helper.from_array(rng.normal(0, 1, (4, 3, 1, 1)).astype(np.float32), "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             *[helper.make_node("DequantizeLinear", ["q", "s", "z"], [f"dq{i}"]) for i in (1, 2)],
+             *[helper.make_node("Conv", [f"dq{i}", "w"], [f"y{i}"], kernel_shape=[1, 1], strides=[2, 2])
+               for i in (1, 2)]]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["n", "c", "h", "w"])
+                               for i in (1, 2)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(model)
+    rewritten = onnx.load_from_string(model.SerializeToString())
+    assert subsample_strided_pointwise_inputs(rewritten) == 2
+    onnx.checker.check_model(rewritten)
+    assert len({n.output[0] for n in rewritten.graph.node if n.op_type == "Slice"}) == 2
+    for got, want in zip(run(rewritten), before):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_export_with_polarity_auto_stores_it_and_checks_the_float_model_the_same_way(tiny_run: Path, tmp_path: Path):
     from edge_runtime.cli import main as classify
 
