@@ -725,6 +725,45 @@ def test_two_dequantisers_of_one_quantiser_each_get_their_own_subsampled_input()
         np.testing.assert_array_equal(got, want)
 
 
+def test_an_onnx_int8_file_made_before_the_rewrites_gets_them_with_its_metadata_and_outputs_kept(tmp_path: Path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from export.qdq_graph import main as rewrite
+
+    model = _down_sampling_block()
+    zero_point = {i.name: i for i in model.graph.initializer}["z"]
+    zero_point.CopyFrom(onnx.numpy_helper.from_array(np.array(-5, np.int8), "z"))  # signed, as older exports
+    onnx.helper.set_model_props(model, {"steel_edge_inspect": '{"labels": ["a", "b"]}'})
+    before, after = tmp_path / "old.onnx", tmp_path / "new.onnx"
+    onnx.save(model, str(before))
+    x = np.random.default_rng(3).normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    assert rewrite([str(before), "--out", str(after)]) == 0
+    rewritten = onnx.load(str(after))
+    assert {p.key: p.value for p in rewritten.metadata_props} == {"steel_edge_inspect": '{"labels": ["a", "b"]}'}
+    assert {i.name: i for i in rewritten.graph.initializer}["z"].data_type == TensorProto.UINT8
+    assert sum(n.op_type == "Slice" for n in rewritten.graph.node) == 1
+    for got, want in zip(run(after), run(before)):
+        np.testing.assert_array_equal(got, want)
+    again = tmp_path / "again.onnx"
+    assert rewrite([str(after), "--out", str(again)]) == 0  # idempotent
+    assert again.read_bytes() == after.read_bytes()
+
+
+def test_rewriting_a_file_that_is_not_onnx_names_it_and_fails(tmp_path: Path, caplog):
+    from export.qdq_graph import main as rewrite
+
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("not a model")
+    assert rewrite([str(bad), "--out", str(tmp_path / "out.onnx")]) == 1
+    assert "notes.onnx" in caplog.text and not (tmp_path / "out.onnx").exists()
+
+
 def test_export_with_polarity_auto_stores_it_and_checks_the_float_model_the_same_way(tiny_run: Path, tmp_path: Path):
     from edge_runtime.cli import main as classify
 

@@ -68,6 +68,10 @@ def build_fit_parser() -> argparse.ArgumentParser:
                       "gains on two, line jitter more often unknown on all)")
     rec.add_argument("--aug-copies", type=int, default=3,
                      help="cached augmented copies per training image; each epoch draws one per image")
+    rec.add_argument("--consistency", type=float, default=0.0, metavar="W",
+                     help="camera consistency: each step trains on two different augmented copies of every image "
+                     "and adds W x the cosine distance of their embeddings to the loss, so that a camera change "
+                     "moves the unknown score less (0: off; measured in docs/unknown.md)")
     rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
                      help="'standardize': give every image the same gray-level mean and contrast, in training and "
                      "on the device (stored in the model metadata); meant for other cameras/plants "
@@ -127,7 +131,7 @@ def _fit(argv: list[str]) -> int:
             epochs_stage2=args.epochs_stage2, lr_stage1=args.lr_stage1, lr_stage2=args.lr_stage2,
             batch_size=args.batch_size, patience=args.patience, lr_patience=args.lr_patience,
             loss_tie_break=args.loss_tie_break, average_tied_epochs=args.average_tied_epochs,
-            aug_copies=args.aug_copies, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
+            aug_copies=args.aug_copies, consistency=args.consistency, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
             folds=args.folds, seed=args.seed, split_seed=args.split_seed, skip_bad=args.skip_bad,
             cache_dir=args.cache_dir,
             contrast=args.contrast, camera_augment=args.camera_augment, camera_recipe=args.camera_recipe,

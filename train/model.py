@@ -86,6 +86,8 @@ class Submodels:
     head: keras.Model  # pooled features -> probabilities
     top: keras.Model  # split -> probabilities (trained in stage 2)
     split_layer: str
+    head_embedding: keras.Model | None = None  # pooled features -> (probabilities, embedding)
+    top_embedding: keras.Model | None = None  # split -> (probabilities, embedding)
 
 
 def submodels(model: keras.Model, unfreeze: str) -> Submodels:
@@ -93,10 +95,13 @@ def submodels(model: keras.Model, unfreeze: str) -> Submodels:
     split_layer = model.layers[start - 1] if unfreeze != "all" else model.layers[0]
     split = split_layer.output
     pooled = model.get_layer(POOL_LAYER).output
+    embedding = model.get_layer(HEAD_LAYERS[0]).output
     return Submodels(
         trunk=keras.Model(model.input, split, name="trunk"),
         body=keras.Model(split, pooled, name="body"),
         head=keras.Model(pooled, model.output, name="head"),
         top=keras.Model(split, model.output, name="top"),
         split_layer=split_layer.name,
+        head_embedding=keras.Model(pooled, [model.output, embedding], name="head_embedding"),
+        top_embedding=keras.Model(split, [model.output, embedding], name="top_embedding"),
     )

@@ -24,6 +24,7 @@ import numpy as np
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
 from train.callbacks import SELECTION_METRIC, CallbackState, HistoryCSV, SelectionScore, TiedEpochAverage
+from train.consistency import ConsistencyTrainer, PairedCopySampler
 from train.features import CacheItem, FeatureCache
 from train.model import Submodels, set_trainable
 from train.run_dir import CHECKPOINT_DIR, HISTORY_FILE
@@ -50,9 +51,15 @@ class FitSettings:
     lr_factor: float = 0.2
     min_lr: float = 1e-6
     aug_copies: int = 3
+    consistency: float = 0.0  # weight of the camera-consistency term (train/consistency.py); 0: off
     unfreeze: str = "conv5"
     seed: int = 0
     progress: bool = True
+
+    def sampler(self, features: np.ndarray, labels: np.ndarray, seed: int) -> keras.utils.PyDataset:
+        """One copy per image per epoch, or two different ones when the consistency term is on."""
+        kind = PairedCopySampler if self.consistency > 0 else CopySampler
+        return kind(features, labels, self.batch_size, seed)
 
 
 class CopySampler(keras.utils.PyDataset):
@@ -135,12 +142,11 @@ def fit_two_stages(
     stage1 = _read_stage_result(ckpt, 1)
     if stage1 is None:
         cache.ensure_pooled(parts.body, needed, progress=settings.progress)
-        train_data = CopySampler(
-            features_per_image(cache, "pooled", train_rows, data_root, augmented), y_train,
-            settings.batch_size, settings.seed,
+        train_data = settings.sampler(
+            features_per_image(cache, "pooled", train_rows, data_root, augmented), y_train, settings.seed
         )
         val_data = (features_per_image(cache, "pooled", val_rows, data_root, clean)[:, 0], y_val)
-        stage1 = _run_stage(1, parts.head, train_data, val_data, settings.stage1, settings, out_dir)
+        stage1 = _run_stage(1, parts.head, parts.head_embedding, train_data, val_data, settings.stage1, settings, out_dir)
         model.save_weights(stage1_full)
         _write_stage_result(ckpt, 1, stage1)
     else:
@@ -153,12 +159,11 @@ def fit_two_stages(
     stage2_best = ckpt / "stage2_best.weights.h5"
     stage2 = _read_stage_result(ckpt, 2)
     if stage2 is None:
-        train_data = CopySampler(
-            features_per_image(cache, "trunk", train_rows, data_root, augmented), y_train,
-            settings.batch_size, settings.seed + 1,
+        train_data = settings.sampler(
+            features_per_image(cache, "trunk", train_rows, data_root, augmented), y_train, settings.seed + 1
         )
         val_data = (features_per_image(cache, "trunk", val_rows, data_root, clean)[:, 0].astype(np.float32), y_val)
-        stage2 = _run_stage(2, parts.top, train_data, val_data, settings.stage2, settings, out_dir)
+        stage2 = _run_stage(2, parts.top, parts.top_embedding, train_data, val_data, settings.stage2, settings, out_dir)
         _write_stage_result(ckpt, 2, stage2)
         del train_data, val_data
     elif stage2_best.exists():
@@ -185,7 +190,8 @@ def fit_two_stages(
 def _run_stage(
     stage: int,
     stage_model: keras.Model,
-    train_data: CopySampler,
+    with_embedding: keras.Model | None,
+    train_data: CopySampler | PairedCopySampler,
     val_data: tuple[np.ndarray, np.ndarray],
     stage_settings: StageSettings,
     settings: FitSettings,
@@ -193,14 +199,18 @@ def _run_stage(
 ) -> StageResult:
     ckpt = out_dir / CHECKPOINT_DIR
     keras.utils.set_random_seed(settings.seed + stage)
-    stage_model.compile(
+    trained = stage_model
+    if settings.consistency > 0:
+        trained = ConsistencyTrainer(stage_model, with_embedding, settings.consistency)
+    trained.compile(
         optimizer=keras.optimizers.Adam(stage_settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     trainable = sum(int(np.prod(w.shape)) for w in stage_model.trainable_weights)
-    log.info("stage %d: %d trainable parameters, %d training images, lr %g",
-             stage, trainable, len(train_data.labels), stage_settings.learning_rate)
+    log.info("stage %d: %d trainable parameters, %d training images, lr %g%s",
+             stage, trainable, len(train_data.labels), stage_settings.learning_rate,
+             f", camera consistency {settings.consistency:g}" if settings.consistency > 0 else "")
     stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=settings.patience)
     reducer = keras.callbacks.ReduceLROnPlateau(
         monitor="val_accuracy", mode="max", factor=settings.lr_factor, patience=settings.lr_patience,
@@ -227,7 +237,7 @@ def _run_stage(
     if average is not None:
         callbacks.insert(0, average)
     started = time.perf_counter()
-    history = stage_model.fit(
+    history = trained.fit(
         train_data,
         validation_data=val_data,
         epochs=stage_settings.epochs,
@@ -242,7 +252,7 @@ def _run_stage(
     stage_model.load_weights(best_path)
     epochs_run = len(history.history.get("val_accuracy", []))
     kept = "the lowest-loss epoch" if settings.loss_tie_break else "the first epoch"
-    if average is not None and _keep_average(stage_model, average, val_data):
+    if average is not None and _keep_average(trained, average, val_data):
         stage_model.save_weights(best_path)
         kept = f"mean of {average.count} tied epochs"
     log.info("stage %d: best val accuracy %.4f after %d epochs (%.0f s); kept: %s", stage, stopper.best,

@@ -76,6 +76,7 @@ class TrainOptions:
     loss_tie_break: bool = False  # checkpoint: among epochs tied on val accuracy, the lowest val loss (not the first)
     average_tied_epochs: bool = False  # keep the mean weights of the epochs tied on val accuracy
     aug_copies: int = 3
+    consistency: float = 0.0  # weight of the camera-consistency term (train/consistency.py)
     contrast: str = "none"  # PreprocessConfig.contrast: "standardize" equalises each image's contrast
     camera_augment: bool = True  # AugmentSpec.camera: another camera's look in the augmented copies
     camera_recipe: int = 2  # 1: contrast, gamma, blur, noise; 2: also gain, motion blur, banding, resolution, JPEG;
@@ -108,6 +109,7 @@ class TrainOptions:
             loss_tie_break=self.loss_tie_break,
             average_tied_epochs=self.average_tied_epochs,
             aug_copies=self.aug_copies,
+            consistency=self.consistency,
             unfreeze=self.unfreeze,
             seed=self.seed,
             progress=self.progress,
