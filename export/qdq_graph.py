@@ -105,18 +105,30 @@ def _is_strided_pointwise(node, input_name: str) -> bool:
 
 
 def rewrite_file(source: str | Path, output: str | Path) -> dict[str, int]:
-    """Apply both exact rewrites to an ONNX int8 file exported before them; its metadata stays as it is.
+    """Apply both exact rewrites to an ONNX int8 file exported before them; its metadata is kept, with the
+    graph digest renewed (edge_runtime refuses a file whose graph no longer matches its digest).
 
     Returns how many activation quantisers were retyped and how many convolutions now read a subsampled
     input (both 0 for a file that already has them: the rewrites are idempotent)."""
     import onnx
 
+    from edge_runtime.errors import MetadataError
+    from edge_runtime.metadata import read_metadata
+    from edge_runtime.model_file import write_model
+
+    try:
+        metadata = read_metadata(source)
+    except MetadataError:
+        metadata = None  # a plain QDQ file: rewritten as it is
     model = onnx.load(str(source))
     signed = _signed_activation_quantisers(model)
     activations_to_uint8(model)
     subsampled = subsample_strided_pointwise_inputs(model)
     onnx.checker.check_model(model)
-    onnx.save(model, str(output))
+    if metadata is None:
+        onnx.save(model, str(output))
+    else:
+        write_model(output, model.SerializeToString(), metadata)
     return {"activation_quantisers_retyped": signed, "convolutions_subsampled": subsampled}
 
 
@@ -147,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = rewrite_file(args.model, args.out)
     except Exception as error:  # noqa: BLE001 - a clear message for any unreadable or invalid file
-        logging.getLogger(__name__).error("%s: cannot rewrite (%s); pass an ONNX int8 file from edge-export",
+        logging.getLogger("export.qdq_graph").error("%s: cannot rewrite (%s); pass an ONNX int8 file from edge-export",
                                           args.model, error)
         return 1
-    logging.getLogger(__name__).info("%s -> %s: %s", args.model, args.out,
+    logging.getLogger("export.qdq_graph").info("%s -> %s: %s", args.model, args.out,
                                      ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     return 0
 

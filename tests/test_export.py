@@ -755,6 +755,20 @@ def test_an_onnx_int8_file_made_before_the_rewrites_gets_them_with_its_metadata_
     assert again.read_bytes() == after.read_bytes()
 
 
+def test_a_rewritten_edge_model_keeps_its_metadata_and_still_loads(tiny_edge_models, tmp_path: Path):
+    from edge_runtime.classifier import Classifier
+    from edge_runtime.metadata import read_metadata
+    from export.qdq_graph import main as rewrite
+
+    out = tmp_path / "rewritten.onnx"
+    assert rewrite([str(tiny_edge_models.onnx), "--out", str(out)]) == 0
+    before, after = read_metadata(tiny_edge_models.onnx), read_metadata(out)
+    assert after.labels == before.labels and after.graph_sha256  # the digest renewed for the new bytes
+    image = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    np.testing.assert_allclose(Classifier.load(out).predict(image).probabilities,
+                               Classifier.load(tiny_edge_models.onnx).predict(image).probabilities, atol=1e-6)
+
+
 def test_rewriting_a_file_that_is_not_onnx_names_it_and_fails(tmp_path: Path, caplog):
     from export.qdq_graph import main as rewrite
 

@@ -102,6 +102,13 @@ def test_a_run_made_with_one_seed_for_everything_resumes_with_its_split():
     assert TrainOptions.from_dict({"data": "d", "run_dir": "r", "seed": 5, "split_seed": 0}).split_seed == 0
 
 
+def test_a_run_made_before_the_consistency_term_resumes_without_it():
+    from train.training_run import TrainOptions
+
+    assert TrainOptions.from_dict({"data": "d", "run_dir": "r"}).consistency == 0.0
+    assert TrainOptions.from_dict({"data": "d", "run_dir": "r", "consistency": 0.3}).consistency == 0.3
+
+
 def test_resume_finishes_an_interrupted_run_without_redoing_stage_1_even_one_made_before_newer_settings(trained_run: Path, tmp_path: Path):
     run = tmp_path / "runs" / "interrupted"
     shutil.copytree(trained_run, run)

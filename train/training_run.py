@@ -97,6 +97,7 @@ class TrainOptions:
         data = {k: v for k, v in data.items() if k in names}
         data.setdefault("split_seed", data.get("seed", 0))  # runs made before: one seed drew the split too
         data.setdefault("camera_recipe", 1)  # runs made before the camera recipe had a number
+        data.setdefault("consistency", 0.0)  # runs made before the camera-consistency term
         return cls(**data)
 
     def fit_settings(self) -> FitSettings:
