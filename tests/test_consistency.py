@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_ARGS, write_class_folders
-from train.consistency import ConsistencyTrainer, PairedCopySampler
+from train.consistency import ConsistencyTrainer
 from train.model import HEAD_LAYERS
+from train.samplers import PairedCopySampler
 
 
 def test_every_batch_pairs_two_different_copies_of_the_same_images_and_each_epoch_draws_anew():

@@ -11,47 +11,8 @@ docs/unknown.md ("Camera consistency in training").
 
 from __future__ import annotations
 
-import math
-
 import keras
-import numpy as np
 import tensorflow as tf
-
-
-class PairedCopySampler(keras.utils.PyDataset):
-    """Batches of two different cached augmented copies of each image; a new draw every epoch."""
-
-    def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
-        super().__init__()
-        if features.shape[1] < 2:
-            raise ValueError("camera consistency needs at least 2 augmented copies per image (--aug-copies)")
-        self.features = features  # (N, copies, ...)
-        self.labels = labels
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self._draw()
-
-    def _draw(self) -> None:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        copies = self.features.shape[1]
-        self.order = rng.permutation(len(self.labels))
-        self.first = rng.integers(0, copies, len(self.labels))
-        # a different copy: shift by 1..copies-1 so the two never coincide
-        self.second = (self.first + rng.integers(1, copies, len(self.labels))) % copies
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __getitem__(self, index: int):
-        idx = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        first = self.features[idx, self.first[idx]].astype(np.float32)
-        second = self.features[idx, self.second[idx]].astype(np.float32)
-        return (first, second), self.labels[idx]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._draw()
 
 
 def cosine_distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

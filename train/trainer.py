@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +23,11 @@ import numpy as np
 from edge_runtime.preprocessing import PreprocessConfig
 from train.augment import AugmentSpec
 from train.callbacks import SELECTION_METRIC, CallbackState, HistoryCSV, SelectionScore, TiedEpochAverage
-from train.consistency import ConsistencyTrainer, PairedCopySampler
+from train.consistency import ConsistencyTrainer
 from train.features import CacheItem, FeatureCache
 from train.model import Submodels, set_trainable
 from train.run_dir import CHECKPOINT_DIR, HISTORY_FILE
+from train.samplers import CopySampler, PairedCopySampler
 from train.split import ManifestRow, rows_of
 
 log = logging.getLogger(__name__)
@@ -60,35 +60,6 @@ class FitSettings:
         """One copy per image per epoch, or two different ones when the consistency term is on."""
         kind = PairedCopySampler if self.consistency > 0 else CopySampler
         return kind(features, labels, self.batch_size, seed)
-
-
-class CopySampler(keras.utils.PyDataset):
-    """Batches of cached features where every epoch draws one augmented copy of each image, shuffled."""
-
-    def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
-        super().__init__()
-        self.features = features  # (N, copies, ...)
-        self.labels = labels
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self._draw()
-
-    def _draw(self) -> None:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.order = rng.permutation(len(self.labels))
-        self.copy = rng.integers(0, self.features.shape[1], len(self.labels))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __getitem__(self, index: int):
-        idx = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return self.features[idx, self.copy[idx]].astype(np.float32), self.labels[idx]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._draw()
 
 
 @dataclass
