@@ -3,7 +3,8 @@
 Stage 1 trains the head on pooled features of the frozen backbone (Adam 1e-3). Stage 2 unfreezes the top of
 the backbone (default: the conv5 stage, BatchNorm kept in inference mode) and trains it with the head on the
 cached outputs of the layers below (Adam 1e-4). Each training image has ``aug_copies`` cached augmented
-copies; every epoch draws one of them per image. Both stages use EarlyStopping, ModelCheckpoint and
+copies; every epoch draws one of them per image (two different ones with the camera-consistency term,
+train/consistency.py). Both stages use EarlyStopping, ModelCheckpoint and
 ReduceLROnPlateau on validation accuracy; the checkpoint keeps the first epoch of best validation accuracy
 (with ``loss_tie_break``, the one of lowest validation loss among those tied; with ``average_tied_epochs``, the
 mean of the tied epochs' weights: train/callbacks.py), and that epoch is the stage's result.
@@ -117,7 +118,8 @@ def fit_two_stages(
             features_per_image(cache, "pooled", train_rows, data_root, augmented), y_train, settings.seed
         )
         val_data = (features_per_image(cache, "pooled", val_rows, data_root, clean)[:, 0], y_val)
-        stage1 = _run_stage(1, parts.head, parts.head_embedding, train_data, val_data, settings.stage1, settings, out_dir)
+        stage1 = _run_stage(1, parts.head, parts.head_embedding, train_data, val_data, settings.stage1, settings,
+                            out_dir)
         model.save_weights(stage1_full)
         _write_stage_result(ckpt, 1, stage1)
     else:
@@ -134,7 +136,8 @@ def fit_two_stages(
             features_per_image(cache, "trunk", train_rows, data_root, augmented), y_train, settings.seed + 1
         )
         val_data = (features_per_image(cache, "trunk", val_rows, data_root, clean)[:, 0].astype(np.float32), y_val)
-        stage2 = _run_stage(2, parts.top, parts.top_embedding, train_data, val_data, settings.stage2, settings, out_dir)
+        stage2 = _run_stage(2, parts.top, parts.top_embedding, train_data, val_data, settings.stage2, settings,
+                            out_dir)
         _write_stage_result(ckpt, 2, stage2)
         del train_data, val_data
     elif stage2_best.exists():
