@@ -154,16 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the rewritten file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("export.qdq_graph")
     if not args.model.is_file():
         parser.error(f"{args.model}: no such file")
     try:
         counts = rewrite_file(args.model, args.out)
     except Exception as error:  # noqa: BLE001 - a clear message for any unreadable or invalid file
-        logging.getLogger("export.qdq_graph").error("%s: cannot rewrite (%s); pass an ONNX int8 file from edge-export",
-                                          args.model, error)
+        log.error("%s: cannot rewrite (%s); pass an ONNX int8 file from edge-export", args.model, error)
         return 1
-    logging.getLogger("export.qdq_graph").info("%s -> %s: %s", args.model, args.out,
-                                     ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    log.info("%s -> %s: %s", args.model, args.out, ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     return 0
 
 
