@@ -24,24 +24,34 @@ def activations_to_uint8(model):
     from onnx import TensorProto, numpy_helper
 
     initializers = {i.name: i for i in model.graph.initializer}
-    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-           and len(n.input) > 2 and n.input[2] in initializers]
-    weight_zero_points = {n.input[2] for n in qdq if n.input[0] in initializers}
-    activation_zero_points = {n.input[2] for n in qdq if n.input[0] not in initializers}
-    if weight_zero_points & activation_zero_points:
-        raise ValueError("a zero point is shared by weights and activations; cannot retype it")
-    retyped = set()
-    for name in activation_zero_points:
+    qdq = _quantisers_with_zero_points(model, initializers)
+    retyped = _signed_activation_zero_points(qdq, initializers)
+    for name in retyped:
         tensor = initializers[name]
-        if tensor.data_type == TensorProto.INT8:
-            shifted = numpy_helper.to_array(tensor).astype(np.int16) + 128
-            tensor.CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), name))
-            retyped.add(name)
+        shifted = numpy_helper.to_array(tensor).astype(np.int16) + 128
+        tensor.CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), name))
     outputs = {n.output[0] for n in qdq if n.op_type == "QuantizeLinear" and n.input[2] in retyped}
     for info in [*model.graph.value_info, *model.graph.output]:
         if info.name in outputs and info.type.tensor_type.elem_type == TensorProto.INT8:
             info.type.tensor_type.elem_type = TensorProto.UINT8
     return model
+
+
+def _quantisers_with_zero_points(model, initializers: dict) -> list:
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and len(n.input) > 2 and n.input[2] in initializers]
+
+
+def _signed_activation_zero_points(qdq: list, initializers: dict) -> set[str]:
+    """Names of the int8 zero points of activation (not weight) quantisers: what :func:`activations_to_uint8`
+    retypes. A zero point shared by weights and activations cannot be retyped."""
+    from onnx import TensorProto
+
+    weight_zero_points = {n.input[2] for n in qdq if n.input[0] in initializers}
+    activation_zero_points = {n.input[2] for n in qdq if n.input[0] not in initializers}
+    if weight_zero_points & activation_zero_points:
+        raise ValueError("a zero point is shared by weights and activations; cannot retype it")
+    return {name for name in activation_zero_points if initializers[name].data_type == TensorProto.INT8}
 
 
 def subsample_strided_pointwise_inputs(model) -> int:
@@ -108,7 +118,7 @@ def rewrite_file(source: str | Path, output: str | Path) -> dict[str, int]:
     """Apply both exact rewrites to an ONNX int8 file exported before them; its metadata is kept, with the
     graph digest renewed (edge_runtime refuses a file whose graph no longer matches its digest).
 
-    Returns how many activation quantisers were retyped and how many convolutions now read a subsampled
+    Returns how many activation zero points were retyped and how many convolutions now read a subsampled
     input (both 0 for a file that already has them: the rewrites are idempotent)."""
     import onnx
 
@@ -121,7 +131,8 @@ def rewrite_file(source: str | Path, output: str | Path) -> dict[str, int]:
     except MetadataError:
         metadata = None  # a plain QDQ file: rewritten as it is
     model = onnx.load(str(source))
-    signed = _signed_activation_quantisers(model)
+    initializers = {i.name: i for i in model.graph.initializer}
+    signed = len(_signed_activation_zero_points(_quantisers_with_zero_points(model, initializers), initializers))
     activations_to_uint8(model)
     subsampled = subsample_strided_pointwise_inputs(model)
     onnx.checker.check_model(model)
@@ -129,16 +140,7 @@ def rewrite_file(source: str | Path, output: str | Path) -> dict[str, int]:
         onnx.save(model, str(output))
     else:
         write_model(output, model.SerializeToString(), metadata)
-    return {"activation_quantisers_retyped": signed, "convolutions_subsampled": subsampled}
-
-
-def _signed_activation_quantisers(model) -> int:
-    from onnx import TensorProto
-
-    constants = {i.name: i for i in model.graph.initializer}
-    return sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants
-               and len(n.input) > 2 and n.input[2] in constants
-               and constants[n.input[2]].data_type == TensorProto.INT8)
+    return {"activation_zero_points_retyped": signed, "convolutions_subsampled": subsampled}
 
 
 def main(argv: list[str] | None = None) -> int:

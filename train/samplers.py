@@ -29,8 +29,12 @@ class CopySampler(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
+    def _indices(self, index: int) -> np.ndarray:
+        """The images of batch ``index``, in ascending order."""
+        return np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+
     def __getitem__(self, index: int):
-        idx = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        idx = self._indices(index)
         return self.features[idx, self.copy[idx]].astype(np.float32), self.labels[idx]
 
     def on_epoch_end(self) -> None:
@@ -55,5 +59,5 @@ class PairedCopySampler(CopySampler):
 
     def __getitem__(self, index: int):
         first, labels = super().__getitem__(index)
-        idx = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        idx = self._indices(index)
         return (first, self.features[idx, self.second[idx]].astype(np.float32)), labels
