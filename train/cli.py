@@ -3,6 +3,7 @@
     edge-train --data DIR [--weights imagenet|none|PATH] [--name NAME] [--folds K] ...
     edge-train --resume RUN_DIR
     edge-train evaluate RUN_DIR --data DIR [--expect CLASS]
+    edge-train soup RUN_DIR RUN_DIR [...] --name NAME
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def build_fit_parser() -> argparse.ArgumentParser:
         prog="edge-train",
         description="Fine-tune ImageNet ResNet-50 on a steel-defect dataset in two stages (head, then the top "
         "of the backbone). Writes model.keras, metadata, split manifest, history, metrics and figures into "
-        "RUNS/NAME. Use 'edge-train evaluate -h' to test a run on another dataset.",
+        "RUNS/NAME. Use 'edge-train evaluate -h' to test a run on another dataset, 'edge-train soup -h' to average runs.",
         formatter_class=HelpFormatter,
     )
     src = p.add_argument_group("data and run")
@@ -115,6 +116,37 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_soup_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-train soup",
+        description="Average the weights of runs that started from the same weights (same --weights, --seed and "
+        "split; trained with different settings, e.g. with and without --consistency) into one model: a new run "
+        "directory that edge-export takes like any other. Refused when the mean is less right on the validation "
+        "images than the runs. Measured in docs/training.md.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished edge-train runs (two or more)")
+    p.add_argument("--name", required=True, help="name of the new run directory")
+    p.add_argument("--runs", default="runs", help="folder that holds run directories")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _soup(argv: list[str]) -> int:
+    args = build_soup_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from train.soup import soup_run
+
+    out_dir = Path(args.runs) / args.name
+    metrics = soup_run(args.run_dirs, out_dir, progress=not args.no_progress)
+    for split in ("val", "test"):
+        m = metrics[split]
+        print(f"{split} accuracy: {100 * m['accuracy']:.2f} % ({m['correct']}/{m['total']})")
+    print(f"run directory: {out_dir}")
+    return 0
+
+
 def _fit(argv: list[str]) -> int:
     args = build_fit_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -195,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "fit":
         argv = argv[1:]
-    return dispatch(argv, {"evaluate": _evaluate}, _fit, log)
+    return dispatch(argv, {"evaluate": _evaluate, "soup": _soup}, _fit, log)
 
 
 if __name__ == "__main__":

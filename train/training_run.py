@@ -134,7 +134,10 @@ def load_options_for_resume(run_dir: str | Path, progress: bool = True) -> Train
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' not found: --resume needs a run folder started by edge-train")
-    options = TrainOptions.from_dict(json.loads(path.read_text()))
+    config = json.loads(path.read_text())
+    if "soup_of" in config:
+        raise ValueError(f"'{run_dir}' is a mean of other runs (edge-train soup): there is no training to resume")
+    options = TrainOptions.from_dict(config)
     options.run_dir = str(run_dir)
     options.progress = progress
     return options
@@ -242,26 +245,31 @@ def train_run(options: TrainOptions) -> dict:
     }
     write_json_atomic(run_dir / METADATA_FILE, metadata)
 
-    metrics = {"fit": fit}
-    for split in ("val", "test"):
-        split_rows = rows_of(rows, split)
-        result = predict_files(
-            model, [dataset.root / r.path for r in split_rows], options.preprocess,
-            progress=options.progress, desc=f"evaluating {split}",
-        )
-        index = {name: i for i, name in enumerate(dataset.classes)}
-        y_true = np.array([index[r.label] for r in split_rows])
-        metrics[split] = report(y_true, result.probabilities.argmax(axis=1), dataset.classes)
-        figures.confusion(
-            metrics[split]["confusion_matrix"], dataset.classes,
-            f"NEU {'validation' if split == 'val' else 'test'}", run_dir / f"confusion_{split}.png",
-        )
+    metrics = {"fit": fit, **evaluate_splits(model, rows, dataset.root, dataset.classes, options.preprocess,
+                                             run_dir, options.progress)}
     history = read_history(run_dir / HISTORY_FILE)
     metrics["epoch_seconds"] = _epoch_seconds(history)
     metrics["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     figures.training_curves(history, run_dir / "training_curves.png")
     log.info("run saved in %s", run_dir)
+    return metrics
+
+
+def evaluate_splits(model, rows: list[ManifestRow], data_root: Path, classes: list[str],
+                    preprocess: PreprocessConfig, run_dir: Path, progress: bool) -> dict:
+    """Accuracy report of ``model`` on the manifest's validation and test images, with a confusion figure each
+    in ``run_dir``: ``{"val": report, "test": report}``."""
+    index = {name: i for i, name in enumerate(classes)}
+    metrics = {}
+    for split in ("val", "test"):
+        split_rows = rows_of(rows, split)
+        result = predict_files(model, [data_root / r.path for r in split_rows], preprocess, progress=progress,
+                               desc=f"evaluating {split}")
+        y_true = np.array([index[r.label] for r in split_rows])
+        metrics[split] = report(y_true, result.probabilities.argmax(axis=1), classes)
+        figures.confusion(metrics[split]["confusion_matrix"], classes,
+                          f"NEU {'validation' if split == 'val' else 'test'}", run_dir / f"confusion_{split}.png")
     return metrics
 
 

@@ -1,0 +1,113 @@
+"""``edge-train soup``: one model whose weights are the mean of several runs that started from the same weights.
+
+Runs of one split, one set of pretrained weights and one seed start from identical weights (the seed draws the
+head's first values). Fine-tuned with different settings, for example with and without ``--consistency``, they
+stay close enough that the mean of their weights is itself a model, often more robust to input changes than
+each run ("model soups", Wortsman et al., 2022). It costs nothing on the device: the result is one model, in
+a run directory that ``edge-export`` takes as it takes any other. Measured: docs/training.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.fileio import file_sha256, write_json_atomic
+from train.output_cache import CACHE_DIR, KerasOutputCache
+from train.run_dir import CONFIG_FILE, METADATA_FILE, METRICS_FILE, MODEL_FILE, TrainedRun, tool_versions, utc_now
+from train.split import MANIFEST_NAME
+from train.training_run import TrainOptions, _prepare_bank, evaluate_splits, run_feature_cache
+
+log = logging.getLogger(__name__)
+
+# settings that decide the weights a run starts from and what its model means; runs in one soup share them
+SHARED_SETTINGS = ("weights", "seed", "split_seed", "input_size", "unfreeze", "contrast")
+
+
+def _options(run: TrainedRun) -> dict:
+    path = run.directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: a soup takes runs made by edge-train")
+    return json.loads(path.read_text())
+
+
+def check_same_start(runs: list[TrainedRun]) -> None:
+    """Raise ValueError, naming the runs and the setting, unless every run started from the same weights with
+    the same split, classes and preprocessing."""
+    if len(runs) < 2:
+        raise ValueError("a soup needs at least two runs")
+    first, first_options = runs[0], _options(runs[0])
+    manifest_sha = file_sha256(first.directory / MANIFEST_NAME)
+    for run in runs[1:]:
+        options = _options(run)
+        differ = [k for k in SHARED_SETTINGS if options.get(k) != first_options.get(k)]
+        if run.classes != first.classes:
+            differ.append("classes")
+        if file_sha256(run.directory / MANIFEST_NAME) != manifest_sha:
+            differ.append("split manifest")
+        if differ:
+            raise ValueError(
+                f"'{run.directory}' and '{first.directory}' differ in {', '.join(differ)}: only runs that start "
+                "from the same weights (same --weights, --seed, split and recipe layers) can be averaged; retrain "
+                "one with the other's settings"
+            )
+
+
+def mean_weights(models: list) -> list[np.ndarray]:
+    """The element-wise mean of the models' weights (every variable, in the models' order)."""
+    per_model = [m.get_weights() for m in models]
+    shapes = [[w.shape for w in weights] for weights in per_model]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise ValueError("the runs' models do not have the same layers; only runs of one architecture can be averaged")
+    return [np.mean(np.stack(ws), axis=0).astype(ws[0].dtype) for ws in zip(*per_model)]
+
+
+def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = True) -> dict:
+    """Average the runs' weights into a new run directory ``out_dir`` (model, metadata, config, split manifest,
+    metrics, the unknown score's bank). Refuses, writing nothing, when the mean is less right on the validation
+    images than the least right run. Returns the metrics."""
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_FILE).exists():
+        raise ValueError(f"'{out_dir}' already holds a model; pick a new --name")
+    runs = [TrainedRun.open(d) for d in run_dirs]
+    check_same_start(runs)
+    data_root, rows = runs[0].manifest()
+    models = [run.load_model() for run in runs]
+    soup = models[0]
+    soup.set_weights(mean_weights(models))
+    del models[1:]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_splits(soup, rows, data_root, runs[0].classes, runs[0].preprocess, out_dir, progress)
+    ingredients_val = [json.loads((r.directory / METRICS_FILE).read_text())["val"]["accuracy"]
+                       if (r.directory / METRICS_FILE).is_file() else 0.0 for r in runs]
+    if metrics["val"]["accuracy"] < min(ingredients_val):
+        for name in ("confusion_val.png", "confusion_test.png"):
+            (out_dir / name).unlink(missing_ok=True)
+        raise ValueError(
+            f"the mean of {', '.join(str(r.directory) for r in runs)} is right on {100 * metrics['val']['accuracy']:.1f} % "
+            f"of the validation images, the runs on {', '.join(f'{100 * a:.1f} %' for a in ingredients_val)}: their "
+            "weights are too far apart to average; nothing was written"
+        )
+
+    soup.save(out_dir / MODEL_FILE)
+    shutil.copyfile(runs[0].directory / MANIFEST_NAME, out_dir / MANIFEST_NAME)
+    sources = [str(r.directory.resolve()) for r in runs]
+    config = {**_options(runs[0]), "run_dir": str(out_dir), "soup_of": sources}
+    write_json_atomic(out_dir / CONFIG_FILE, config)
+    model_sha256 = file_sha256(out_dir / MODEL_FILE)
+    options = TrainOptions.from_dict(config)
+    bank_seconds = _prepare_bank(soup, KerasOutputCache(out_dir / CACHE_DIR, model_sha256),
+                                 run_feature_cache(out_dir, soup), rows, data_root, options.preprocess, progress)
+    metadata = {**runs[0].metadata, "model_sha256": model_sha256, "soup_of": sources, "created": utc_now(),
+                "versions": tool_versions()}
+    write_json_atomic(out_dir / METADATA_FILE, metadata)
+    metrics["soup_of"] = {src: {"val_accuracy": a} for src, a in zip(sources, ingredients_val)}
+    metrics["bank_seconds"] = bank_seconds
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    log.info("mean of %d runs saved in %s", len(runs), out_dir)
+    return metrics
