@@ -59,10 +59,10 @@ def unknown_share(classifier: Classifier, images: list[np.ndarray]) -> float:
 
 def run(model: Path, data_root: Path, manifest: Path, changes: list[Nuisance], shots: list[int], draws: int,
         unlabelled: int, new_images: list[np.ndarray], threads: int | None = None,
-        quantile: float = DEFAULT_QUANTILE) -> list[dict]:
+        quantile: float = DEFAULT_QUANTILE, engine: str | None = None) -> list[dict]:
     """One row per change, shots and draw (plus the base model's row per change, ``shots`` 0)."""
     held, labels = held_out_images(data_root, manifest)
-    base = Classifier.load(model, threads=threads)
+    base = Classifier.load(model, engine=engine, threads=threads)
     rows = []
     for change in changes:
         changed_new = [change.apply(i) for i in new_images]
@@ -75,7 +75,7 @@ def run(model: Path, data_root: Path, manifest: Path, changes: list[Nuisance], s
                     write_camera_images(change, data_root, manifest, count, unlabelled, draw, folder)
                     adapt(folder / "labelled", folder / f"adapted{model.suffix}", model=model, threads=threads,
                           quantile=quantile, unlabelled=folder / "unlabelled" if unlabelled else None)
-                    adapted = Classifier.load(folder / f"adapted{model.suffix}", threads=threads)
+                    adapted = Classifier.load(folder / f"adapted{model.suffix}", engine=engine, threads=threads)
                     measured = measure(adapted, held, labels, nuisances=(AS_CAPTURED, change))
                     rows.append(_row(change, count, draw, measured,
                                      unknown_share(adapted, changed_new) if new_images else None))
@@ -138,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = Path(args.model) if args.model else default_model_path()
     manifest = manifest_of(args)
-    preprocess = Classifier.load(model, threads=args.threads).metadata.preprocess
+    preprocess = Classifier.load(model, engine=args.engine, threads=args.threads).metadata.preprocess
     new_images = new_class_images(args.xsdd and Path(args.xsdd), args.gc10 and Path(args.gc10), preprocess) \
         if (args.xsdd or args.gc10) else []
     changes = [by_name[n] for n in args.changes] if args.changes else list(NUISANCES)
     rows = run(model, Path(args.data), manifest, changes, args.shots, args.draws, args.unlabelled, new_images,
-               args.threads, args.quantile)
+               args.threads, args.quantile, args.engine)
     print(summary(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(model), "unlabelled": args.unlabelled,

@@ -393,6 +393,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="../shared/datasets/neu", help="NEU folder the manifest's paths are relative to")
     p.add_argument("--manifest", default=None,
                    help="split manifest (default: the shipped one, edge_runtime/models/split_manifest.csv)")
+    p.add_argument("--engine", default=None,
+                   help="litert, onnxruntime, openvino or auto (default: the model file's default engine)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--xsdd", default=None, help="X-SDD root: its five classes without NEU counterpart are new classes")
@@ -423,13 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from edge_runtime.classifier import Classifier
 
-    classifier = Classifier.load(args.model, threads=args.threads)
+    classifier = Classifier.load(args.model, engine=args.engine, threads=args.threads)
     if args.unknown_rate is not None:
         classifier.unknown_rate = args.unknown_rate
     images, labels = held_out_images(Path(args.data), manifest_of(args), args.splits)
     rows = measure(classifier, images, labels)
     print(markdown(rows))
-    result = {"model": str(classifier.path), "unknown_rate": classifier.unknown_rate, "rows": rows}
+    result = {"model": str(classifier.path), "engine": classifier.backend.name, "unknown_rate": classifier.unknown_rate, "rows": rows}
     if args.curve:
         if not (args.xsdd or args.gc10):
             print("--curve needs --xsdd and/or --gc10 (the new-class images)", file=sys.stderr)

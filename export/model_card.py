@@ -82,6 +82,19 @@ def augmentation_text(training: dict) -> str:
     return text
 
 
+def weights_text(training: dict) -> str:
+    """How the weights were trained beyond the two stages: camera consistency, or a mean of runs."""
+    if training.get("soup_of"):
+        settings = training.get("soup_settings") or [{} for _ in training["soup_of"]]
+        each = " and with ".join(", ".join(f"`{k}` {v}" for k, v in s.items()) or "the same settings"
+                                 for s in settings)
+        return (f" The weights are the mean of {len(training['soup_of'])} such runs from the same start, with "
+                f"{each} (`edge-train soup`, docs/training.md).")
+    if training.get("consistency"):
+        return f" Camera consistency {training['consistency']} (`--consistency`)."
+    return ""
+
+
 def write_model_card(path: Path, artifacts: list[Path], report: dict, metadata: dict, metrics: dict,
                      waiver: str | None = None, failures: list[str] | None = None,
                      training: dict | None = None) -> None:
@@ -119,7 +132,7 @@ a split. Int8 calibration used {report["calibration"]["images"]} training-split 
 GAP → Dense 512 relu → Dropout 0.5 → Dense 6 softmax on ResNet-50 (include_top=False, ImageNet weights),
 224×224, augmentation {augmentation_text(training or {})}. Stage 1: backbone frozen, Adam 1e-3.
 Stage 2: {metadata["unfreeze"]} unfrozen (BatchNorm frozen), Adam 1e-4. EarlyStopping / ModelCheckpoint /
-ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).
+ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).{weights_text(training or {})}
 
 **Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier (and, in exports
 that have it, the backbone's pooled 2,048 `features`, which `edge-adapt` uses). The runtime

@@ -45,6 +45,8 @@ def test_the_soup_is_a_run_whose_weights_are_the_mean_of_the_runs(trained_run: P
     metadata = json.loads((soup / "metadata.json").read_text())
     assert metadata["soup_of"] == [str(trained_run.resolve()), str(other.resolve())]
     assert metadata["classes"] == TrainedRun.open(trained_run).classes
+    lr = json.loads((trained_run / "config.json").read_text())["lr_stage2"]
+    assert json.loads((soup / "config.json").read_text())["soup_settings"] == [{"lr_stage2": lr}, {"lr_stage2": 5e-5}]
     assert (soup / "split_manifest.csv").read_bytes() == (trained_run / "split_manifest.csv").read_bytes()
     assert any((soup / "cache").iterdir()), "the unknown score's bank is left for edge-export"
     assert "val accuracy" in capsys.readouterr().out
@@ -93,3 +95,11 @@ def test_soup_help_is_available(capsys):
         main(["soup", "--help"])
     assert info.value.code == 0
     assert "same weights" in capsys.readouterr().out
+
+
+def test_the_model_card_says_the_weights_are_a_mean_and_of_which_settings():
+    from export.model_card import weights_text
+
+    text = weights_text({"soup_of": ["a", "b"], "soup_settings": [{"consistency": 0.0}, {"consistency": 0.3}]})
+    assert "mean of 2" in text and "`consistency` 0.0" in text and "`consistency` 0.3" in text
+    assert "0.3" in weights_text({"consistency": 0.3}) and weights_text({"consistency": 0.0}) == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # settings that decide the weights a run starts from and what its model means; runs in one soup share them
 SHARED_SETTINGS = ("weights", "seed", "split_seed", "input_size", "unfreeze", "contrast")
+RUN_PLACES = ("run_dir", "data", "cache_dir")  # where a run was, not how it was trained
 
 
 def _options(run: TrainedRun) -> dict:
@@ -97,7 +99,12 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     soup.save(out_dir / MODEL_FILE)
     shutil.copyfile(runs[0].directory / MANIFEST_NAME, out_dir / MANIFEST_NAME)
     sources = [str(r.directory.resolve()) for r in runs]
-    config = {**_options(runs[0]), "run_dir": str(out_dir), "soup_of": sources}
+    # as a resume reads them: settings added since a run was made take the values it was trained with
+    configs = [{k: v for k, v in asdict(TrainOptions.from_dict(_options(r))).items() if k != "progress"} for r in runs]
+    varying = sorted(k for k in set().union(*configs) if k not in RUN_PLACES
+                     and len({json.dumps(c.get(k)) for c in configs}) > 1)
+    config = {**configs[0], "run_dir": str(out_dir), "soup_of": sources,
+              "soup_settings": [{k: c.get(k) for k in varying} for c in configs]}
     write_json_atomic(out_dir / CONFIG_FILE, config)
     model_sha256 = file_sha256(out_dir / MODEL_FILE)
     options = TrainOptions.from_dict(config)
