@@ -73,7 +73,7 @@ def build_fit_parser() -> argparse.ArgumentParser:
                      help="camera consistency: each step trains on two different augmented copies of every image "
                      "and adds W x the cosine distance of their embeddings to the loss (0: off). Measured in "
                      "docs/unknown.md: at 0.3 the classes hold under motion blur, but fewer new defects are "
-                     "answered unknown")
+                     "answered unknown; the shipped model is the mean of such a run and a plain one (edge-train soup)")
     rec.add_argument("--contrast", default="none", choices=("none", "standardize"),
                      help="'standardize': give every image the same gray-level mean and contrast, in training and "
                      "on the device (stored in the model metadata); meant for other cameras/plants "

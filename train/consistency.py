@@ -6,7 +6,8 @@ as the class stays right. With ``edge-train --consistency W``, every training st
 augmented copies of each image (each drawn with the camera recipe) and adds ``W`` × their mean cosine distance
 to the cross-entropy of both, so that the network maps two cameras' views of one defect to the same place.
 Measured in docs/unknown.md ("Camera consistency in training"): the classes hold under motion blur, but new
-defects move less too and fewer are answered unknown, so it is off by default."""
+defects move less too and fewer are answered unknown, so it is off by default. The shipped model is the mean
+of a run with it and one without (``edge-train soup``, train/soup.py)."""
 
 from __future__ import annotations
 
