@@ -21,7 +21,7 @@ from edge_runtime.fileio import file_sha256, write_json_atomic
 from train.output_cache import CACHE_DIR, KerasOutputCache
 from train.run_dir import CONFIG_FILE, METADATA_FILE, METRICS_FILE, MODEL_FILE, TrainedRun, tool_versions, utc_now
 from train.split import MANIFEST_NAME
-from train.training_run import TrainOptions, _prepare_bank, evaluate_splits, run_feature_cache
+from train.training_run import TrainOptions, evaluate_splits, prepare_bank, run_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,14 @@ SHARED_SETTINGS = ("weights", "seed", "split_seed", "input_size", "unfreeze", "c
 RUN_PLACES = ("run_dir", "data", "cache_dir")  # where a run was, not how it was trained
 
 
-def _options(run: TrainedRun) -> dict:
+def _settings(run: TrainedRun) -> dict:
+    """The run's config.json as a resume reads it: settings added since the run was made take the values it was
+    trained with."""
     path = run.directory / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' not found: a soup takes runs made by edge-train")
-    return json.loads(path.read_text())
+    options = asdict(TrainOptions.from_dict(json.loads(path.read_text())))
+    return {k: v for k, v in options.items() if k != "progress"}
 
 
 def check_same_start(runs: list[TrainedRun]) -> None:
@@ -42,10 +45,10 @@ def check_same_start(runs: list[TrainedRun]) -> None:
     the same split, classes and preprocessing."""
     if len(runs) < 2:
         raise ValueError("a soup needs at least two runs")
-    first, first_options = runs[0], _options(runs[0])
+    first, first_options = runs[0], _settings(runs[0])
     manifest_sha = file_sha256(first.directory / MANIFEST_NAME)
     for run in runs[1:]:
-        options = _options(run)
+        options = _settings(run)
         differ = [k for k in SHARED_SETTINGS if options.get(k) != first_options.get(k)]
         if run.classes != first.classes:
             differ.append("classes")
@@ -83,6 +86,7 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     soup.set_weights(mean_weights(models))
     del models[1:]
 
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_splits(soup, rows, data_root, runs[0].classes, runs[0].preprocess, out_dir, progress)
     ingredients_val = [json.loads((r.directory / METRICS_FILE).read_text())["val"]["accuracy"]
@@ -90,6 +94,8 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     if metrics["val"]["accuracy"] < min(ingredients_val):
         for name in ("confusion_val.png", "confusion_test.png"):
             (out_dir / name).unlink(missing_ok=True)
+        if created:
+            out_dir.rmdir()
         raise ValueError(
             f"the mean of {', '.join(str(r.directory) for r in runs)} is right on {100 * metrics['val']['accuracy']:.1f} % "
             f"of the validation images, the runs on {', '.join(f'{100 * a:.1f} %' for a in ingredients_val)}: their "
@@ -99,16 +105,14 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     soup.save(out_dir / MODEL_FILE)
     shutil.copyfile(runs[0].directory / MANIFEST_NAME, out_dir / MANIFEST_NAME)
     sources = [str(r.directory.resolve()) for r in runs]
-    # as a resume reads them: settings added since a run was made take the values it was trained with
-    configs = [{k: v for k, v in asdict(TrainOptions.from_dict(_options(r))).items() if k != "progress"} for r in runs]
-    varying = sorted(k for k in set().union(*configs) if k not in RUN_PLACES
-                     and len({json.dumps(c.get(k)) for c in configs}) > 1)
+    configs = [_settings(r) for r in runs]
+    varying = sorted(k for k in configs[0] if k not in RUN_PLACES and len({json.dumps(c[k]) for c in configs}) > 1)
     config = {**configs[0], "run_dir": str(out_dir), "soup_of": sources,
-              "soup_settings": [{k: c.get(k) for k in varying} for c in configs]}
+              "soup_settings": [{k: c[k] for k in varying} for c in configs]}
     write_json_atomic(out_dir / CONFIG_FILE, config)
     model_sha256 = file_sha256(out_dir / MODEL_FILE)
     options = TrainOptions.from_dict(config)
-    bank_seconds = _prepare_bank(soup, KerasOutputCache(out_dir / CACHE_DIR, model_sha256),
+    bank_seconds = prepare_bank(soup, KerasOutputCache(out_dir / CACHE_DIR, model_sha256),
                                  run_feature_cache(out_dir, soup), rows, data_root, options.preprocess, progress)
     metadata = {**runs[0].metadata, "model_sha256": model_sha256, "soup_of": sources, "created": utc_now(),
                 "versions": tool_versions()}

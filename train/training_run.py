@@ -221,7 +221,7 @@ def train_run(options: TrainOptions) -> dict:
     fit = fit_two_stages(model, parts, rows, dataset.root, dataset.classes, cache, options.fit_settings(), run_dir)
     model.save(run_dir / MODEL_FILE)
     model_sha256 = file_sha256(run_dir / MODEL_FILE)
-    fit["bank_seconds"] = _prepare_bank(model, KerasOutputCache(run_dir / CACHE_DIR, model_sha256), (cache, parts),
+    fit["bank_seconds"] = prepare_bank(model, KerasOutputCache(run_dir / CACHE_DIR, model_sha256), (cache, parts),
                                         rows, dataset.root, options.preprocess, options.progress)
 
     metadata = {
@@ -273,8 +273,8 @@ def evaluate_splits(model, rows: list[ManifestRow], data_root: Path, classes: li
     return metrics
 
 
-def _prepare_bank(model, cache: KerasOutputCache, trunk: tuple[FeatureCache, Submodels], rows, data_root: Path,
-                  preprocess: PreprocessConfig, progress: bool) -> float:
+def prepare_bank(model, cache: KerasOutputCache, trunk: tuple[FeatureCache, Submodels], rows, data_root: Path,
+                 preprocess: PreprocessConfig, progress: bool) -> float:
     """The unknown score's bank as edge-export builds it by default (each training image as captured, its first
     augmented copies and its camera copies), through the trained model while it is loaded: the trunk outputs the
     training has not made yet, then the trained top over every row, kept in the run's Keras output cache so
