@@ -431,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = held_out_images(Path(args.data), manifest_of(args), args.splits)
     rows = measure(classifier, images, labels)
     print(markdown(rows))
-    result = {"model": str(classifier.path), "engine": classifier.backend.name, "unknown_rate": classifier.unknown_rate, "rows": rows}
+    result = {"model": str(classifier.path), "engine": classifier.backend.name,
+              "unknown_rate": classifier.unknown_rate, "rows": rows}
     if args.curve:
         if not (args.xsdd or args.gc10):
             print("--curve needs --xsdd and/or --gc10 (the new-class images)", file=sys.stderr)

@@ -133,16 +133,19 @@ def build_soup_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _print_accuracy(metrics: dict) -> None:
+    for split in ("val", "test"):
+        m = metrics[split]
+        print(f"{split} accuracy: {100 * m['accuracy']:.2f} % ({m['correct']}/{m['total']})")
+
+
 def _soup(argv: list[str]) -> int:
     args = build_soup_parser().parse_args(argv)
     setup_logging(args.verbose)
     from train.soup import soup_run
 
     out_dir = Path(args.runs) / args.name
-    metrics = soup_run(args.run_dirs, out_dir, progress=not args.no_progress)
-    for split in ("val", "test"):
-        m = metrics[split]
-        print(f"{split} accuracy: {100 * m['accuracy']:.2f} % ({m['correct']}/{m['total']})")
+    _print_accuracy(soup_run(args.run_dirs, out_dir, progress=not args.no_progress))
     print(f"run directory: {out_dir}")
     return 0
 
@@ -189,9 +192,7 @@ def _train(options) -> int:
               f"({summary['test_correct']}/{summary['test_total']}) -> {options.run_dir}/cv_metrics.json")
         return 0
     metrics = train_run(options)
-    for split in ("val", "test"):
-        m = metrics[split]
-        print(f"{split} accuracy: {100 * m['accuracy']:.2f} % ({m['correct']}/{m['total']})")
+    _print_accuracy(metrics)
     timings = metrics["fit"]["timings"]
     print(f"wall time: trunk-feature cache {timings['trunk_cache_seconds']:.0f} s, "
           f"stage 1 {timings['stage1_seconds']:.0f} s, stage 2 {timings['stage2_seconds']:.0f} s, "

@@ -222,7 +222,7 @@ def train_run(options: TrainOptions) -> dict:
     model.save(run_dir / MODEL_FILE)
     model_sha256 = file_sha256(run_dir / MODEL_FILE)
     fit["bank_seconds"] = prepare_bank(model, KerasOutputCache(run_dir / CACHE_DIR, model_sha256), (cache, parts),
-                                        rows, dataset.root, options.preprocess, options.progress)
+                                       rows, dataset.root, options.preprocess, options.progress)
 
     metadata = {
         "classes": dataset.classes,
