@@ -120,3 +120,30 @@ def test_operating_points_follow_the_rate_table():
     assert rows[0]["in"] < rows[1]["in"] < rows[2]["in"]
     assert [r["in"] for r in rows] == pytest.approx([0.02, 0.1, 0.2], abs=0.06)
     assert all(r["new"] == 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_the_benchmark_runs_the_model_on_the_engine_asked_for_and_records_it(tiny_edge_models, tmp_path, engine):
+    import json
+
+    import cv2
+
+    from benchmarks.nuisance import main
+    from edge_runtime.fileio import file_sha256
+    from train.split import ManifestRow, write_manifest
+
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    rows = []
+    for i, label in enumerate(tiny_edge_models.labels):
+        path = tmp_path / f"{label}_{i}.png"
+        cv2.imwrite(str(path), textured())
+        rows.append(ManifestRow(path.name, label, "val", file_sha256(path)))
+    write_manifest(tmp_path / "split_manifest.csv", rows)
+    out = tmp_path / "rows.json"
+    assert main(["--model", str(tiny_edge_models.onnx), "--engine", engine, "--data", str(tmp_path),
+                 "--manifest", str(tmp_path / "split_manifest.csv"), "--splits", "val", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["engine"] == engine
+    assert [r["nuisance"] for r in result["rows"]] == [n.name for n in (AS_CAPTURED, *NUISANCES)]
+    assert all(r["images"] == len(rows) for r in result["rows"])
