@@ -40,15 +40,15 @@ def _settings(run: TrainedRun) -> dict:
     return {k: v for k, v in options.items() if k != "progress"}
 
 
-def check_same_start(runs: list[TrainedRun]) -> None:
+def check_same_start(runs: list[TrainedRun]) -> list[dict]:
     """Raise ValueError, naming the runs and the setting, unless every run started from the same weights with
-    the same split, classes and preprocessing."""
+    the same split, classes and preprocessing. Returns each run's settings (``_settings``)."""
     if len(runs) < 2:
         raise ValueError("a soup needs at least two runs")
-    first, first_options = runs[0], _settings(runs[0])
+    configs = [_settings(run) for run in runs]
+    first, first_options = runs[0], configs[0]
     manifest_sha = file_sha256(first.directory / MANIFEST_NAME)
-    for run in runs[1:]:
-        options = _settings(run)
+    for run, options in zip(runs[1:], configs[1:]):
         differ = [k for k in SHARED_SETTINGS if options.get(k) != first_options.get(k)]
         if run.classes != first.classes:
             differ.append("classes")
@@ -60,6 +60,7 @@ def check_same_start(runs: list[TrainedRun]) -> None:
                 "from the same weights (same --weights, --seed, split and recipe layers) can be averaged; retrain "
                 "one with the other's settings"
             )
+    return configs
 
 
 def mean_weights(models: list) -> list[np.ndarray]:
@@ -79,7 +80,7 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     if (out_dir / MODEL_FILE).exists():
         raise ValueError(f"'{out_dir}' already holds a model; pick a new --name")
     runs = [TrainedRun.open(d) for d in run_dirs]
-    check_same_start(runs)
+    configs = check_same_start(runs)
     data_root, rows = runs[0].manifest()
     models = [run.load_model() for run in runs]
     soup = models[0]
@@ -105,7 +106,6 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     soup.save(out_dir / MODEL_FILE)
     shutil.copyfile(runs[0].directory / MANIFEST_NAME, out_dir / MANIFEST_NAME)
     sources = [str(r.directory.resolve()) for r in runs]
-    configs = [_settings(r) for r in runs]
     varying = sorted(k for k in configs[0] if k not in RUN_PLACES and len({json.dumps(c[k]) for c in configs}) > 1)
     config = {**configs[0], "run_dir": str(out_dir), "soup_of": sources,
               "soup_settings": [{k: c[k] for k in varying} for c in configs]}
