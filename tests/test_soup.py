@@ -107,15 +107,3 @@ def test_the_model_card_says_the_weights_are_a_mean_and_of_which_settings():
     text = weights_text({"soup_of": ["a", "b"], "soup_settings": [{"consistency": 0.0}, {"consistency": 0.3}]})
     assert "mean of 2" in text and "`consistency` 0.0" in text and "`consistency` 0.3" in text
     assert "0.3" in weights_text({"consistency": 0.3}) and weights_text({"consistency": 0.0}) == ""
-
-
-def test_runs_trained_to_different_depths_average_and_the_soup_counts_as_the_deeper(trained_run: Path, tmp_path: Path):
-    # a run that also tuned conv4: the mean moves its conv4 halfway back to the weights the other run kept
-    deeper = sibling_run(trained_run, tmp_path, 0.02, unfreeze="conv4")
-    assert main(["soup", str(trained_run), str(deeper), "--runs", str(tmp_path / "runs"), "--name", "soup",
-                 "--no-progress"]) == 0
-    config = json.loads((tmp_path / "runs" / "soup" / "config.json").read_text())
-    assert config["unfreeze"] == "conv4"
-    assert config["soup_settings"] == [{"unfreeze": "conv5"}, {"unfreeze": "conv4"}]
-    # the bank's trunk outputs are read below conv4, the deepest layer the mean changed
-    assert [d.name.split("-")[0] for d in (tmp_path / "runs" / ".feature-cache").iterdir()] == ["conv3_block4_out"]

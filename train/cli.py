@@ -120,9 +120,8 @@ def build_soup_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-train soup",
         description="Average the weights of runs that started from the same weights (same --weights, --seed and "
-        "split; trained with different settings, e.g. with and without --consistency, or to different --unfreeze "
-        "depths, which moves the deeper run's extra layers halfway back to the pretrained weights) into one model: "
-        "a new run directory that edge-export takes like any other. Refused when the mean is less right on the validation "
+        "split; trained with different settings, e.g. with and without --consistency) into one model: a new run "
+        "directory that edge-export takes like any other. Refused when the mean is less right on the validation "
         "images than the runs. Measured in docs/training.md.",
         formatter_class=HelpFormatter,
     )

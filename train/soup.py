@@ -5,11 +5,6 @@ head's first values). Fine-tuned with different settings, for example with and w
 stay close enough that the mean of their weights is itself a model, often more robust to input changes than
 each run ("model soups", Wortsman et al., 2022). It costs nothing on the device: the result is one model, in
 a run directory that ``edge-export`` takes as it takes any other. Measured: docs/training.md.
-
-Runs may differ in how deep they trained (``--unfreeze``): a layer one run left frozen still holds the start
-weights, so the mean moves the other run's tuning of that layer halfway back to them (robust fine-tuning by
-interpolating towards the pretrained weights, "WiSE-FT", Wortsman et al., 2022). The soup counts as trained
-from the deepest of the runs' depths, so its trunk cache and bank are cut below every layer that changed.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ import numpy as np
 
 from edge_runtime.fileio import file_sha256, write_json_atomic
 from train.output_cache import CACHE_DIR, KerasOutputCache
-from train.model import UNFREEZE_CHOICES
 from train.run_dir import CONFIG_FILE, METADATA_FILE, METRICS_FILE, MODEL_FILE, TrainedRun, tool_versions, utc_now
 from train.split import MANIFEST_NAME
 from train.training_run import TrainOptions, evaluate_splits, prepare_bank, run_feature_cache
@@ -32,7 +26,7 @@ from train.training_run import TrainOptions, evaluate_splits, prepare_bank, run_
 log = logging.getLogger(__name__)
 
 # settings that decide the weights a run starts from and what its model means; runs in one soup share them
-SHARED_SETTINGS = ("weights", "seed", "split_seed", "input_size", "contrast")
+SHARED_SETTINGS = ("weights", "seed", "split_seed", "input_size", "unfreeze", "contrast")
 RUN_PLACES = ("run_dir", "data", "cache_dir")  # where a run was, not how it was trained
 
 
@@ -63,15 +57,10 @@ def check_same_start(runs: list[TrainedRun]) -> list[dict]:
         if differ:
             raise ValueError(
                 f"'{run.directory}' and '{first.directory}' differ in {', '.join(differ)}: only runs that start "
-                "from the same weights (same --weights, --seed, split, input size and contrast) can be averaged; retrain "
+                "from the same weights (same --weights, --seed, split and recipe layers) can be averaged; retrain "
                 "one with the other's settings"
             )
     return configs
-
-
-def deepest_unfreeze(depths: list[str]) -> str:
-    """The deepest ``--unfreeze`` of ``depths`` (``conv5`` trains the least, ``all`` the most)."""
-    return max(depths, key=UNFREEZE_CHOICES.index)
 
 
 def mean_weights(models: list) -> list[np.ndarray]:
@@ -118,8 +107,7 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     shutil.copyfile(runs[0].directory / MANIFEST_NAME, out_dir / MANIFEST_NAME)
     sources = [str(r.directory.resolve()) for r in runs]
     varying = sorted(k for k in configs[0] if k not in RUN_PLACES and len({json.dumps(c[k]) for c in configs}) > 1)
-    config = {**configs[0], "unfreeze": deepest_unfreeze([c["unfreeze"] for c in configs]),
-              "run_dir": str(out_dir), "soup_of": sources,
+    config = {**configs[0], "run_dir": str(out_dir), "soup_of": sources,
               "soup_settings": [{k: c[k] for k in varying} for c in configs]}
     write_json_atomic(out_dir / CONFIG_FILE, config)
     model_sha256 = file_sha256(out_dir / MODEL_FILE)
