@@ -113,7 +113,7 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     model_sha256 = file_sha256(out_dir / MODEL_FILE)
     options = TrainOptions.from_dict(config)
     bank_seconds = prepare_bank(soup, KerasOutputCache(out_dir / CACHE_DIR, model_sha256),
-                                 run_feature_cache(out_dir, soup), rows, data_root, options.preprocess, progress)
+                                run_feature_cache(out_dir, soup), rows, data_root, options.preprocess, progress)
     metadata = {**runs[0].metadata, "model_sha256": model_sha256, "soup_of": sources, "created": utc_now(),
                 "versions": tool_versions()}
     write_json_atomic(out_dir / METADATA_FILE, metadata)
