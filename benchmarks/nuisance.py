@@ -312,7 +312,7 @@ def raw_outputs(classifier, images: list[np.ndarray], batch: int = 32) -> tuple[
     for start in range(0, len(images), batch):
         outputs = classifier.device_outputs(np.stack([classifier.prepare(i) for i in images[start : start + batch]]))
         probabilities.append(outputs["probabilities"])
-        embeddings.append(outputs["embedding"])
+        embeddings.append(outputs[classifier.ood.feature])  # the output the unknown score reads
     return np.concatenate(probabilities), np.concatenate(embeddings)
 
 

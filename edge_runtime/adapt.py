@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.ood import OodSpec, l2_normalize, threshold_from
+from edge_runtime.ood import EMBEDDING, FEATURES, OodSpec, l2_normalize, threshold_from
 
 ADAPTED_KIND = "enrolled_logistic"
-EMBEDDING, FEATURES = "embedding", "features"  # the graph outputs a head can read (told apart by width)
+# EMBEDDING, FEATURES (edge_runtime.ood): the graph outputs a head can read (told apart by width)
 ADAPTED_THRESHOLD = 0.0  # adapted unknown scores are margins: distance minus the expert's own threshold
 DEFAULT_QUANTILE = 0.99
 TEMPERATURE = 10.0  # logits = TEMPERATURE * cosine similarity: unit vectors need a scale to be separable
@@ -161,12 +161,13 @@ class AdaptedHead:
     def _labelled_gate(self) -> np.ndarray:
         return self.gate[self.labelled]
 
-    def decide(self, probabilities: np.ndarray, feature: np.ndarray, embedding: np.ndarray,
+    def decide(self, probabilities: np.ndarray, feature: np.ndarray, base_output: np.ndarray,
                base: OodSpec | None) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities over :attr:`labels`, adapted unknown scores) of a batch.
 
         ``probabilities``: the graph's base-class output; ``feature``: the output the head reads;
-        ``embedding`` and ``base``: the base model's embedding output and unknown score (used with ``keep_base``).
+        ``base_output`` and ``base``: the output the base model's unknown score reads (``base.feature``) and
+        that score (used with ``keep_base``).
         """
         head, own = self.enrolled_answers(transform(feature))
         labels = self.labels
@@ -178,8 +179,8 @@ class AdaptedHead:
             raise ValueError("an adapted model that keeps its base classes needs the base unknown score")
         padded = np.zeros_like(enrolled)
         padded[:, : len(self.base_labels)] = probabilities
-        theirs = base.score(embedding, probabilities.argmax(axis=1)) - float(base.threshold)
-        use_enrolled = self.enrolled_is_nearer(embedding, base.bank)
+        theirs = base.score(base_output, probabilities.argmax(axis=1)) - float(base.threshold)
+        use_enrolled = self.enrolled_is_nearer(base.embed(base_output), base.bank)
         return (np.where(use_enrolled[:, None], enrolled, padded),
                 np.where(use_enrolled, own, theirs).astype(np.float32))
 
@@ -191,7 +192,8 @@ class AdaptedHead:
         return head.astype(np.float32), own.astype(np.float32)
 
     def enrolled_is_nearer(self, embedding: np.ndarray, base_bank: np.ndarray) -> np.ndarray:
-        """Per image: is its nearest labelled enrolled image nearer than the base model's nearest training image?"""
+        """Per image: is its nearest labelled enrolled image nearer than the base model's nearest training image?
+        ``embedding``: rows as the base bank holds them (``OodSpec.embed``)."""
         e = l2_normalize(embedding)
         enrolled = np.einsum("ij,kj->ik", e, self._labelled_gate).max(axis=1)
         return enrolled > np.einsum("ij,kj->ik", e, base_bank).max(axis=1)

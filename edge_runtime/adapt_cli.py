@@ -179,10 +179,12 @@ def _read_or_skip(path: Path, skipped: list[str]) -> tuple[np.ndarray, str] | No
 
 def _outputs(classifier: Classifier, prepared: list[np.ndarray],
              feature: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(:func:`transform`-ed ``feature`` row, embedding) of each prepared image, run in batches."""
+    """(:func:`transform`-ed ``feature`` row, row as the base unknown score's bank holds it) of each prepared
+    image, run in batches."""
+    base = classifier.ood
     for start in range(0, len(prepared), BATCH):
         outputs = classifier.device_outputs(np.stack(prepared[start:start + BATCH]))
-        yield from zip(transform(outputs[feature]), outputs[EMBEDDING])
+        yield from zip(transform(outputs[feature]), base.embed(outputs[base.feature]))
 
 
 def _read_unlabelled(classifier: Classifier, root: Path, feature: str, enrolled: set[str],

@@ -15,7 +15,7 @@ from edge_runtime.engine_select import AUTO, load_auto
 from edge_runtime.errors import MetadataError
 from edge_runtime.metadata import ModelMetadata, metadata_from_labels, read_metadata
 from edge_runtime.model_file import verify_graph
-from edge_runtime.ood import UNKNOWN_LABEL, OodSpec
+from edge_runtime.ood import EMBEDDING, FEATURES, UNKNOWN_LABEL, OodSpec
 from edge_runtime.polarity import AS_IS, AUTO as POLARITY_AUTO, check_mode, choose_inverted, invert_polarity, pick
 from edge_runtime.preprocessing import normalize, prepare_pixels, read_image
 from edge_runtime.shipped import default_model_path, shipped_default, shipped_model_for
@@ -221,15 +221,16 @@ class Classifier:
     def device_outputs(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """The graph's outputs for a batch of prepared inputs (:meth:`prepare`), by name: ``probabilities`` (the
         graph's own classes), ``embedding`` (models with the unknown score) and ``features`` (the backbone's
-        pooled output, in exports that have it). Outputs are told apart by width, not by position."""
+        pooled output, in exports that have it). Outputs are told apart by width, not by position: the one the
+        unknown score reads (``OodSpec.feature``) by the score's width."""
         outputs = self.backend.run_outputs(inputs)
         named = {"probabilities": _output_of_width(outputs, len(self.base_labels), self.path, "class probabilities")}
         if self.ood is not None:
-            named["embedding"] = _output_of_width(outputs, self.ood.width, self.path, "embedding",
-                                                  exclude=named["probabilities"])
-            others = [o for o in outputs if o.ndim == 2 and all(o is not n for n in named.values())]
-            if others:
-                named["features"] = max(others, key=lambda o: o.shape[1])
+            others = [o for o in outputs if o.ndim == 2 and o is not named["probabilities"]]
+            read = named[self.ood.feature] = _output_of_width(others, self.ood.width, self.path, self.ood.feature)
+            rest = [o for o in others if o is not read]
+            if rest:
+                named[EMBEDDING if self.ood.feature == FEATURES else FEATURES] = max(rest, key=lambda o: o.shape[1])
         return named
 
     def _answers(self, outputs: dict[str, np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,8 +242,9 @@ class Classifier:
             if self.adapted.feature not in outputs:
                 raise MetadataError(self.path, f"the adapted head reads the '{self.adapted.feature}' output, which "
                                     "this model does not have; run edge-adapt again on its base model")
-            return self.adapted.decide(probabilities, outputs[self.adapted.feature], outputs["embedding"], self.ood)
-        return probabilities, self.ood.score(outputs["embedding"], probabilities.argmax(axis=1))  # per-class rule
+            return self.adapted.decide(probabilities, outputs[self.adapted.feature], outputs[self.ood.feature],
+                                       self.ood)
+        return probabilities, self.ood.score(outputs[self.ood.feature], probabilities.argmax(axis=1))  # per class
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Read and classify an image file; an unreadable file raises ImageReadError naming it."""

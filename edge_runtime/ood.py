@@ -21,6 +21,10 @@ carry, all optional so that older metadata still loads:
   calibration scores (a class whose images vary more, like pitted_surface, gets a higher one); the score is
   reported relative to it, ``score - class_offsets[predicted class]``, with the offsets measured from the
   all-class threshold, so that one ``threshold`` still decides and the score without classes is the plain one.
+* ``feature`` and ``projection``: which graph output the score reads, ``embedding`` (models exported before
+  this field: the 512-wide layer) or ``features`` (the backbone's pooled 2,048 values, the default since), and
+  the fixed linear map (D_in, D) applied to that output, L2-normalised, before the cosine: the top singular
+  directions of the bank's own rows, which keeps the bank and the work per frame small (edge-export: D = 256).
 * ``rate_table``: the operating point as data. For in-distribution unknown rates (``rates``) the all-class and
   per-class thresholds on the calibration scores; :meth:`OodSpec.at_rate` moves the threshold to another rate
   on the device, without re-export (``edge-classify --unknown-rate``).
@@ -42,6 +46,7 @@ import numpy as np
 
 OOD_KIND = "knn_cosine"
 UNKNOWN_LABEL = "unknown"
+EMBEDDING, FEATURES = "embedding", "features"  # the graph outputs a score (or an adapted head) can read
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,20 @@ class OodSpec:
     rate_table: dict[str, Any] | None = None  # {"rates", "all", "classes"}: calibration thresholds per unknown rate
     bank_info: dict[str, Any] | None = None  # how the bank was built (images, camera copies), for the record
     bank_labels: np.ndarray | None = None  # (N,) class index of every bank row: neighbours of the predicted class
+    projection: np.ndarray | None = None  # (D_in, D): the read output, L2-normalised, is mapped by it (None: as is)
 
     def __post_init__(self) -> None:
         if self.kind != OOD_KIND:
             raise ValueError(f"unknown OOD score kind {self.kind!r}; this runtime knows {OOD_KIND!r}")
+        if self.feature not in (EMBEDDING, FEATURES):
+            raise ValueError(f"the unknown score reads {self.feature!r}; this runtime knows {EMBEDDING!r} and "
+                             f"{FEATURES!r}")
+        if self.projection is not None:
+            projection = np.asarray(self.projection, np.float32)
+            if projection.ndim != 2 or projection.shape[1] != self.bank.shape[1]:
+                raise ValueError(f"the projection must be (D_in, {self.bank.shape[1]}) for a bank of width "
+                                 f"{self.bank.shape[1]}; got {projection.shape}")
+            object.__setattr__(self, "projection", projection)
         if self.bank.ndim != 2 or len(self.bank) < self.k or self.k < 1:
             raise ValueError(f"the OOD bank must be (N >= k, D) with k >= 1; got {self.bank.shape}, k={self.k}")
         if self.class_offsets is not None:
@@ -79,6 +94,11 @@ class OodSpec:
         return np.ascontiguousarray(self.bank, np.float32)
 
     @functools.cached_property
+    def _projection_rows(self) -> np.ndarray:
+        """The projection transposed, (D, D_in) contiguous: einsum's fastest layout for one frame."""
+        return np.ascontiguousarray(self.projection.T)
+
+    @functools.cached_property
     def _class_banks(self) -> dict[int, np.ndarray]:
         """Each class's bank rows, gathered once instead of on every frame (0.3 ms of a 6 ms frame)."""
         return class_banks(self._float_bank, self.bank_labels)
@@ -90,18 +110,26 @@ class OodSpec:
 
     @property
     def width(self) -> int:
-        return int(self.bank.shape[1])
+        """The width of the graph output the score reads (``feature``)."""
+        return int(self.bank.shape[1] if self.projection is None else self.projection.shape[0])
+
+    def embed(self, outputs: np.ndarray) -> np.ndarray:
+        """The read output (N, width) as the bank holds it: L2-normalised, then projected (and normalised
+        again) when the spec has a projection."""
+        rows = l2_normalize(np.atleast_2d(outputs))
+        # einsum, not @: the multi-threaded BLAS would take the cores from the engine (knn_cosine_score)
+        return rows if self.projection is None else l2_normalize(np.einsum("ij,kj->ik", rows, self._projection_rows))
 
     def score(self, embeddings: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """OOD scores (N,) of embeddings (N, D): 1 - cosine similarity to the k-th nearest training embedding;
         with the per-class rule and ``classes`` (each image's predicted class index), relative to that class's
         threshold (minus its offset), so that ``score > threshold`` is the decision either way. With
         ``bank_labels`` and ``classes``, the neighbours are the predicted class's bank rows only."""
+        queries = self.embed(embeddings)
         if classes is not None and self.bank_labels is not None:
-            scores = _score_within_classes(l2_normalize(np.atleast_2d(embeddings)), self._float_bank, self.k,
-                                           self._class_banks, classes)
+            scores = _score_within_classes(queries, self._float_bank, self.k, self._class_banks, classes)
         else:
-            scores = knn_cosine_score(embeddings, self._float_bank, self.k)
+            scores = _kth_score(queries, self._float_bank, self.k)
         if classes is not None and self.class_offsets is not None:
             offsets = np.asarray(self.class_offsets, np.float32)
             index = np.asarray(classes, dtype=np.int64).reshape(-1)
@@ -115,7 +143,7 @@ class OodSpec:
         belong to the old calibration, are dropped."""
         quantile = self.quantile if quantile is None else quantile
         return OodSpec(self.bank, self.k, threshold_from(validation_scores, quantile), quantile, self.feature, self.kind,
-                       bank_info=self.bank_info)
+                       bank_info=self.bank_info, projection=self.projection)
 
     def at_rate(self, rate: float) -> "OodSpec":
         """A copy whose operating point is the in-distribution unknown ``rate`` (e.g. 0.02), read from the rate
@@ -138,11 +166,9 @@ class OodSpec:
         return replace(self, threshold=threshold, quantile=1.0 - rate, class_offsets=offsets)
 
     def to_dict(self) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        np.save(buffer, self.bank.astype(np.float16), allow_pickle=False)
         data = {
             "kind": self.kind, "feature": self.feature, "k": self.k, "threshold": float(self.threshold),
-            "quantile": self.quantile, "bank_npy_base64": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            "quantile": self.quantile, "bank_npy_base64": _encode_npy(self.bank.astype(np.float16)),
             "bank_shape": list(self.bank.shape),
         }
         if self.class_offsets is not None:
@@ -154,20 +180,33 @@ class OodSpec:
             data["bank_info"] = self.bank_info
         if self.bank_labels is not None:
             data["bank_labels"] = [int(v) for v in self.bank_labels]
+        if self.projection is not None:
+            data["projection_npy_base64"] = _encode_npy(self.projection.astype(np.float16))
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OodSpec":
         """Parse ``extra["ood"]``; raises ValueError/KeyError when it is malformed. Fields added later
-        (``class_offsets``, ``rate_table``, ``bank_info``, ``bank_labels``) are optional."""
-        raw = base64.b64decode(data["bank_npy_base64"], validate=True)
-        bank = np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
+        (``class_offsets``, ``rate_table``, ``bank_info``, ``bank_labels``, ``projection``) are optional."""
+        bank = _decode_npy(data["bank_npy_base64"])
         offsets = data.get("class_offsets")
+        projection = data.get("projection_npy_base64")
         return cls(bank, int(data["k"]), float(data["threshold"]), float(data.get("quantile", 0.95)),
                    str(data.get("feature", "embedding")), str(data.get("kind", OOD_KIND)),
                    None if offsets is None else tuple(float(v) for v in offsets),
                    data.get("rate_table"), data.get("bank_info"),
-                   None if data.get("bank_labels") is None else np.asarray(data["bank_labels"], np.int64))
+                   None if data.get("bank_labels") is None else np.asarray(data["bank_labels"], np.int64),
+                   None if projection is None else _decode_npy(projection))
+
+
+def _encode_npy(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode_npy(text: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False).astype(np.float32)
 
 
 RATES = tuple(np.round(np.concatenate([np.arange(0.002, 0.02, 0.002), np.arange(0.02, 0.2001, 0.005)]), 4).tolist())
@@ -288,14 +327,22 @@ def calibration_scores(bank: np.ndarray, groups: np.ndarray, k: int, labels: np.
 
 def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np.ndarray, n_classes: int,
                           k: int = 2, quantile: float = 0.98, per_class: bool = True,
-                          bank_info: dict[str, Any] | None = None, class_neighbours: bool = True) -> OodSpec:
+                          bank_info: dict[str, Any] | None = None, class_neighbours: bool = True,
+                          feature: str = EMBEDDING, width: int | None = None) -> OodSpec:
     """The unknown score from the training split alone: bank = ``embeddings`` (every training image and its
-    camera-changed copies; ``groups`` names the source image of each row, ``labels`` its class index), threshold
-    = the ``quantile`` of the leave-one-out :func:`calibration_scores` (halfway rule of :func:`threshold_from`),
-    per class when ``per_class``; neighbours among the predicted class's rows when ``class_neighbours`` (see the
-    module docstring). No validation or test image is read."""
+    camera-changed copies, read from the graph output ``feature``; ``groups`` names the source image of each row,
+    ``labels`` its class index), threshold = the ``quantile`` of the leave-one-out :func:`calibration_scores`
+    (halfway rule of :func:`threshold_from`), per class when ``per_class``; neighbours among the predicted class's
+    rows when ``class_neighbours`` (see the module docstring). ``width``: rows wider than this are projected to it
+    (:func:`fit_projection`; to the number of rows when there are fewer: their span keeps every cosine). No
+    validation or test image is read."""
     labels = np.asarray(labels)
-    bank = l2_normalize(embeddings).astype(np.float16).astype(np.float32)
+    rows = l2_normalize(embeddings)
+    projection = None
+    if width is not None and rows.shape[1] > width:
+        projection = fit_projection(rows, min(width, len(rows))).astype(np.float16).astype(np.float32)  # as stored
+        rows = rows @ projection
+    bank = l2_normalize(rows).astype(np.float16).astype(np.float32)
     scores = calibration_scores(bank, groups, k, labels if class_neighbours else None)
     rates = list(RATES)
     table: dict[str, Any] = {"rates": rates, "all": [threshold_from(scores, 1.0 - r) for r in rates]}
@@ -307,9 +354,20 @@ def build_calibrated_spec(embeddings: np.ndarray, groups: np.ndarray, labels: np
         table["classes"] = [[threshold_from(scores[labels == c], 1.0 - r) for r in rates] for c in range(n_classes)]
         overall = threshold_from(scores, quantile)
         offsets = tuple(threshold_from(scores[labels == c], quantile) - overall for c in range(n_classes))
-    return OodSpec(bank, k=k, threshold=threshold_from(scores, quantile), quantile=quantile,
+    return OodSpec(bank, k=k, threshold=threshold_from(scores, quantile), quantile=quantile, feature=feature,
                    class_offsets=offsets, rate_table=table, bank_info=bank_info,
-                   bank_labels=labels.astype(np.int64) if class_neighbours else None)
+                   bank_labels=labels.astype(np.int64) if class_neighbours else None, projection=projection)
+
+
+def fit_projection(rows: np.ndarray, width: int) -> np.ndarray:
+    """(D_in, ``width``): the top right singular vectors of ``rows`` (L2-normalised bank rows, not centred: the
+    cosine between rows depends on their common direction too, and centring them lost new-class detection,
+    docs/unknown.md). Cosines after the map approximate those before it by the share of the rows' energy kept."""
+    rows = np.asarray(rows, np.float64)
+    if not 0 < width <= min(rows.shape):
+        raise ValueError(f"cannot project {rows.shape[0]} rows of width {rows.shape[1]} to width {width}")
+    values, vectors = np.linalg.eigh(rows.T @ rows)  # the right singular vectors, by singular value ascending
+    return np.ascontiguousarray(vectors[:, np.argsort(values)[::-1][:width]], np.float32)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

@@ -18,7 +18,8 @@ from export.activation_ranges import DEFAULT_QUANTILE
 from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
 from train.augment import BANK_CAMERA_KINDS
-from train.embeddings import BANK_TRAINING_COPIES
+from edge_runtime.ood import EMBEDDING, FEATURES
+from train.embeddings import BANK_FEATURE, BANK_TRAINING_COPIES, BANK_WIDTH
 
 log = logging.getLogger("edge-export")
 
@@ -87,6 +88,10 @@ def build_export_parser() -> argparse.ArgumentParser:
                    "10 gray levels; motion: 2-9 px along the rows or columns; banding: row offsets up to sigma 6): "
                    "fewer unknown answers under those camera changes, and int8 answers closer to float's "
                    "(docs/unknown.md). Default: all three; the option alone, without KIND, leaves them out")
+    p.add_argument("--unknown-feature", choices=(FEATURES, EMBEDDING), default=BANK_FEATURE,
+                   help=f"the graph output the unknown score reads: the backbone's pooled {FEATURES} (projected to "
+                   f"{BANK_WIDTH} values: more new classes caught at the same in-domain rate) or the head's "
+                   f"{EMBEDDING} (models exported before; docs/unknown.md)")
     p.add_argument("--neu", help="NEU dataset root for the manifest's images (default: the one used in training)")
     p.add_argument("--gc10", help="GC10-DET root (its inclusion/ folder is checked)")
     p.add_argument("--xsdd", help="X-SDD root (slag_inclusion -> inclusion, surface_scratch -> scratches)")
@@ -186,7 +191,7 @@ def _export(argv: list[str]) -> int:
         onnx_beside_tflite=not args.onnx_after_tflite, float_check_share=args.float_check_share,
         tflite_range_quantile=args.tflite_int8_range_quantile or None,
         ood_quantile=1.0 - args.unknown_rate, ood_bank_copies=args.bank_copies,
-        ood_camera_copies=tuple(args.bank_camera_copies),
+        ood_camera_copies=tuple(args.bank_camera_copies), ood_feature=args.unknown_feature,
     ))
     print(open(report["report_files"][0]).read())
     for row in report["artifacts"]:

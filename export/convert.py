@@ -24,7 +24,7 @@ import numpy as np
 from edge_runtime.preprocessing import PreprocessConfig
 from export.activation_ranges import DEFAULT_QUANTILE, first_conv_and_input_ops, quantile_ranges
 from export.qdq_graph import activations_to_uint8, subsample_strided_pointwise_inputs
-from train.embeddings import with_embedding
+from train.embeddings import pooled_output, with_embedding
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,14 @@ ONNX_OPSET = 17
 
 def with_device_outputs(model):
     """The model with every output the device reads, told apart by width: class probabilities, ``embedding``
-    (the unknown score's) and, when the model has the recipe's pooling layer, the backbone's pooled ``features``
-    (what edge-adapt fits a new line's classes on; more general than the embedding trained for NEU's six)."""
+    and, when the model has the recipe's pooling layer, the backbone's pooled ``features`` (what the unknown
+    score reads by default and edge-adapt fits a new line's classes on; more general than the embedding trained
+    for NEU's six)."""
     import keras
 
-    from train.model import POOL_LAYER  # imports Keras: not at module level (OnnxJob's process needs none)
-
     outputs = with_embedding(model).outputs
-    try:
-        pooled = model.get_layer(POOL_LAYER).output
-    except ValueError:
-        return keras.Model(model.input, outputs)
-    if pooled.shape[-1] in {o.shape[-1] for o in outputs}:  # same width as another output: not told apart
+    pooled = pooled_output(model)
+    if pooled is None:
         return keras.Model(model.input, outputs)
     return keras.Model(model.input, [*outputs, pooled], name=f"{model.name}_device_outputs")
 

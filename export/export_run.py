@@ -27,7 +27,7 @@ from export.formats import FORMATS, ExportFormat, parse_formats
 from export.gates import Gates, failing
 from export.report import write_report
 from train.augment import BANK_CAMERA_KINDS
-from train.embeddings import BANK_TRAINING_COPIES, training_copies_ood_spec
+from train.embeddings import BANK_FEATURE, BANK_TRAINING_COPIES, BANK_WIDTH, training_copies_ood_spec
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 from train.training_run import run_feature_cache
 
@@ -55,6 +55,7 @@ class ExportOptions:
     ood_bank_copies: int = BANK_TRAINING_COPIES  # augmented training copies per training image in the bank
     ood_camera_copies: tuple[str, ...] = BANK_CAMERA_KINDS  # one more bank copy per kind (train.augment)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)
+    ood_feature: str = BANK_FEATURE  # the graph output the unknown score reads (edge_runtime.ood)
     seed: int = 0
     progress: bool = True
     cache: bool = True  # reuse the Keras model's outputs from RUN_DIR/cache (train.output_cache)
@@ -222,7 +223,8 @@ def export_run(options: ExportOptions) -> dict:
     ood = training_copies_ood_spec(model, run_feature_cache(run.directory, model), data_root, rows, run.preprocess,
                                    options.ood_bank_copies,
                                    options.ood_k, options.ood_quantile, run.classes, options.ood_per_class,
-                                   options.progress, cache, tuple(options.ood_camera_copies))
+                                   options.progress, cache, tuple(options.ood_camera_copies), options.ood_feature,
+                                   BANK_WIDTH)
     bank_seconds = time.perf_counter() - started - setup_seconds
     converting = time.perf_counter()
     background: dict = {}
@@ -304,7 +306,8 @@ def export_run(options: ExportOptions) -> dict:
         "gates": asdict(options.gates),
         "float_reference": {"size_mb": (run.directory / MODEL_FILE).stat().st_size / 1e6,
                             "groups": reference_scores, "unknown": reference_unknown},
-        "ood": {"kind": ood.kind, "feature": ood.feature, "k": ood.k, "bank": len(ood.bank),
+        "ood": {"kind": ood.kind, "feature": ood.feature, "feature_width": ood.width, "bank_width": int(ood.bank.shape[1]),
+                "k": ood.k, "bank": len(ood.bank),
                 "quantile": ood.quantile, "per_class": ood.class_offsets is not None, "bank_info": ood.bank_info,
                 "threshold_from": "NEU training split only (float: leave-one-out scores of the training images and "
                                   "their augmented training copies; artifacts: the float threshold plus their median score shift "

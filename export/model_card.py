@@ -18,6 +18,14 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def _score_reads_text(ood: dict) -> str:
+    """Which output the unknown score reads (exports before the choice existed read the embedding)."""
+    if ood.get("feature", "embedding") == "features":
+        return (f"The unknown score reads the pooled features, projected to {ood.get('bank_width', 256)} values along "
+                "the bank's own main directions.")
+    return "The unknown score reads the embedding."
+
+
 def _polarity_text(polarity: str) -> str:
     """The card's paragraph on test-time polarity (edge_runtime.polarity), for the export's setting."""
     rule = ("reads every image as captured and with inverted gray levels and keeps the reading whose embedding "
@@ -134,9 +142,9 @@ GAP → Dense 512 relu → Dropout 0.5 → Dense 6 softmax on ResNet-50 (include
 Stage 2: {metadata["unfreeze"]} unfrozen (BatchNorm frozen), Adam 1e-4. EarlyStopping / ModelCheckpoint /
 ReduceLROnPlateau on validation accuracy (trunk outputs cached; see the README).{weights_text(training or {})}
 
-**Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier (and, in exports
-that have it, the backbone's pooled 2,048 `features`, which `edge-adapt` uses). The runtime
-compares it with a bank of {report.get("ood", {}).get("bank", "the training")} embeddings (cosine distance to the
+**Unknown answer.** Each artifact also outputs the 512-wide embedding before the classifier and, in exports
+that have it, the backbone's pooled 2,048 `features`, which `edge-adapt` uses. {_score_reads_text(report.get("ood", {}))} The runtime
+compares it with a bank of {report.get("ood", {}).get("bank", "the training")} rows (cosine distance to the
 k-th nearest, k = {report.get("ood", {}).get("k", 5)}; see docs/unknown.md for the bank and the per-class rule) and answers
 `unknown` above a threshold chosen on {report.get("ood", {}).get("threshold_from", "the NEU validation split only")}
 ({100 * (1 - report.get("ood", {}).get("quantile", 0.95)):.1f} % of in-domain images answered `unknown`; NEU test

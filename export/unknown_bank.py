@@ -26,19 +26,21 @@ log = logging.getLogger("unknown-bank")
 
 def rebuild(model: str | Path, data_root: str | Path, out: str | Path, manifest: str | Path | None = None,
             copies: int = 2, k: int = 2, rate: float = 0.02, per_class: bool = True, engine: str | None = None,
-            threads: int | None = None, batch: int = 32, progress: bool = True) -> dict:
-    """Write ``out``: ``model`` with its ``ood`` metadata rebuilt from its own embeddings of the manifest's
-    training images (default manifest: ``split_manifest.csv`` beside the model). Returns the new ``ood`` dict."""
+            threads: int | None = None, batch: int = 32, progress: bool = True, feature: str | None = None) -> dict:
+    """Write ``out``: ``model`` with its ``ood`` metadata rebuilt from its own ``feature`` output (default: the
+    one its score reads now) of the manifest's training images (default manifest: ``split_manifest.csv`` beside
+    the model). Returns the new ``ood`` dict."""
     from edge_runtime.classifier import Classifier
     from edge_runtime.model_file import write_model
     from edge_runtime.preprocessing import read_image
-    from train.embeddings import BankCameras, camera_bank_spec
+    from train.embeddings import BANK_WIDTH, BankCameras, camera_bank_spec
     from train.split import read_manifest, rows_of
 
     model = Path(model)
     classifier = Classifier.load(model, engine=engine, threads=threads)
     if classifier.ood is None:
         raise ValueError(f"{model} has no unknown score (no embedding output); re-export it with edge-export")
+    feature = feature or classifier.ood.feature
     manifest = Path(manifest) if manifest else model.parent / "split_manifest.csv"
     rows = rows_of(read_manifest(manifest), "train")
     if not rows:
@@ -49,11 +51,15 @@ def rebuild(model: str | Path, data_root: str | Path, out: str | Path, manifest:
         parts = []
         for start in range(0, len(pixels), batch):
             inputs = np.stack([classifier._model_input(p) for p in pixels[start : start + batch]])
-            parts.append(classifier.device_outputs(inputs)["embedding"])
+            outputs = classifier.device_outputs(inputs)
+            if feature not in outputs:
+                raise ValueError(f"{model} has no '{feature}' output (it has {sorted(outputs)}); re-export it with "
+                                 "edge-export")
+            parts.append(outputs[feature])
         return np.concatenate(parts)
 
     spec = camera_bank_spec(embed, images, [r.label for r in rows], classifier.labels, classifier.metadata.preprocess,
-                            BankCameras(copies=copies), k, 1.0 - rate, per_class, progress)
+                            BankCameras(copies=copies), k, 1.0 - rate, per_class, progress, feature, BANK_WIDTH)
     ood = {**spec.to_dict(), "checked_on": classifier.backend.name,
            "threshold_rule": "the artifact's own bank: leave-one-out scores of its training images and camera copies"}
     extra = {**classifier.metadata.extra, "ood": ood}
@@ -77,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-threshold", action="store_true", help="one threshold for every class (no per-class rule)")
     p.add_argument("--engine", help="engine to compute the embeddings with (default: the file's own)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--feature", choices=("embedding", "features"),
+                   help="the graph output the score reads: the 512-wide embedding or the backbone's pooled features "
+                   "(projected to 256 values; edge-export's default). Default: the one the model's score reads now")
     return p
 
 
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--out must differ from the model (write a copy, check it, then replace)", file=sys.stderr)
         return 2
     rebuild(args.model, args.data, args.out, args.manifest, args.copies, args.k, args.unknown_rate,
-            not args.one_threshold, args.engine, args.threads)
+            not args.one_threshold, args.engine, args.threads, feature=args.feature)
     return 0
 
 

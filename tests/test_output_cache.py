@@ -25,7 +25,7 @@ def model_calls(monkeypatch) -> list[int]:
         flat = np.asarray(x, np.float32).reshape(len(x), -1)
         return np.repeat(flat.mean(1, keepdims=True), 6, 1), flat[:, :4]
 
-    monkeypatch.setattr(embeddings, "graph_outputs", lambda model, shape: both)
+    monkeypatch.setattr(embeddings, "graph_outputs", lambda model, shape, feature="embedding": both)
     return calls
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.ood import OodSpec, build_calibrated_spec
+from edge_runtime.ood import EMBEDDING, FEATURES, OodSpec, build_calibrated_spec
 from edge_runtime.polarity import AS_IS, AUTO, check_mode, choose_inverted, invert_polarity, pick
 from edge_runtime.preprocessing import PreprocessConfig, normalize, prepare_pixels
 from train.augment import BANK_CAMERA_KINDS
@@ -56,34 +56,67 @@ class BankCameras:
         return np.clip(values + 0.5, 0, 255).astype(np.uint8)
 
 
-def with_embedding(model):
-    """The classifier with a second output, ``embedding``: the input of its last layer (for the reference
-    model the 512-wide Dense layer, Dropout being the identity at inference), used by the unknown score.
+def pooled_output(model):
+    """The backbone's pooled output (the recipe's pooling layer), or None when the model has no such layer or its
+    width would not tell it apart from the class probabilities and the embedding (the device names outputs by
+    width): the exported graph has a ``features`` output exactly when this is not None."""
+    from train.model import POOL_LAYER  # imports Keras: not at module level
 
-    Output 0 stays the class probabilities; the runtime tells the two apart by width (see edge_runtime.ood).
+    try:
+        pooled = model.get_layer(POOL_LAYER).output
+    except ValueError:
+        return None
+    return None if pooled.shape[-1] in {model.output.shape[-1], model.layers[-1].input.shape[-1]} else pooled
+
+
+def resolved_feature(model, feature: str) -> str:
+    """``feature``, or the embedding when ``features`` is asked of a model without a pooled output to read."""
+    if feature == FEATURES and model is not None and pooled_output(model) is None:
+        log.info("unknown score: the model has no pooled features output; the score reads the embedding")
+        return EMBEDDING
+    return feature
+
+
+def score_output(model, feature: str = EMBEDDING):
+    """The Keras tensor of the graph output ``feature``: ``embedding``, the input of the last layer (for the
+    reference model the 512-wide Dense layer, Dropout being the identity at inference), or ``features``, the
+    backbone's pooled output (:func:`pooled_output`; edge_runtime.ood)."""
+    if feature == EMBEDDING:
+        return model.layers[-1].input
+    if feature == FEATURES:
+        pooled = pooled_output(model)
+        if pooled is None:
+            raise ValueError(f"model {model.name} has no pooled features output to read")
+        return pooled
+    raise ValueError(f"unknown graph output {feature!r}; expected {EMBEDDING!r} or {FEATURES!r}")
+
+
+def with_embedding(model, feature: str = EMBEDDING):
+    """The classifier with a second output, ``feature`` (:func:`score_output`; by default the embedding).
+
+    Output 0 stays the class probabilities; the runtime tells the outputs apart by width (see edge_runtime.ood).
     """
     import keras
 
-    embedding = model.layers[-1].input
-    return keras.Model(model.input, [model.output, embedding], name=f"{model.name}_with_embedding")
+    return keras.Model(model.input, [model.output, score_output(model, feature)], name=f"{model.name}_with_{feature}")
 
 
 _GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _top_outputs(model, split_layer: str):
-    """``f(trunk outputs) -> (probabilities, embeddings)``: ``model`` from ``split_layer``'s output on, traced."""
+def _top_outputs(model, split_layer: str, feature: str = EMBEDDING):
+    """``f(trunk outputs) -> (probabilities, feature rows)``: ``model`` from ``split_layer``'s output on, traced."""
     import keras
 
     from train.features import traced
 
     split = model.get_layer(split_layer).output
-    return traced(keras.Model(split, [model.output, model.layers[-1].input], name=f"{model.name}_top_with_embedding"))
+    return traced(keras.Model(split, [model.output, score_output(model, feature)], name=f"{model.name}_top_{feature}"))
 
 
-def graph_outputs(model, input_shape: tuple[int, ...]):
-    """``(probabilities, embedding)`` of :func:`with_embedding` as one traced TensorFlow graph, built once per
-    model and input size: ``f(float32 batch (N, H, W, 3)) -> (probabilities, embeddings)``.
+def graph_outputs(model, input_shape: tuple[int, ...], feature: str = EMBEDDING):
+    """``(probabilities, feature)`` of :func:`with_embedding` as one traced TensorFlow graph, built once per
+    model, input size and output: ``f(float32 batch (N, H, W, 3)) -> (probabilities, feature rows)``.
 
     Calling the Keras model eagerly runs ResNet-50 op by op; the traced graph lets TensorFlow fuse each
     convolution with its batch norm and activation, about twice as fast on a CPU (docs/export.md, "Where the
@@ -95,26 +128,28 @@ def graph_outputs(model, input_shape: tuple[int, ...]):
         per_model = _GRAPHS.setdefault(model, {})
     except TypeError:  # a model that cannot be weakly referenced: traced for this call only
         per_model = {}
-    if shape not in per_model:
-        both = with_embedding(model)
+    if (shape, feature) not in per_model:
+        both = with_embedding(model, feature)
         spec = tf.TensorSpec((None, *shape), tf.float32)
-        per_model[shape] = tf.function(lambda x: both(x, training=False), input_signature=[spec])
-    return per_model[shape]
+        per_model[shape, feature] = tf.function(lambda x: both(x, training=False), input_signature=[spec])
+    return per_model[shape, feature]
 
 
 def keras_outputs(model, pixels: np.ndarray, preprocess: PreprocessConfig, batch: int = 16, progress: bool = True,
-                  desc: str = "keras float model", cache: KerasOutputCache | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and embeddings of the Keras model on uint8 pixels (N, H, W, 3) at the model size; read from
-    ``cache`` when it holds this model's outputs for exactly these pixels (and stored there otherwise)."""
+                  desc: str = "keras float model", cache: KerasOutputCache | None = None,
+                  feature: str = EMBEDDING) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and the ``feature`` output (:func:`score_output`) of the Keras model on uint8 pixels
+    (N, H, W, 3) at the model size; read from ``cache`` when it holds this model's outputs for exactly these
+    pixels (and stored there otherwise)."""
     from tqdm.auto import tqdm
 
-    key = cache.key(pixels, preprocess) if cache is not None and len(pixels) else None
+    key = cache.key(pixels, preprocess, feature) if cache is not None and len(pixels) else None
     stored = cache.load(key) if key else None
     if stored is not None:
         log.info("%s: %d images read from the Keras output cache %s", desc, len(pixels), cache.directory)
         return stored
 
-    both = graph_outputs(model, pixels.shape[1:])
+    both = graph_outputs(model, pixels.shape[1:], feature)
     probabilities, embeddings = [], []
     for start in tqdm(range(0, len(pixels), batch), desc=desc, unit="batch", disable=not progress):
         p, e = both(normalize(pixels[start : start + batch], preprocess))
@@ -130,11 +165,12 @@ def keras_outputs(model, pixels: np.ndarray, preprocess: PreprocessConfig, batch
 
 def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes: list[str], preprocess: PreprocessConfig,
                      cameras: BankCameras = BankCameras(), k: int = 2, quantile: float = 0.98, per_class: bool = True,
-                     progress: bool = True) -> OodSpec:
-    """The unknown score from training images alone: ``embed(pixels (N, H, W, 3) uint8) -> (N, D)`` is run on
-    every image as captured and on ``cameras.copies`` camera-changed copies of it (seeded per image position);
-    bank = all of them, threshold = leave-one-out calibration (edge_runtime.ood.build_calibrated_spec).
-    ``embed`` is the Keras float model at export, or an exported artifact (export/unknown_bank.py)."""
+                     progress: bool = True, feature: str = EMBEDDING, width: int | None = None) -> OodSpec:
+    """The unknown score from training images alone: ``embed(pixels (N, H, W, 3) uint8) -> (N, D)`` (the graph
+    output ``feature``) is run on every image as captured and on ``cameras.copies`` camera-changed copies of it
+    (seeded per image position); bank = all of them (projected to ``width`` when wider), threshold =
+    leave-one-out calibration (edge_runtime.ood.build_calibrated_spec). ``embed`` is the Keras float model at
+    export, or an exported artifact (export/unknown_bank.py)."""
     from tqdm.auto import tqdm
 
     _check_labels(labels, classes)
@@ -147,7 +183,7 @@ def camera_bank_spec(embed, images: list[np.ndarray], labels: list[str], classes
     info = {"images": len(images), "split": "train", "cameras": cameras.to_dict(),
             "calibration": "leave-one-out scores of the bank's rows (every copy of the same image left out)",
             "per_class": per_class}
-    return _calibrated(parts, labels, classes, k, quantile, per_class, info)
+    return _calibrated(parts, labels, classes, k, quantile, per_class, info, feature, width)
 
 
 def _check_labels(labels: list[str], classes: list[str]) -> None:
@@ -157,23 +193,28 @@ def _check_labels(labels: list[str], classes: list[str]) -> None:
 
 
 def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], k: int, quantile: float,
-                per_class: bool, info: dict) -> OodSpec:
+                per_class: bool, info: dict, feature: str = EMBEDDING, width: int | None = None) -> OodSpec:
     """The spec of a bank made of ``parts`` (one (N, D) block per copy, the same N training images in each)."""
     index = {name: i for i, name in enumerate(classes)}
     count = len(labels)
     groups = np.tile(np.arange(count), len(parts))
     label_index = np.tile(np.array([index[label] for label in labels]), len(parts))
-    return build_calibrated_spec(np.concatenate(parts), groups, label_index, len(classes), k, quantile, per_class, info)
+    return build_calibrated_spec(np.concatenate(parts), groups, label_index, len(classes), k, quantile, per_class, info,
+                                 feature=feature, width=width)
 
 
 BANK_TRAINING_COPIES = 2  # augmented training copies of each training image in the bank (edge-export's default)
+BANK_FEATURE = FEATURES  # the graph output the unknown score reads (edge-export's default; docs/unknown.md)
+BANK_WIDTH = 256  # wider outputs are projected to this width (edge_runtime.ood.fit_projection): projecting 2,048
+# pooled values and comparing with a class's bank rows then costs a frame no more than the 512-wide embedding did
 
 
 def bank_embeddings(model, trunk, data_root: Path, rows, preprocess: PreprocessConfig,
                     copies: int = BANK_TRAINING_COPIES, camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS,
-                    progress: bool = True, cache: KerasOutputCache | None = None):
-    """The Keras model's embeddings of the bank rows of training images ``rows``, one (N, D) block per version
-    (:func:`train.features.bank_items`); returns ``(blocks, augment spec, seed)`` of the copies.
+                    progress: bool = True, cache: KerasOutputCache | None = None, feature: str = BANK_FEATURE):
+    """The Keras model's ``feature`` output (:func:`score_output`) for the bank rows of training images ``rows``,
+    one (N, D) block per version (:func:`train.features.bank_items`); returns ``(blocks, augment spec, seed)`` of
+    the copies.
 
     ``trunk``: the run's trunk cache and its model cut there (train.training_run.run_feature_cache), or None.
     The layers below the run's cut (frozen in training) are not run again: their outputs are read from the
@@ -186,6 +227,7 @@ def bank_embeddings(model, trunk, data_root: Path, rows, preprocess: PreprocessC
     from train.augment import AugmentSpec
     from train.features import bank_items, training_pixels
 
+    feature = resolved_feature(model, feature)
     item_blocks = bank_items(rows, Path(data_root), copies, tuple(camera_kinds))
     blocks = []
     if trunk is None:  # not an edge-train run: the current recipe's copies, through the whole model
@@ -195,19 +237,20 @@ def bank_embeddings(model, trunk, data_root: Path, rows, preprocess: PreprocessC
             pixels = np.stack([training_pixels(item, preprocess, spec, seed) for item in items])
             name = items[0].camera or f"copy {items[0].copy}" if items else ""
             blocks.append(keras_outputs(model, pixels, preprocess, progress=progress, desc=f"bank {name}",
-                                        cache=cache)[1])
+                                        cache=cache, feature=feature)[1])
         return blocks, spec, seed
     trunk_cache, parts = trunk
     top = None
     for items in item_blocks:
-        key = cache.named_key({"bank_rows": [i.name for i in items], "trunk": trunk_cache.identity}) \
+        key = cache.named_key({"bank_rows": [i.name for i in items], "trunk": trunk_cache.identity,
+                               **({} if feature == EMBEDDING else {"feature": feature})}) \
             if cache is not None and items else None
         stored = cache.load(key) if key else None
         if stored is not None:
             blocks.append(np.asarray(stored[1], np.float32))
             continue
         if top is None:
-            top = _top_outputs(model, parts.split_layer)
+            top = _top_outputs(model, parts.split_layer, feature)
             trunk_cache.ensure_trunk(parts.trunk, [item for block in item_blocks for item in block],
                                      progress=progress)
         outputs = [top(trunk_cache.load("trunk", items[i : i + 64]).astype(np.float32))
@@ -229,30 +272,34 @@ def training_copies_ood_spec(model, trunk, data_root: Path, rows, preprocess: Pr
                              copies: int = BANK_TRAINING_COPIES, k: int = 2, quantile: float = 0.98,
                              classes: list[str] | None = None, per_class: bool = True, progress: bool = True,
                              cache: KerasOutputCache | None = None,
-                             camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS) -> OodSpec:
+                             camera_kinds: tuple[str, ...] = BANK_CAMERA_KINDS, feature: str = BANK_FEATURE,
+                             width: int | None = BANK_WIDTH) -> OodSpec:
     """The unknown score of a trained run's Keras model, from training images only: bank = every *train* image
     of the manifest as captured, its first ``copies`` augmented training copies (the very inputs the model was
     trained on: its camera recipe's exposure, focus, motion, noise, banding, resolution and JPEG changes, and
     the geometric ones) and one camera copy per kind in ``camera_kinds`` (train.augment.bank_camera_copy: the
     strong changes the training copies show rarely); thresholds = leave-one-out calibration over those rows, per
-    class. The embeddings come from :func:`bank_embeddings` (``trunk``: the run's trunk cache, or None; edge-train
-    leaves the default bank's embeddings in ``cache``)."""
+    class. The rows are the graph output ``feature``, projected to ``width`` when wider (edge_runtime.ood), from
+    :func:`bank_embeddings` (``trunk``: the run's trunk cache, or None; edge-train leaves the default bank's rows
+    in ``cache``)."""
     chosen = rows_of(rows, "train")
     labels = [r.label for r in chosen]
     classes = classes or sorted(set(labels))
     _check_labels(labels, classes)
+    feature = resolved_feature(model, feature)
     blocks, spec, seed = bank_embeddings(model, trunk, data_root, chosen, preprocess, copies, camera_kinds,
-                                         progress, cache)
+                                         progress, cache, feature)
     info = {"images": len(chosen), "split": "train",
             "copies": {"count": copies, "source": "the training's augmented copies (train/augment.py)",
                        "augment": spec.identity(), "seed": seed},
             **({"camera_copies": list(camera_kinds)} if camera_kinds else {}),
             "calibration": "leave-one-out scores of the bank's rows (every copy of the same image left out)",
             "per_class": per_class}
-    ood = _calibrated(blocks, labels, classes, k, quantile, per_class, info)
-    log.info("unknown score: bank of %d embeddings (%d training images, %d augmented training copies and %d camera "
-             "copies each) of width %d, k=%d, threshold %.4f at in-distribution unknown rate %.3f%s", len(ood.bank),
-             len(chosen), copies, len(camera_kinds), ood.width, ood.k, ood.threshold, ood.rate,
+    ood = _calibrated(blocks, labels, classes, k, quantile, per_class, info, feature, width)
+    log.info("unknown score: bank of %d rows (%d training images, %d augmented training copies and %d camera "
+             "copies each) of the %s output, width %d%s, k=%d, threshold %.4f at in-distribution unknown rate "
+             "%.3f%s", len(ood.bank), len(chosen), copies, len(camera_kinds), feature, ood.width,
+             "" if ood.projection is None else f" projected to {ood.bank.shape[1]}", ood.k, ood.threshold, ood.rate,
              ", per class" if ood.class_offsets else "")
     return ood
 
@@ -262,13 +309,14 @@ def polarity_outputs(model, pixels: np.ndarray, preprocess: PreprocessConfig, oo
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities, unknown scores and the per-image "inverted reading kept" flags of the Keras model, read
     with test-time ``polarity`` ("auto": as captured and inverted, the reading closer to the training images)."""
-    probabilities, embeddings = keras_outputs(model, pixels, preprocess, progress=progress, cache=cache)
+    probabilities, embeddings = keras_outputs(model, pixels, preprocess, progress=progress, cache=cache,
+                                              feature=ood.feature)
     scores = ood.score(embeddings, probabilities.argmax(axis=1))
     inverted = np.zeros(len(pixels), bool)
     if check_mode(polarity) == AUTO:
         inv_probabilities, inv_embeddings = keras_outputs(model, invert_polarity(pixels), preprocess,
                                                           progress=progress, desc="keras float model, inverted",
-                                                          cache=cache)
+                                                          cache=cache, feature=ood.feature)
         inv_scores = ood.score(inv_embeddings, inv_probabilities.argmax(axis=1))
         inverted = choose_inverted(scores, inv_scores)
         probabilities, scores = pick(probabilities, inv_probabilities, inverted), pick(scores, inv_scores, inverted)

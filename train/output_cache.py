@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.preprocessing import PreprocessConfig
+from edge_runtime.ood import EMBEDDING
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,12 @@ class KerasOutputCache:
         self.model_sha256 = model_sha256
         self.max_entries = max_entries
 
-    def key(self, pixels: np.ndarray, preprocess: PreprocessConfig) -> str:
+    def key(self, pixels: np.ndarray, preprocess: PreprocessConfig, feature: str = EMBEDDING) -> str:
+        """The key of the model's (probabilities, ``feature`` output) for these pixels."""
         digest = hashlib.sha256()
         header = {"model": self.model_sha256, "preprocess": preprocess.to_dict(),
-                  "shape": list(pixels.shape), "dtype": str(pixels.dtype)}
+                  "shape": list(pixels.shape), "dtype": str(pixels.dtype),
+                  **({} if feature == EMBEDDING else {"feature": feature})}  # keys of embeddings as before
         digest.update(json.dumps(header, sort_keys=True).encode())
         digest.update(np.ascontiguousarray(pixels).data)
         return digest.hexdigest()
