@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, EMBEDDING, MIRRORS, Unlabelled, build_head,
+from edge_runtime.adapt import (DEFAULT_QUANTILE, DEFAULT_VIEWS, MIRRORS, Unlabelled, build_head,
                                 mirrored_views, transform)
 from edge_runtime.adapt_cli import _class_folders, feature_output
 from edge_runtime.classifier import Classifier
@@ -37,14 +37,16 @@ log = logging.getLogger("fewshot")
 
 def outputs_of(classifier: Classifier, files: list[Path], feature: str, views: int = DEFAULT_VIEWS,
                batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(raw features (V, N, D), embeddings (V, N, E)) of every file in each of ``views`` views, in order."""
+    """(raw features (V, N, D), rows of the base unknown score (V, N, E): ``OodSpec.embed``) of every file in each
+    of ``views`` views, in order."""
     features, embeddings = [], []
     for start in range(0, len(files), batch):
         prepared = [classifier.prepare(read_image(f)) for f in files[start:start + batch]]
         per_view = [[pixels for _, pixels in mirrored_views(p, views)] for p in prepared]
         outputs = classifier.device_outputs(np.stack([v[i] for i in range(views) for v in per_view]))
         features.append(outputs[feature].reshape(views, len(prepared), -1))
-        embeddings.append(outputs[EMBEDDING].reshape(views, len(prepared), -1))
+        base = classifier.ood.embed(outputs[classifier.ood.feature])  # as the adapted head's gate holds them
+        embeddings.append(base.reshape(views, len(prepared), -1))
     return np.concatenate(features, axis=1), np.concatenate(embeddings, axis=1)
 
 

@@ -44,7 +44,6 @@ import numpy as np
 from edge_runtime.ood import EMBEDDING, FEATURES, OodSpec, l2_normalize, threshold_from
 
 ADAPTED_KIND = "enrolled_logistic"
-# EMBEDDING, FEATURES (edge_runtime.ood): the graph outputs a head can read (told apart by width)
 ADAPTED_THRESHOLD = 0.0  # adapted unknown scores are margins: distance minus the expert's own threshold
 DEFAULT_QUANTILE = 0.99
 TEMPERATURE = 10.0  # logits = TEMPERATURE * cosine similarity: unit vectors need a scale to be separable

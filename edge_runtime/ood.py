@@ -121,7 +121,8 @@ class OodSpec:
         return rows if self.projection is None else l2_normalize(np.einsum("ij,kj->ik", rows, self._projection_rows))
 
     def score(self, embeddings: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-        """OOD scores (N,) of embeddings (N, D): 1 - cosine similarity to the k-th nearest training embedding;
+        """OOD scores (N,) of the read output (N, :attr:`width`): 1 - cosine similarity of :meth:`embed`'s rows to
+        the k-th nearest bank row;
         with the per-class rule and ``classes`` (each image's predicted class index), relative to that class's
         threshold (minus its offset), so that ``score > threshold`` is the decision either way. With
         ``bank_labels`` and ``classes``, the neighbours are the predicted class's bank rows only."""

@@ -19,7 +19,7 @@ from export.convert import ONNX_QUANTIZERS
 from export.formats import FORMATS
 from train.augment import BANK_CAMERA_KINDS
 from edge_runtime.ood import EMBEDDING, FEATURES
-from train.embeddings import BANK_FEATURE, BANK_TRAINING_COPIES, BANK_WIDTH
+from train.embeddings import BANK_FEATURE, BANK_TRAINING_COPIES, BANK_WIDTH, DEFAULT_OOD_QUANTILE
 
 log = logging.getLogger("edge-export")
 
@@ -76,7 +76,7 @@ def build_export_parser() -> argparse.ArgumentParser:
                    help="test-time polarity stored in every artifact (edge-classify's default for it) and used "
                    "by the checks, float reference included. auto: classify each image as captured and inverted, "
                    "keep the reading closer to the training images (2 inferences per image)")
-    p.add_argument("--unknown-rate", type=float, default=0.05,
+    p.add_argument("--unknown-rate", type=float, default=round(1.0 - DEFAULT_OOD_QUANTILE, 6),
                    help="default operating point stored in every artifact: the share of the bank's training images "
                    "and augmented copies (leave-one-out, training split only) answered unknown; edge-classify "
                    "--unknown-rate moves it on the device (docs/unknown.md)")

@@ -27,7 +27,8 @@ from export.formats import FORMATS, ExportFormat, parse_formats
 from export.gates import Gates, failing
 from export.report import write_report
 from train.augment import BANK_CAMERA_KINDS
-from train.embeddings import BANK_FEATURE, BANK_TRAINING_COPIES, BANK_WIDTH, training_copies_ood_spec
+from train.embeddings import (BANK_FEATURE, BANK_TRAINING_COPIES, BANK_WIDTH, DEFAULT_OOD_QUANTILE,
+                              training_copies_ood_spec)
 from train.run_dir import MODEL_FILE, TrainedRun, tool_versions, utc_now
 from train.training_run import run_feature_cache
 
@@ -51,7 +52,7 @@ class ExportOptions:
     onnx_quantizer: str = "nncf"  # one of convert.ONNX_QUANTIZERS
     polarity: str = AS_IS  # test-time polarity written into every artifact (edge_runtime.polarity)
     ood_k: int = 2
-    ood_quantile: float = 0.95  # 1 - the target unknown rate of the default operating point (docs/unknown.md)
+    ood_quantile: float = DEFAULT_OOD_QUANTILE  # 1 - the default operating point's target unknown rate
     ood_bank_copies: int = BANK_TRAINING_COPIES  # augmented training copies per training image in the bank
     ood_camera_copies: tuple[str, ...] = BANK_CAMERA_KINDS  # one more bank copy per kind (train.augment)
     ood_per_class: bool = True  # a threshold per class (edge_runtime.ood)

@@ -15,7 +15,8 @@ MODELS = default_model_path().parent
 
 def test_the_default_model_ships_with_card_and_manifest():
     model = default_model_path()
-    assert model.is_file() and model.stat().st_size <= 30 * 1024 * 1024
+    # the int8 graph is 25.4 MB; the unknown score's bank and projection in the metadata about 6 MB more
+    assert model.is_file() and model.stat().st_size <= 32 * 1024 * 1024
     meta = read_metadata(model)
     assert meta.labels == NEU_CLASSES and meta.format == "tflite_int8" and meta.preprocessing_in_graph
     card = (MODELS / "MODEL_CARD.md").read_text()

@@ -133,8 +133,11 @@ def test_the_export_and_the_bank_rebuild_offer_the_choice():
     from export.cli import build_export_parser as export_parser
     from export.unknown_bank import build_parser as rebuild_parser
 
+    from train.embeddings import DEFAULT_OOD_QUANTILE
+
     args = export_parser().parse_args(["runs/x"])
     assert args.unknown_feature == FEATURES
+    assert args.unknown_rate == pytest.approx(1.0 - DEFAULT_OOD_QUANTILE)  # the documented default operating point
     assert export_parser().parse_args(["runs/x", "--unknown-feature", EMBEDDING]).unknown_feature == EMBEDDING
     rebuild = rebuild_parser().parse_args(["m.onnx", "--data", "d", "--out", "o.onnx"])
     assert rebuild.feature is None  # keeps the output the model's score reads

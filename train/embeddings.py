@@ -205,6 +205,8 @@ def _calibrated(parts: list[np.ndarray], labels: list[str], classes: list[str], 
 
 BANK_TRAINING_COPIES = 2  # augmented training copies of each training image in the bank (edge-export's default)
 BANK_FEATURE = FEATURES  # the graph output the unknown score reads (edge-export's default; docs/unknown.md)
+DEFAULT_OOD_QUANTILE = 0.97  # the default operating point: 3 % of the bank's leave-one-out scores above it, the
+# round figure inside the largest rate that keeps NEU validation within the unknown budgets (docs/unknown.md)
 BANK_WIDTH = 256  # wider outputs are projected to this width (edge_runtime.ood.fit_projection): projecting 2,048
 # pooled values and comparing with a class's bank rows then costs a frame no more than the 512-wide embedding did
 
