@@ -117,7 +117,7 @@ def test_float_reference_of_the_export_checks_chooses_like_the_device(monkeypatc
     from export import checks
     from train import embeddings
 
-    def fake_keras(model, pixels, preprocess, batch=16, progress=True, desc="", cache=None):
+    def fake_keras(model, pixels, preprocess, batch=16, progress=True, desc="", cache=None, feature="embedding"):
         mean_gray = pixels.reshape(len(pixels), -1).mean(1).astype(np.float64)
         return brightness_probabilities(mean_gray), brightness_embedding(mean_gray)
 
