@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.ood import EMBEDDING, FEATURES
+
 log = logging.getLogger("unknown-bank")
 
 
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-threshold", action="store_true", help="one threshold for every class (no per-class rule)")
     p.add_argument("--engine", help="engine to compute the embeddings with (default: the file's own)")
     p.add_argument("--threads", type=int)
-    p.add_argument("--feature", choices=("embedding", "features"),
+    p.add_argument("--feature", choices=(EMBEDDING, FEATURES),
                    help="the graph output the score reads: the 512-wide embedding or the backbone's pooled features "
                    "(projected to 256 values; edge-export's default). Default: the one the model's score reads now")
     return p

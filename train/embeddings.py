@@ -71,10 +71,7 @@ def pooled_output(model):
 
 def resolved_feature(model, feature: str) -> str:
     """``feature``, or the embedding when ``features`` is asked of a model without a pooled output to read."""
-    if feature == FEATURES and model is not None and pooled_output(model) is None:
-        log.info("unknown score: the model has no pooled features output; the score reads the embedding")
-        return EMBEDDING
-    return feature
+    return EMBEDDING if feature == FEATURES and model is not None and pooled_output(model) is None else feature
 
 
 def score_output(model, feature: str = EMBEDDING):
