@@ -33,15 +33,13 @@ the answering expert's threshold: the threshold is 0.
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from edge_runtime.ood import EMBEDDING, FEATURES, OodSpec, l2_normalize, threshold_from
+from edge_runtime.ood import EMBEDDING, FEATURES, OodSpec, decode_npy, encode_npy, l2_normalize, threshold_from
 
 ADAPTED_KIND = "enrolled_logistic"
 ADAPTED_THRESHOLD = 0.0  # adapted unknown scores are margins: distance minus the expert's own threshold
@@ -200,13 +198,13 @@ class AdaptedHead:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "classes": self.classes, "base_labels": self.base_labels,
-            "keep_base": self.keep_base, "feature": self.feature, "bank": _encode(self.bank.astype(np.float16)),
-            "bank_labels": self.bank_labels.astype(int).tolist(), "gate": _encode(self.gate.astype(np.float16)),
+            "keep_base": self.keep_base, "feature": self.feature, "bank": encode_npy(self.bank.astype(np.float16)),
+            "bank_labels": self.bank_labels.astype(int).tolist(), "gate": encode_npy(self.gate.astype(np.float16)),
             "enrolled": self.enrolled,
-            "weights": _encode(self.weights), "bias": self.bias.astype(float).tolist(),
+            "weights": encode_npy(self.weights), "bias": self.bias.astype(float).tolist(),
             "threshold": float(self.threshold), "quantile": self.quantile,
             "base_model_sha256": self.base_model_sha256, "history": self.history,
-            **({} if self.centre is None else {"centre": _encode(self.centre.astype(np.float32))}),
+            **({} if self.centre is None else {"centre": encode_npy(self.centre.astype(np.float32))}),
         }
 
     @classmethod
@@ -217,13 +215,13 @@ class AdaptedHead:
         head = cls(
             classes=[str(c) for c in data["classes"]], base_labels=[str(c) for c in data["base_labels"]],
             keep_base=bool(data["keep_base"]), feature=str(data["feature"]),
-            bank=_decode(data["bank"]).astype(np.float32), bank_labels=np.asarray(data["bank_labels"], int),
-            gate=_decode(data["gate"]).astype(np.float32),
-            enrolled=[dict(e) for e in data["enrolled"]], weights=_decode(data["weights"]).astype(np.float32),
+            bank=decode_npy(data["bank"]).astype(np.float32), bank_labels=np.asarray(data["bank_labels"], int),
+            gate=decode_npy(data["gate"]).astype(np.float32),
+            enrolled=[dict(e) for e in data["enrolled"]], weights=decode_npy(data["weights"]).astype(np.float32),
             bias=np.asarray(data["bias"], np.float32), threshold=float(data["threshold"]),
             quantile=float(data.get("quantile", DEFAULT_QUANTILE)),
             base_model_sha256=str(data.get("base_model_sha256", "")), history=list(data.get("history", [])),
-            centre=_decode(data["centre"]).astype(np.float32) if "centre" in data else None,
+            centre=decode_npy(data["centre"]).astype(np.float32) if "centre" in data else None,
         )
         head._check()
         return head
@@ -313,13 +311,3 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _encode(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _decode(text: str) -> np.ndarray:
-    return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)

@@ -169,7 +169,7 @@ class OodSpec:
     def to_dict(self) -> dict[str, Any]:
         data = {
             "kind": self.kind, "feature": self.feature, "k": self.k, "threshold": float(self.threshold),
-            "quantile": self.quantile, "bank_npy_base64": _encode_npy(self.bank.astype(np.float16)),
+            "quantile": self.quantile, "bank_npy_base64": encode_npy(self.bank.astype(np.float16)),
             "bank_shape": list(self.bank.shape),
         }
         if self.class_offsets is not None:
@@ -182,14 +182,14 @@ class OodSpec:
         if self.bank_labels is not None:
             data["bank_labels"] = [int(v) for v in self.bank_labels]
         if self.projection is not None:
-            data["projection_npy_base64"] = _encode_npy(self.projection.astype(np.float16))
+            data["projection_npy_base64"] = encode_npy(self.projection.astype(np.float16))
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OodSpec":
         """Parse ``extra["ood"]``; raises ValueError/KeyError when it is malformed. Fields added later
         (``class_offsets``, ``rate_table``, ``bank_info``, ``bank_labels``, ``projection``) are optional."""
-        bank = _decode_npy(data["bank_npy_base64"])
+        bank = decode_npy(data["bank_npy_base64"]).astype(np.float32)
         offsets = data.get("class_offsets")
         projection = data.get("projection_npy_base64")
         return cls(bank, int(data["k"]), float(data["threshold"]), float(data.get("quantile", 0.95)),
@@ -197,17 +197,19 @@ class OodSpec:
                    None if offsets is None else tuple(float(v) for v in offsets),
                    data.get("rate_table"), data.get("bank_info"),
                    None if data.get("bank_labels") is None else np.asarray(data["bank_labels"], np.int64),
-                   None if projection is None else _decode_npy(projection))
+                   None if projection is None else decode_npy(projection).astype(np.float32))
 
 
-def _encode_npy(array: np.ndarray) -> str:
+def encode_npy(array: np.ndarray) -> str:
+    """``array`` as base64 text of its .npy bytes (how metadata stores arrays: the bank, edge-adapt's head)."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _decode_npy(text: str) -> np.ndarray:
-    return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False).astype(np.float32)
+def decode_npy(text: str) -> np.ndarray:
+    """The array of :func:`encode_npy`'s text, in its stored dtype."""
+    return np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)
 
 
 RATES = tuple(np.round(np.concatenate([np.arange(0.002, 0.02, 0.002), np.arange(0.02, 0.2001, 0.005)]), 4).tolist())
