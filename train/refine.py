@@ -41,7 +41,14 @@ from train.output_cache import CACHE_DIR, KerasOutputCache
 from train.refine_settings import RefineSettings
 from train.run_dir import CONFIG_FILE, METADATA_FILE, METRICS_FILE, MODEL_FILE, TrainedRun, tool_versions, utc_now
 from train.split import MANIFEST_NAME, ManifestRow, rows_of
-from train.training_run import TrainOptions, evaluate_splits, prepare_bank, run_feature_cache
+from train.training_run import (
+    TrainOptions,
+    discard_evaluation,
+    evaluate_splits,
+    prepare_bank,
+    recorded_val_accuracy,
+    run_feature_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +199,9 @@ def save_refined(model: keras.Model, run: TrainedRun, out_dir: Path, settings: R
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_splits(model, rows, data_root, run.classes, run.preprocess, out_dir, progress)
-    source_metrics = run.directory / METRICS_FILE
-    before = json.loads(source_metrics.read_text())["val"]["accuracy"] if source_metrics.is_file() else 0.0
+    before = recorded_val_accuracy(run.directory)
     if metrics["val"]["accuracy"] < before:
-        for name in ("confusion_val.png", "confusion_test.png"):
-            (out_dir / name).unlink(missing_ok=True)
-        if created:
-            out_dir.rmdir()
+        discard_evaluation(out_dir, created)
         raise ValueError(
             f"the refined model is right on {100 * metrics['val']['accuracy']:.1f} % of the validation images, "
             f"'{run.directory}' on {100 * before:.1f} %: nothing was written; try a smaller --lr or a larger --anchor"

@@ -21,7 +21,14 @@ from edge_runtime.fileio import file_sha256, write_json_atomic
 from train.output_cache import CACHE_DIR, KerasOutputCache
 from train.run_dir import CONFIG_FILE, METADATA_FILE, METRICS_FILE, MODEL_FILE, TrainedRun, tool_versions, utc_now
 from train.split import MANIFEST_NAME
-from train.training_run import TrainOptions, evaluate_splits, prepare_bank, run_feature_cache
+from train.training_run import (
+    TrainOptions,
+    discard_evaluation,
+    evaluate_splits,
+    prepare_bank,
+    recorded_val_accuracy,
+    run_feature_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +97,9 @@ def soup_run(run_dirs: list[str | Path], out_dir: str | Path, progress: bool = T
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_splits(soup, rows, data_root, runs[0].classes, runs[0].preprocess, out_dir, progress)
-    ingredients_val = [json.loads((r.directory / METRICS_FILE).read_text())["val"]["accuracy"]
-                       if (r.directory / METRICS_FILE).is_file() else 0.0 for r in runs]
+    ingredients_val = [recorded_val_accuracy(r.directory) for r in runs]
     if metrics["val"]["accuracy"] < min(ingredients_val):
-        for name in ("confusion_val.png", "confusion_test.png"):
-            (out_dir / name).unlink(missing_ok=True)
-        if created:
-            out_dir.rmdir()
+        discard_evaluation(out_dir, created)
         raise ValueError(
             f"the mean of {', '.join(str(r.directory) for r in runs)} is right on {100 * metrics['val']['accuracy']:.1f} % "
             f"of the validation images, the runs on {', '.join(f'{100 * a:.1f} %' for a in ingredients_val)}: their "

@@ -273,6 +273,20 @@ def evaluate_splits(model, rows: list[ManifestRow], data_root: Path, classes: li
     return metrics
 
 
+def recorded_val_accuracy(run_dir: Path) -> float:
+    """The validation accuracy a run recorded in its metrics.json (0 when it has none)."""
+    path = Path(run_dir) / METRICS_FILE
+    return json.loads(path.read_text())["val"]["accuracy"] if path.is_file() else 0.0
+
+
+def discard_evaluation(run_dir: Path, created: bool) -> None:
+    """Remove what :func:`evaluate_splits` wrote into ``run_dir``, and the folder itself when ``created``."""
+    for split in ("val", "test"):
+        (run_dir / f"confusion_{split}.png").unlink(missing_ok=True)
+    if created:
+        run_dir.rmdir()
+
+
 def prepare_bank(model, cache: KerasOutputCache, trunk: tuple[FeatureCache, Submodels], rows, data_root: Path,
                  preprocess: PreprocessConfig, progress: bool) -> float:
     """The unknown score's bank as edge-export builds it by default (each training image as captured, its first
