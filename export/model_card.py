@@ -91,16 +91,24 @@ def augmentation_text(training: dict) -> str:
 
 
 def weights_text(training: dict) -> str:
-    """How the weights were trained beyond the two stages: camera consistency, or a mean of runs."""
+    """How the weights were trained beyond the two stages: camera consistency or a mean of runs, then perhaps
+    every layer refined."""
+    text = ""
     if training.get("soup_of"):
         settings = training.get("soup_settings") or [{} for _ in training["soup_of"]]
         each = " and with ".join(", ".join(f"`{k}` {v}" for k, v in s.items()) or "the same settings"
                                  for s in settings)
-        return (f" The weights are the mean of {len(training['soup_of'])} such runs from the same start, with "
+        text = (f" The weights are the mean of {len(training['soup_of'])} such runs from the same start, with "
                 f"{each} (`edge-train soup`, docs/training.md).")
-    if training.get("consistency"):
-        return f" Camera consistency {training['consistency']} (`--consistency`)."
-    return ""
+    elif training.get("consistency"):
+        text = f" Camera consistency {training['consistency']} (`--consistency`)."
+    refine = training.get("refine")
+    if refine:
+        text += (f" Then every layer refined (BatchNorm frozen) for {refine['epochs']} epochs, each on new "
+                 f"camera-changed copies, Adam {refine['learning_rate']:g} with a cosine decay, the pooled features "
+                 f"anchored to the starting model's with weight {refine['anchor']:g} (`edge-train refine`, "
+                 "docs/training.md).")
+    return text
 
 
 def write_model_card(path: Path, artifacts: list[Path], report: dict, metadata: dict, metrics: dict,

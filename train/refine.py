@@ -217,7 +217,8 @@ def save_refined(model: keras.Model, run: TrainedRun, out_dir: Path, settings: R
     model_sha256 = file_sha256(out_dir / MODEL_FILE)
     bank_seconds = prepare_bank(model, KerasOutputCache(out_dir / CACHE_DIR, model_sha256),
                                 run_feature_cache(out_dir, model), rows, data_root, options.preprocess, progress)
-    metadata = {**run.metadata, "unfreeze": "all", "model_sha256": model_sha256, "refine_of": source,
+    # the metadata keeps the starting run's recipe ("unfreeze" of its second stage) and adds the refinement
+    metadata = {**run.metadata, "model_sha256": model_sha256, "refine_of": source, "refine": asdict(settings),
                 "created": utc_now(), "versions": tool_versions()}
     write_json_atomic(out_dir / METADATA_FILE, metadata)
     metrics.update(refine_of={"run": source, "val_accuracy": before}, refine_history=history,
