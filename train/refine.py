@@ -118,19 +118,17 @@ class EpochReport(keras.callbacks.Callback):
         super().__init__()
         self.classifier, self.steps, self.val = model, steps, val
         self.history: list[dict] = []
-        self.sums: dict[str, float] = {}
+        self.running: dict[str, float] = {}  # Keras reports running means over the fit so far
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        for key, value in (logs or {}).items():
-            if key != "learning_rate":
-                self.sums[key] = float(value)  # Keras reports running means over the fit so far
+        self.running.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
         if (batch + 1) % self.steps:
             return
         x, y = self.val
         probabilities = np.concatenate([np.asarray(self.classifier.predict_on_batch(x[s:s + 64]))
                                         for s in range(0, len(x), 64)])
         row = {"epoch": (batch + 1) // self.steps, "val_accuracy": float(np.mean(probabilities.argmax(1) == y)),
-               **{f"mean_{k}": v for k, v in self.sums.items()}}
+               **{f"mean_{k}": v for k, v in self.running.items()}}
         self.history.append(row)
         log.info("refine epoch %d: validation accuracy %.4f", row["epoch"], row["val_accuracy"])
 
@@ -162,6 +160,8 @@ def refine_model(model: keras.Model, rows: list[ManifestRow], data_root: Path, c
     log.info("refining every layer: %d epochs of %d training images, lr %g, anchor %g", settings.epochs,
              len(labels), settings.learning_rate, settings.anchor)
     both.fit(batches, epochs=1, callbacks=[report], verbose=1 if progress else 0)
+    for drawer in (pixels, val_pixels):
+        drawer.pool.shutdown()
     return report.history
 
 
@@ -179,7 +179,8 @@ def refine_run(run_dir: str | Path, out_dir: str | Path, settings: RefineSetting
     model = run.load_model()
     started = time.perf_counter()
     history = refine_model(model, rows, data_root, run.classes, options, settings, progress)
-    return save_refined(model, run, out_dir, settings, history, round(time.perf_counter() - started, 1), progress)
+    return save_refined(model, run, out_dir, settings, history, round(time.perf_counter() - started, 1), progress,
+                        manifest=(data_root, rows))
 
 
 def _config(run: TrainedRun) -> dict:
@@ -190,12 +191,14 @@ def _config(run: TrainedRun) -> dict:
 
 
 def save_refined(model: keras.Model, run: TrainedRun, out_dir: Path, settings: RefineSettings, history: list[dict],
-                 seconds: float, progress: bool = True) -> dict:
-    """Write the refined ``model`` of ``run`` as the run directory ``out_dir`` (see :func:`refine_run`)."""
+                 seconds: float, progress: bool = True,
+                 manifest: tuple[Path, list[ManifestRow]] | None = None) -> dict:
+    """Write the refined ``model`` of ``run`` as the run directory ``out_dir`` (see :func:`refine_run`);
+    ``manifest``: the run's data root and rows, when already read and verified."""
     out_dir = Path(out_dir)
     config = _config(run)
     options = TrainOptions.from_dict(config)
-    data_root, rows = run.manifest()
+    data_root, rows = manifest or run.manifest()
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_splits(model, rows, data_root, run.classes, run.preprocess, out_dir, progress)
