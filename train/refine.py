@@ -21,7 +21,6 @@ is slower than the two-stage recipe: about an hour for the default 12 epochs on 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -174,7 +173,7 @@ def refine_run(run_dir: str | Path, out_dir: str | Path, settings: RefineSetting
     if (out_dir / MODEL_FILE).exists():
         raise ValueError(f"'{out_dir}' already holds a model; pick a new --name")
     run = TrainedRun.open(run_dir)
-    options = TrainOptions.from_dict(_config(run))
+    options = TrainOptions.from_dict(run.config("refine"))
     data_root, rows = run.manifest()
     model = run.load_model()
     started = time.perf_counter()
@@ -183,20 +182,13 @@ def refine_run(run_dir: str | Path, out_dir: str | Path, settings: RefineSetting
                         manifest=(data_root, rows))
 
 
-def _config(run: TrainedRun) -> dict:
-    path = run.directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"'{path}' not found: refine takes runs made by edge-train")
-    return json.loads(path.read_text())
-
-
 def save_refined(model: keras.Model, run: TrainedRun, out_dir: Path, settings: RefineSettings, history: list[dict],
                  seconds: float, progress: bool = True,
                  manifest: tuple[Path, list[ManifestRow]] | None = None) -> dict:
     """Write the refined ``model`` of ``run`` as the run directory ``out_dir`` (see :func:`refine_run`);
     ``manifest``: the run's data root and rows, when already read and verified."""
     out_dir = Path(out_dir)
-    config = _config(run)
+    config = run.config("refine")
     options = TrainOptions.from_dict(config)
     data_root, rows = manifest or run.manifest()
     created = not out_dir.exists()

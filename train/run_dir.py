@@ -62,6 +62,13 @@ class TrainedRun:
                 )
         return cls(directory, json.loads((directory / METADATA_FILE).read_text()))
 
+    def config(self, needed_by: str) -> dict:
+        """The run's config.json as edge-train wrote it; FileNotFoundError naming ``needed_by`` when it has none."""
+        path = self.directory / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"'{path}' not found: {needed_by} takes runs made by edge-train")
+        return json.loads(path.read_text())
+
     @property
     def classes(self) -> list[str]:
         return list(self.metadata["classes"])

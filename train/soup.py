@@ -40,10 +40,7 @@ RUN_PLACES = ("run_dir", "data", "cache_dir")  # where a run was, not how it was
 def _settings(run: TrainedRun) -> dict:
     """The run's config.json as a resume reads it: settings added since the run was made take the values it was
     trained with."""
-    path = run.directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"'{path}' not found: a soup takes runs made by edge-train")
-    options = asdict(TrainOptions.from_dict(json.loads(path.read_text())))
+    options = asdict(TrainOptions.from_dict(run.config("a soup")))
     return {k: v for k, v in options.items() if k != "progress"}
 
 
