@@ -111,8 +111,9 @@ def select_text(result: dict[str, Any]) -> str:
     machine = result["machine"]
     engines = ", ".join(f"{name} {version or 'not installed'}" for name, version in machine["engines"].items())
     chosen = result["chosen"]
+    generation = f"{machine['generation']}, " if machine.get("generation") else ""
     lines = [
-        f"CPU: {machine['cpu']} ({machine['machine']}, {machine['cores']} cores); "
+        f"CPU: {machine['cpu']} ({machine['machine']}, {generation}{machine['cores']} cores); "
         f"ISA flags: {', '.join(machine['isa']) or 'none read'}",
         f"Engines: {engines}; {result['threads']} thread(s); budget {result['budget_s']:.0f} s, "
         f"took {result['seconds']:.1f} s; source: {result['source']}",

@@ -137,10 +137,12 @@ def markdown_report(result: dict, title: str | None = None) -> str:
     machine = result["machine"]
     isa = set(machine.get("isa", []))
     load = machine.get("load_average_start"), machine.get("load_average_end")
+    generation = f", {machine['generation']}" if machine.get("generation") else ""
     lines = [
         f"# {title or 'edge-bench — ' + result['export_dir']}",
         "",
-        f"- Machine: {machine['model']} ({machine.get('machine', '')}), {machine['cores']} logical cores; ISA flags: "
+        f"- Machine: {machine['model']} ({machine.get('machine', '')}{generation}), {machine['cores']} logical cores; "
+        "ISA flags: "
         f"{', '.join(machine['isa']) or 'none read'}; AVX-512 {_yes(isa, 'avx512f')}, VNNI "
         f"{_yes(isa, 'avx512_vnni', 'avx512vnni', 'avx_vnni')}; Python {machine['python']}.",
         f"- Command: `{result['command']}` ({result['created']}, {result['wall_s']:.0f} s).",

@@ -206,7 +206,8 @@ def cache_path() -> Path:
 
 
 def cache_key(candidates: Sequence[Candidate], threads: int) -> dict[str, Any]:
-    """What the choice depends on: CPU model and ISA flags, threads, engine versions, candidate files + sha256."""
+    """What the choice depends on: the CPU (model, generation, ISA flags), threads, engine versions, candidate
+    files and their sha256."""
     cpu = cpu_info()
     digests: dict[Path, str] = {}
     pairs = []
@@ -214,7 +215,8 @@ def cache_key(candidates: Sequence[Candidate], threads: int) -> dict[str, Any]:
         if c.path not in digests:
             digests[c.path] = c.sha256 or file_sha256(c.path)
         pairs.append([c.engine, c.path.name, digests[c.path]])
-    return {"cpu": cpu["model"], "machine": cpu["machine"], "isa": list(cpu["isa"]), "threads": int(threads),
+    return {"cpu": cpu["model"], "generation": cpu["generation"], "machine": cpu["machine"], "isa": list(cpu["isa"]),
+            "threads": int(threads),
             "engines": engine_versions(), "candidates": pairs}
 
 
@@ -354,7 +356,7 @@ def load_auto(path: str | Path | None, threads: int | None, models_dir: Path, de
 
 
 def describe_machine() -> dict[str, Any]:
-    """CPU model, ISA flags and engine versions, as the cache key and edge-bench --select report them."""
+    """CPU model, generation, ISA flags and engine versions, as the cache key and edge-bench --select report them."""
     cpu = cpu_info()
-    return {"cpu": cpu["model"], "cores": cpu["cores"], "machine": cpu["machine"], "isa": list(cpu["isa"]),
-            "engines": engine_versions()}
+    return {"cpu": cpu["model"], "generation": cpu["generation"], "cores": cpu["cores"], "machine": cpu["machine"],
+            "isa": list(cpu["isa"]), "engines": engine_versions()}

@@ -440,16 +440,18 @@ def test_a_cache_hit_skips_measuring(engines, tmp_path, caplog):
     assert entry["choice"] == {"engine": "fast", "file": "model.fake"} and entry["key"]["threads"] == THREADS
 
 
-@pytest.mark.parametrize("change", ["cpu model", "isa flags", "threads", "engine version", "model file"])
+@pytest.mark.parametrize("change", ["cpu model", "cpu generation", "isa flags", "threads", "engine version",
+                                    "model file"])
 def test_the_cache_is_invalidated_when_its_key_changes(engines, tmp_path, monkeypatch, change):
     engines(default=3, fast=1)
     path = model_file(tmp_path)
     auto(path)
     LOADS.clear()
     threads = THREADS
-    if change in ("cpu model", "isa flags"):
+    if change in ("cpu model", "cpu generation", "isa flags"):
         info = dict(es.cpu_info())
-        info.update({"model": "Other CPU"} if change == "cpu model" else {"isa": ["avx512f"]})
+        info.update({"cpu model": {"model": "Other CPU"}, "cpu generation": {"generation": "family 99, model 1"},
+                     "isa flags": {"isa": ["avx512f"]}}[change])
         monkeypatch.setattr(es, "cpu_info", lambda: info)
     elif change == "threads":
         threads = THREADS + 1
