@@ -287,9 +287,12 @@ class OpenVINOBackend(Backend):
     quantised model (QDQ, read as ``FakeQuantize``) keeps the CPU plugin's own choice for the layers left in
     float (bf16 where the CPU has it): 1.7x faster on an AMX CPU, and its export gates are measured that way
     (see :func:`_openvino_config`). A model with a dynamic batch is compiled for a batch of one
-    (:func:`_batch_of_one`) and a batch runs image by image through it: every image gets the same numbers
-    alone or in a batch (the export checks send batches, the device one frame at a time). Outputs come in the
-    ONNX graph's output order, as ONNX Runtime returns them.
+    (:func:`_fixed_batch`) and a batch runs image by image through it: every image gets the same numbers
+    alone or in a batch (the export checks send batches, the device one frame at a time). With ``max_batch``
+    above one (the throughput mode's replicas), full chunks of ``max_batch`` images run through a second copy
+    compiled for that batch, once its outputs for the first such chunk have matched the batch-1 copy's bit for
+    bit on this CPU; where they do not, chunks keep running image by image. Outputs come in the ONNX graph's
+    output order, as ONNX Runtime returns them.
     """
 
     name = "openvino"
@@ -306,6 +309,9 @@ class OpenVINOBackend(Backend):
             model, compiled, one_at_a_time = openvino_compile(path, threads)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own exception types
             raise ModelLoadError(path, f"OpenVINO rejected it ({exc}); re-export it with edge-export") from exc
+        self._model = model
+        self._batched: Any = None  # the request of the copy compiled for max_batch, once it has matched
+        self._batched_size = 0  # the batch size self._batched was tried for (0: not tried)
         inputs, outputs = model.inputs, compiled.outputs
         if len(inputs) != 1 or not outputs:
             raise ModelLoadError(path, f"expected one input and at least one output, found {len(inputs)} and "
@@ -326,14 +332,46 @@ class OpenVINOBackend(Backend):
 
     def _invoke(self, batch: np.ndarray) -> list[np.ndarray]:
         if not self._one_at_a_time or len(batch) == 1:
-            return self._infer(batch)
-        rows = [self._infer(batch[i:i + 1]) for i in range(len(batch))]
-        return [np.concatenate(parts) for parts in zip(*rows)]
+            return self._infer(self._request, batch)
+        size = self.max_batch
+        if size <= 1:
+            return self._one_by_one(batch)
+        parts = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            request = self._batched_request(chunk) if len(chunk) == size else None
+            parts.append(self._infer(request, chunk) if request is not None else self._one_by_one(chunk))
+        return [np.concatenate(outputs) for outputs in zip(*parts)]
 
-    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        self._request.infer({0: batch})
+    def _one_by_one(self, batch: np.ndarray) -> list[np.ndarray]:
+        rows = [self._infer(self._request, batch[i:i + 1]) for i in range(len(batch))]
+        return [np.concatenate(outputs) for outputs in zip(*rows)]
+
+    def _batched_request(self, chunk: np.ndarray) -> Any:
+        """The request of the copy compiled for ``len(chunk)`` images, compiled and checked against the batch-1
+        copy on this first chunk; None where it differs in any output (kernels for another batch size may round
+        differently) or cannot be compiled."""
+        if self._batched_size != len(chunk):
+            self._batched_size, self._batched = len(chunk), None
+            try:
+                request = openvino_compile_model(self._model, self.threads, batch=len(chunk)).create_infer_request()
+            except Exception as exc:  # noqa: BLE001 - OpenVINO's exception types; image by image still works
+                log.info("OpenVINO could not compile '%s' for batches of %d (%s); running image by image",
+                         self.path, len(chunk), exc)
+                return None
+            batched, single = self._infer(request, chunk), self._one_by_one(chunk)
+            if all(np.array_equal(a, b) for a, b in zip(batched, single)):
+                self._batched = request
+                log.debug("'%s' runs full chunks of %d images in one OpenVINO call", self.path, len(chunk))
+            else:
+                log.info("OpenVINO's batch-%d kernels for '%s' round differently from batch 1 on this CPU; "
+                         "running image by image so that every image gets the same numbers", len(chunk), self.path)
+        return self._batched
+
+    def _infer(self, request: Any, batch: np.ndarray) -> list[np.ndarray]:
+        request.infer({0: batch})
         # the request's output buffers are reused by the next call: copy them out
-        return [self._request.get_output_tensor(i).data.copy() for i in range(self._output_count)]
+        return [request.get_output_tensor(i).data.copy() for i in range(self._output_count)]
 
 
 def openvino_compile(path: str | Path, threads: int, performance_counters: bool = False) -> tuple[Any, Any, bool]:
@@ -341,31 +379,45 @@ def openvino_compile(path: str | Path, threads: int, performance_counters: bool 
     model, whether batches run image by image). ``performance_counters`` turns on OpenVINO's per-layer timing
     (``benchmarks.profile``)."""
     ov = _import_engine(OpenVINOBackend)
+    model = ov.Core().read_model(str(path))
+    compiled = openvino_compile_model(model, threads, performance_counters=performance_counters)
+    return model, compiled, _static_rest(model) is not None
+
+
+def openvino_compile_model(model: Any, threads: int, batch: int = 1, performance_counters: bool = False) -> Any:
+    """Compile a model as read by OpenVINO for the CPU with the device's settings (:func:`_openvino_config`),
+    its dynamic batch fixed to ``batch`` where it has one."""
+    ov = _import_engine(OpenVINOBackend)
     core = ov.Core()
-    model = core.read_model(str(path))
     quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-    single = _batch_of_one(ov, model)
     config = _openvino_config(core, threads, quantized)
     if performance_counters:
         config["PERF_COUNT"] = True
-    return model, core.compile_model(single or model, "CPU", config), single is not None
+    return core.compile_model(_fixed_batch(ov, model, batch) or model, "CPU", config)
 
 
-def _batch_of_one(ov: ModuleType, model: Any) -> Any | None:
-    """A copy of ``model`` with its dynamic batch fixed to 1, or None when the batch is already fixed or other
-    dimensions are dynamic too. OpenVINO compiles a static shape to faster code (the shipped ONNX int8: 5.60
-    against 5.00 ms at 2 threads, Intel Xeon with AMX), but to other kernels than the dynamic one: with bf16 in
-    the float layers, the same image differed by up to 0.004 in probability between the two, so one compiled
-    model serves every batch size."""
+def _fixed_batch(ov: ModuleType, model: Any, batch: int) -> Any | None:
+    """A copy of ``model`` with its dynamic batch fixed to ``batch``, or None when the batch is already fixed
+    or other dimensions are dynamic too. OpenVINO compiles a static shape to faster code (the shipped ONNX
+    int8: 5.60 against 5.00 ms at 2 threads, Intel Xeon with AMX), but to other kernels than the dynamic one:
+    with bf16 in the float layers, the same image differed by up to 0.004 in probability between the two, so
+    the batch-1 copy serves every batch size unless a copy for a larger batch matches it
+    (``OpenVINOBackend._batched_request``)."""
+    rest = _static_rest(model)
+    if rest is None:
+        return None
+    fixed = model.clone()
+    fixed.reshape({fixed.inputs[0]: ov.PartialShape([batch, *rest])})
+    return fixed
+
+
+def _static_rest(model: Any) -> list[int] | None:
+    """The input's dimensions after a dynamic batch, when the model has one input whose batch alone is dynamic."""
     shape = model.inputs[0].get_partial_shape() if len(model.inputs) == 1 else None
     if shape is None or shape.rank.is_dynamic or not shape[0].is_dynamic:
         return None
     rest = list(shape)[1:]
-    if any(dim.is_dynamic for dim in rest):
-        return None
-    single = model.clone()
-    single.reshape({single.inputs[0]: ov.PartialShape([1, *(dim.get_length() for dim in rest)])})
-    return single
+    return None if any(dim.is_dynamic for dim in rest) else [dim.get_length() for dim in rest]
 
 
 ENGINES: dict[str, type[Backend]] = {

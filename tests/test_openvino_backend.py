@@ -268,6 +268,57 @@ def test_a_dynamic_batch_is_compiled_for_one_image_and_a_batch_gives_each_image_
         assert compiled == [f"[1,{SIZE},{SIZE},3]"]
 
 
+def test_throughput_replicas_run_full_chunks_through_a_batched_copy_that_matches_batch_one(
+        tiny_edge_models, int8_onnx, monkeypatch):
+    """With max_batch 4 (the throughput mode), full chunks go through a copy compiled for 4 images, the rest
+    image by image, and every image still gets its numbers alone."""
+    import openvino as ov
+
+    compiled = []
+    real = ov.Core.compile_model
+
+    def recording(core, model, *args, **kwargs):
+        compiled.append(str(model.inputs[0].get_partial_shape()))
+        return real(core, model, *args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "compile_model", recording)
+    batch = float_batch(test_images())[:6]
+    batch = np.concatenate([batch, batch[::-1]])  # 12 images: three full chunks of 4
+    for path in (tiny_edge_models.onnx, int8_onnx):
+        compiled.clear()
+        backend = load_backend(path, "openvino", threads=1)
+        alone = [backend.run_outputs(batch[i:i + 1]) for i in range(len(batch))]
+        backend.max_batch = 4
+        for count in (len(batch), 10, 4):  # full chunks only, full chunks and a rest of 2, one chunk
+            together = backend.run_outputs(batch[:count])
+            for k, output in enumerate(together):
+                assert np.array_equal(output, np.concatenate([a[k] for a in alone[:count]]))
+        assert compiled == [f"[1,{SIZE},{SIZE},3]", f"[4,{SIZE},{SIZE},3]"], "each copy is compiled once"
+        assert backend._batched is not None, "the batch-4 copy matched and is used"
+
+
+def test_a_batched_copy_that_rounds_differently_is_not_used(tiny_edge_models, monkeypatch):
+    """Where OpenVINO's kernels for 4 images give other numbers than for one, chunks run image by image."""
+    from edge_runtime import backends
+
+    real_infer = backends.OpenVINOBackend._infer
+
+    def batch_rounds_differently(self, request, batch):
+        outputs = real_infer(self, request, batch)
+        return [o + np.float32(1e-3) for o in outputs] if len(batch) > 1 else outputs
+
+    monkeypatch.setattr(backends.OpenVINOBackend, "_infer", batch_rounds_differently)
+    batch = float_batch(test_images())[:4]
+    backend = load_backend(tiny_edge_models.onnx, "openvino", threads=1)
+    alone = [backend.run_outputs(batch[i:i + 1]) for i in range(len(batch))]
+    backend.max_batch = 4
+    for _ in range(2):
+        together = backend.run_outputs(batch)
+        for k, output in enumerate(together):
+            assert np.array_equal(output, np.concatenate([a[k] for a in alone]))
+    assert backend._batched is None and backend._batched_size == 4, "tried once, then left alone"
+
+
 def test_float_models_are_held_to_float32_and_quantised_ones_keep_the_plugins_precision(
         tiny_edge_models, int8_onnx, monkeypatch):
     """The fp32 artifact is the reference, so it runs in float32; an int8 QDQ model leaves its float layers to
