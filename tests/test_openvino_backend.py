@@ -242,13 +242,12 @@ def test_threads_are_pinned_only_when_the_model_gets_every_core(monkeypatch):
     assert backends._openvino_config(core, 2)["INFERENCE_PRECISION_HINT"] == "f32"
 
 
-def test_a_dynamic_batch_is_compiled_for_one_image_and_a_batch_gives_each_image_its_numbers_alone(
-        tiny_edge_models, int8_onnx, monkeypatch):
-    """One compiled model (batch of one, the faster static shape) serves every batch size, so the export checks'
-    batches and the device's single frames get the same numbers, also where OpenVINO runs layers in bf16."""
+@pytest.fixture
+def compiled_shapes(monkeypatch) -> list[str]:
+    """The input shape of every model OpenVINO compiles from here on, in order."""
     import openvino as ov
 
-    compiled = []
+    compiled: list[str] = []
     real = ov.Core.compile_model
 
     def recording(core, model, *args, **kwargs):
@@ -256,36 +255,33 @@ def test_a_dynamic_batch_is_compiled_for_one_image_and_a_batch_gives_each_image_
         return real(core, model, *args, **kwargs)
 
     monkeypatch.setattr(ov.Core, "compile_model", recording)
+    return compiled
+
+
+def test_a_dynamic_batch_is_compiled_for_one_image_and_a_batch_gives_each_image_its_numbers_alone(
+        tiny_edge_models, int8_onnx, compiled_shapes):
+    """One compiled model (batch of one, the faster static shape) serves every batch size, so the export checks'
+    batches and the device's single frames get the same numbers, also where OpenVINO runs layers in bf16."""
     batch = float_batch(test_images())
     for path in (tiny_edge_models.onnx, int8_onnx):
-        compiled.clear()
+        compiled_shapes.clear()
         backend = load_backend(path, "openvino", threads=1)
         assert backend.input_shape == (-1, SIZE, SIZE, 3)  # still takes batches
         together = backend.run_outputs(batch)
         alone = [backend.run_outputs(batch[i:i + 1]) for i in range(len(batch))]
         for k, output in enumerate(together):
             assert np.array_equal(output, np.concatenate([a[k] for a in alone]))
-        assert compiled == [f"[1,{SIZE},{SIZE},3]"]
+        assert compiled_shapes == [f"[1,{SIZE},{SIZE},3]"]
 
 
 def test_throughput_replicas_run_full_chunks_through_a_batched_copy_that_matches_batch_one(
-        tiny_edge_models, int8_onnx, monkeypatch):
+        tiny_edge_models, int8_onnx, compiled_shapes):
     """With max_batch 4 (the throughput mode), full chunks go through a copy compiled for 4 images, the rest
     image by image, and every image still gets its numbers alone."""
-    import openvino as ov
-
-    compiled = []
-    real = ov.Core.compile_model
-
-    def recording(core, model, *args, **kwargs):
-        compiled.append(str(model.inputs[0].get_partial_shape()))
-        return real(core, model, *args, **kwargs)
-
-    monkeypatch.setattr(ov.Core, "compile_model", recording)
     batch = float_batch(test_images())[:6]
     batch = np.concatenate([batch, batch[::-1]])  # 12 images: three full chunks of 4
     for path in (tiny_edge_models.onnx, int8_onnx):
-        compiled.clear()
+        compiled_shapes.clear()
         backend = load_backend(path, "openvino", threads=1)
         alone = [backend.run_outputs(batch[i:i + 1]) for i in range(len(batch))]
         backend.max_batch = 4
@@ -293,7 +289,7 @@ def test_throughput_replicas_run_full_chunks_through_a_batched_copy_that_matches
             together = backend.run_outputs(batch[:count])
             for k, output in enumerate(together):
                 assert np.array_equal(output, np.concatenate([a[k] for a in alone[:count]]))
-        assert compiled == [f"[1,{SIZE},{SIZE},3]", f"[4,{SIZE},{SIZE},3]"], "each copy is compiled once"
+        assert compiled_shapes == [f"[1,{SIZE},{SIZE},3]", f"[4,{SIZE},{SIZE},3]"], "each copy is compiled once"
         assert backend._batched is not None, "the batch-4 copy matched and is used"
 
 
