@@ -336,37 +336,41 @@ class OpenVINOBackend(Backend):
         size = self.max_batch
         if size <= 1:
             return self._one_by_one(batch)
-        parts = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start:start + size]
-            request = self._batched_request(chunk) if len(chunk) == size else None
-            parts.append(self._infer(request, chunk) if request is not None else self._one_by_one(chunk))
+        parts = [self._chunk(batch[start:start + size], size) for start in range(0, len(batch), size)]
         return [np.concatenate(outputs) for outputs in zip(*parts)]
 
     def _one_by_one(self, batch: np.ndarray) -> list[np.ndarray]:
         rows = [self._infer(self._request, batch[i:i + 1]) for i in range(len(batch))]
         return [np.concatenate(outputs) for outputs in zip(*rows)]
 
-    def _batched_request(self, chunk: np.ndarray) -> Any:
-        """The request of the copy compiled for ``len(chunk)`` images, compiled and checked against the batch-1
-        copy on this first chunk; None where it differs in any output (kernels for another batch size may round
-        differently) or cannot be compiled."""
-        if self._batched_size != len(chunk):
-            self._batched_size, self._batched = len(chunk), None
-            try:
-                request = openvino_compile_model(self._model, self.threads, batch=len(chunk)).create_infer_request()
-            except Exception as exc:  # noqa: BLE001 - OpenVINO's exception types; image by image still works
-                log.info("OpenVINO could not compile '%s' for batches of %d (%s); running image by image",
-                         self.path, len(chunk), exc)
-                return None
-            batched, single = self._infer(request, chunk), self._one_by_one(chunk)
-            if all(np.array_equal(a, b) for a, b in zip(batched, single)):
-                self._batched = request
-                log.debug("'%s' runs full chunks of %d images in one OpenVINO call", self.path, len(chunk))
-            else:
-                log.info("OpenVINO's batch-%d kernels for '%s' round differently from batch 1 on this CPU; "
-                         "running image by image so that every image gets the same numbers", len(chunk), self.path)
-        return self._batched
+    def _chunk(self, chunk: np.ndarray, size: int) -> list[np.ndarray]:
+        """One chunk of at most ``size`` images: a full one through the copy compiled for ``size`` once that copy
+        has matched the batch-1 copy, anything else image by image."""
+        if len(chunk) < size:
+            return self._one_by_one(chunk)
+        if self._batched_size != size:
+            return self._try_batched(chunk)
+        return self._infer(self._batched, chunk) if self._batched is not None else self._one_by_one(chunk)
+
+    def _try_batched(self, chunk: np.ndarray) -> list[np.ndarray]:
+        """Compile a copy for ``len(chunk)`` images and keep it if its outputs for this chunk equal the batch-1
+        copy's in every output (kernels for another batch size may round differently); the batch-1 outputs are
+        returned either way."""
+        self._batched_size, self._batched = len(chunk), None
+        single = self._one_by_one(chunk)
+        try:
+            request = openvino_compile_model(self._model, self.threads, batch=len(chunk)).create_infer_request()
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's exception types; image by image still works
+            log.info("OpenVINO could not compile '%s' for batches of %d (%s); running image by image",
+                     self.path, len(chunk), exc)
+            return single
+        if all(np.array_equal(a, b) for a, b in zip(self._infer(request, chunk), single)):
+            self._batched = request
+            log.debug("'%s' runs full chunks of %d images in one OpenVINO call", self.path, len(chunk))
+        else:
+            log.info("OpenVINO's batch-%d kernels for '%s' round differently from batch 1 on this CPU; "
+                     "running image by image so that every image gets the same numbers", len(chunk), self.path)
+        return single
 
     def _infer(self, request: Any, batch: np.ndarray) -> list[np.ndarray]:
         request.infer({0: batch})
@@ -402,7 +406,7 @@ def _fixed_batch(ov: ModuleType, model: Any, batch: int) -> Any | None:
     int8: 5.60 against 5.00 ms at 2 threads, Intel Xeon with AMX), but to other kernels than the dynamic one:
     with bf16 in the float layers, the same image differed by up to 0.004 in probability between the two, so
     the batch-1 copy serves every batch size unless a copy for a larger batch matches it
-    (``OpenVINOBackend._batched_request``)."""
+    (``OpenVINOBackend._try_batched``)."""
     rest = _static_rest(model)
     if rest is None:
         return None
