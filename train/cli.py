@@ -142,7 +142,8 @@ def build_refine_parser() -> argparse.ArgumentParser:
         "with its pooled features held where they were (the features the unknown score reads): a classifier more "
         "robust to another camera, without losing new kinds of defect. Writes a new run directory that edge-export "
         "takes like any other; refused when it is less right on the validation images than the run. Every layer "
-        "trains: 40–60 min for 12 epochs on a 2-core CPU. Measured in docs/training.md.",
+        "trains: 40–60 min for 12 epochs on a 2-core AVX-512 CPU; an AVX2-only one runs Keras about 3.4x slower. "
+        "Measured in docs/training.md and docs/benchmarks.md.",
         formatter_class=HelpFormatter,
     )
     defaults = RefineSettings()

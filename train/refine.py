@@ -16,7 +16,8 @@ version, so the camera no longer moves it. Training every layer without it makes
 lets NEU's six classes take over the features: new defects then land among them (docs/training.md).
 
 Adam with a cosine decay to zero over all steps; the last step's weights are kept. Every layer trains, so the run
-is slower than the two-stage recipe: 40–60 minutes for the default 12 epochs on a 2-core CPU (docs/training.md).
+is slower than the two-stage recipe: 40–60 minutes for the default 12 epochs on a 2-core AVX-512 CPU, longer on
+an AVX2-only one, where Keras runs about 3.4x slower (docs/training.md, docs/benchmarks.md).
 """
 
 from __future__ import annotations
