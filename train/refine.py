@@ -36,7 +36,7 @@ from edge_runtime.fileio import file_sha256, write_json_atomic
 from edge_runtime.preprocessing import PreprocessConfig, normalize
 from train.augment import AugmentSpec
 from train.features import CacheItem, training_pixels
-from train.model import POOL_LAYER, set_trainable
+from train.model import POOL_LAYER, build_training_state, set_trainable
 from train.output_cache import CACHE_DIR, KerasOutputCache
 from train.refine_settings import RefineSettings
 from train.run_dir import CONFIG_FILE, METADATA_FILE, METRICS_FILE, MODEL_FILE, TrainedRun, tool_versions, utc_now
@@ -156,6 +156,7 @@ def refine_model(model: keras.Model, rows: list[ManifestRow], data_root: Path, c
         loss=["sparse_categorical_crossentropy", "cosine_similarity"],
         loss_weights=[1.0, settings.anchor],
     )
+    build_training_state(both, val[0][:1], (val[1][:1], anchors[0, :1]))
     report = EpochReport(model, batches.steps, val)
     log.info("refining every layer: %d epochs of %d training images, lr %g, anchor %g", settings.epochs,
              len(labels), settings.learning_rate, settings.anchor)

@@ -26,7 +26,7 @@ from train.augment import AugmentSpec
 from train.callbacks import SELECTION_METRIC, CallbackState, HistoryCSV, SelectionScore, TiedEpochAverage
 from train.consistency import ConsistencyTrainer
 from train.features import CacheItem, FeatureCache
-from train.model import Submodels, set_trainable
+from train.model import Submodels, build_training_state, set_trainable
 from train.run_dir import CHECKPOINT_DIR, HISTORY_FILE
 from train.samplers import CopySampler, PairedCopySampler
 from train.split import ManifestRow, rows_of
@@ -181,6 +181,7 @@ def _run_stage(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    build_training_state(trained, val_data[0][:1], val_data[1][:1], stage_model.trainable_variables)
     trainable = sum(int(np.prod(w.shape)) for w in stage_model.trainable_weights)
     log.info("stage %d: %d trainable parameters, %d training images, lr %g%s",
              stage, trainable, len(train_data.labels), stage_settings.learning_rate,
