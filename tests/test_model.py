@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import WEIGHTS
-from train.model import build_model, first_unfrozen_layer, resolve_weights, set_trainable, submodels
+from train.model import (build_model, build_training_state, first_unfrozen_layer, resolve_weights, set_trainable,
+                         submodels)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,18 @@ def test_weights_argument():
 def test_local_imagenet_weights_load():
     m = build_model(6, (32, 32), resolve_weights(str(WEIGHTS)))
     assert float(np.abs(m.get_layer("conv1_conv").kernel).sum()) > 0
+
+
+def test_training_state_is_built_before_fit_so_that_fit_creates_no_variable():
+    """Variables created inside fit's first traced step make TensorFlow trace that step twice."""
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(4)(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x, y = np.random.default_rng(0).random((6, 8), np.float32), np.array([0, 1, 2, 0, 1, 2])
+    build_training_state(model, x[:1], y[:1])
+    assert model.optimizer.built
+    before = {id(v) for v in model.variables + model.optimizer.variables + model.metrics_variables}
+    model.fit(x, y, batch_size=3, epochs=1, verbose=0)
+    after = {id(v) for v in model.variables + model.optimizer.variables + model.metrics_variables}
+    assert after == before
