@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = run_defaults()
     p = argparse.ArgumentParser(
         prog="edge-classify",
-        description="Classify steel-surface images on the device (LiteRT, ONNX Runtime or OpenVINO; no TensorFlow) from a "
-        "camera, a video file or stream, a folder (optionally watched for new files) or image files, and write "
+        description="Classify steel-surface images on the device (LiteRT, ONNX Runtime or OpenVINO; no TensorFlow) "
+        "from a camera, a video file or stream, a folder (optionally watched for new files) or image files, and write "
         "one record per frame/file. Runs unattended: bad files become error records, streams reconnect, "
         "SIGINT/SIGTERM stop cleanly.",
         epilog=EPILOG,
