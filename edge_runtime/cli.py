@@ -174,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="latency: one frame at a time on all --threads, each as soon as it comes (cameras and streams "
                      "keep only the newest frame). throughput: --requests copies of the model share "
                      "the threads and classify consecutive images at once while the next ones are decoded; records "
-                     "stay in input order (folders, image files, video files: more images per second). auto: "
-                     "throughput for folders read once, image files and video files unless --max-fps paces them, "
-                     "latency for the others")
+                     "stay in input order (folders, image files, video files: more images per second once the "
+                     "copies are made, which takes seconds on a small CPU: a few hundred images can finish sooner "
+                     "in latency mode, docs/runtime.md). auto: throughput for folders read once, image files and "
+                     "video files unless --max-fps paces them, latency for the others")
     mod.add_argument("--requests", type=_positive_int, metavar="N",
                      help="throughput mode: parallel inference requests, each with --threads/N threads and chunks of "
                      "up to 4 images (default: LiteRT 1 request, batching on every thread; ONNX Runtime and OpenVINO "
